@@ -1,0 +1,31 @@
+"""pluggy hook specifications: the one place where cdp's extension points are declared.
+
+Built-in components (``cdp/plugins``) and third-party packages (entry-point group ``cdp``) register
+through the same hooks.  A plugin module implements any of them with ``@cdp.core.hookspec.hookimpl``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import pluggy
+
+PROJECT = "cdp"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def cdp_components() -> Dict[str, Dict[str, Callable]]:
+    """Return the components this plugin provides as ``{kind: {name: factory}}``.
+
+    ``kind`` is one of ``featurizer``, ``graph``, ``backbone``, ``readout``; ``factory(**params)``
+    builds the component (a class is a factory).  A readout factory also receives ``in_spec``, the
+    :class:`~cdp.core.components.Spec` produced by the backbone it is attached to.
+    Names must be unique per kind across all plugins; a duplicate is reported, not overridden.
+    """
+
+
+@hookspec
+def cdp_presets() -> Dict[str, dict]:
+    """Return model presets ``{name: {featurizer, graph, backbone, readout, train}}`` (see registry.yaml)."""
