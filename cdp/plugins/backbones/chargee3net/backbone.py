@@ -1,0 +1,136 @@
+"""ChargE3Net backbone (Koker et al. 2024): gated e3nn convolutions atom→atom, then one-way atom→probe."""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from e3nn import o3
+from e3nn.nn import Gate
+from torch import Tensor, nn
+
+from cdp.core.components import Backbone, Spec
+from cdp.core.types import CdpError
+from cdp.plugins.backbones.chargee3net.conv import E3Convolution
+from cdp.plugins.backbones.chargee3net.irreps import gate_layout, get_irreps
+from cdp.plugins.backbones.chargee3net.radial import RadialBasis
+
+NUM_ELEMENTS = 119
+_ACT = {1: torch.nn.functional.silu, -1: torch.tanh}
+_ACT_GATE = {1: torch.sigmoid, -1: torch.tanh}
+
+
+def _make_gate(irreps_in, irreps_sh, irreps_hidden) -> Gate:
+    scalars, gates, gated = gate_layout(irreps_in, irreps_sh, irreps_hidden)
+    return Gate(
+        scalars,
+        [_ACT[ir.p] for _, ir in scalars],
+        gates,
+        [_ACT_GATE[ir.p] for _, ir in gates],
+        gated,
+    )
+
+
+class ChargE3NetBackbone(Backbone):
+    """One-hot species (119x0e) → ``num_interactions`` atom layers; probe layer i reads atom layer i.
+
+    Edge features: spherical harmonics l ≤ ``lmax`` of the edge vector and a standardised radial
+    basis of its length; hidden irreps from :func:`get_irreps` (``mul`` is the channel budget).
+    """
+
+    def __init__(
+        self,
+        num_interactions: int = 3,
+        num_neighbors: float = 20,
+        mul: int = 500,
+        lmax: int = 4,
+        cutoff: float = 4.0,
+        basis: str = "gaussian",
+        num_basis: int = 20,
+        radial_neurons: int = 100,
+    ):
+        super().__init__()
+        if int(num_interactions) < 1:
+            raise CdpError(f"chargee3net: num_interactions must be ≥ 1, got {num_interactions}")
+        if int(lmax) < 0:
+            raise CdpError(f"chargee3net: lmax must be ≥ 0, got {lmax}")
+        if float(cutoff) <= 0:
+            raise CdpError(f"chargee3net: cutoff must be > 0, got {cutoff}")
+        self.num_interactions = int(num_interactions)
+        self.num_neighbors = float(num_neighbors)
+        self.mul = int(mul)
+        self.lmax = int(lmax)
+        self.cutoff = float(cutoff)
+        self.basis = str(basis)
+        self.num_basis = int(num_basis)
+
+        irreps_in = o3.Irreps(f"{NUM_ELEMENTS}x0e")
+        self.irreps_sh = o3.Irreps.spherical_harmonics(self.lmax)
+        self.irreps_hidden = get_irreps(self.mul, self.lmax)
+        if len(self.irreps_hidden) == 0:
+            raise CdpError(f"chargee3net: mul={mul} leaves no channels at lmax={lmax}")
+        self.in_spec = Spec(irreps=str(irreps_in))
+
+        self.atom_basis = RadialBasis(self.cutoff, self.num_basis, self.basis)
+        self.probe_basis = RadialBasis(self.cutoff, self.num_basis, self.basis)
+        self.atom_convs = nn.ModuleList()
+        self.atom_gates = nn.ModuleList()
+        self.probe_convs = nn.ModuleList()
+        self.probe_gates = nn.ModuleList()
+
+        atom_irreps = [irreps_in]
+        gates = []
+        irreps = irreps_in
+        for _ in range(self.num_interactions):
+            gate = _make_gate(irreps, self.irreps_sh, self.irreps_hidden)
+            gates.append(gate)
+            self.atom_convs.append(
+                E3Convolution(irreps, irreps, self.irreps_sh, gate.irreps_in, self.num_basis, self.num_neighbors, radial_neurons)
+            )
+            self.atom_gates.append(gate)
+            irreps = gate.irreps_out
+            atom_irreps.append(irreps)
+
+        # probe layer i: sender = atom layer i output, receiver = previous probe state (starts 1x0e zeros),
+        # output layout identical to atom layer i
+        probe_irreps = o3.Irreps("0e")
+        for i in range(self.num_interactions):
+            gate = _make_gate(atom_irreps[i], self.irreps_sh, self.irreps_hidden)
+            self.probe_convs.append(
+                E3Convolution(
+                    atom_irreps[i + 1], probe_irreps, self.irreps_sh, gate.irreps_in, self.num_basis, self.num_neighbors, radial_neurons
+                )
+            )
+            self.probe_gates.append(gate)
+            probe_irreps = gate.irreps_out
+        self.irreps_atom_layers = atom_irreps[1:]
+        self.irreps_out = probe_irreps
+        self.out_spec = Spec(irreps=str(probe_irreps))
+
+    def _edge_features(self, basis: RadialBasis, edge_vec: Tensor):
+        sh = o3.spherical_harmonics(self.irreps_sh, edge_vec, normalize=True, normalization="component")
+        return sh, basis(edge_vec.norm(dim=1))
+
+    def encode(self, x: Tensor, edge_index: Tensor, edge_vec: Tensor) -> List[Tensor]:
+        """Atom features after every interaction layer."""
+        sh, emb = self._edge_features(self.atom_basis, edge_vec)
+        layers: List[Tensor] = []
+        h = x
+        for conv, gate in zip(self.atom_convs, self.atom_gates):
+            h = gate(conv(h, h, edge_index, sh, emb))
+            layers.append(h)
+        return layers
+
+    def decode(self, atom_layers: List[Tensor], edge_index: Tensor, edge_vec: Tensor, num_probes: int) -> Tensor:
+        """Probe features [M, out_spec.dim]; probe layer i reads ``atom_layers[i]``."""
+        sh, emb = self._edge_features(self.probe_basis, edge_vec)
+        p = edge_vec.new_zeros((num_probes, 1))
+        for i, (conv, gate) in enumerate(zip(self.probe_convs, self.probe_gates)):
+            p = gate(conv(atom_layers[i], p, edge_index, sh, emb))
+        return p
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_interactions={self.num_interactions}, mul={self.mul}, lmax={self.lmax}, cutoff={self.cutoff}, "
+            f"num_basis={self.num_basis}, basis={self.basis!r}, num_neighbors={self.num_neighbors}"
+        )
