@@ -1,3 +1,17 @@
-"""cdp: machine-learned electron charge density prediction (ChargE3Net, DeepDFT) as a plugin framework."""
+"""cdp: machine-learned electron charge density prediction (ChargE3Net, DeepDFT) as a plugin framework.
+
+``cdp.load_model(...)`` returns a :class:`cdp.predict.Predictor`; see the README for the CLI.
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load_model", "Predictor"]
+
+
+def __getattr__(name):
+    # Lazy, so that `import cdp` (and `cdp --help`) stay cheap.
+    if name in ("load_model", "Predictor"):
+        from cdp import predict
+
+        return getattr(predict, name)
+    raise AttributeError(f"module 'cdp' has no attribute {name!r}")

@@ -1,1 +1,169 @@
-"""cdp.io."""
+"""Density file I/O: VASP CHGCAR and Gaussian cube, optionally gzip/lz4/zlib-compressed.
+
+``read(path) -> (ase.Atoms, DensityGrid)`` and ``write(path, atoms, grid)``; the format comes from the
+file name (``format=`` overrides) and compression from its suffix (``.gz``, ``.lz4``, ``.zz``).
+
+Periodicity: neither format stores it. Both default to periodic (``pbc=True``: the grid's cell is taken
+as the periodic cell, which is right for CHGCARs and harmless for molecule cubes with vacuum). A sidecar
+``<file>.json`` holding ``{"pbc": false}`` or ``{"pbc": [true, true, false]}`` (or a dataset manifest
+passing ``pbc=``) overrides the default, and an explicit ``pbc=`` argument overrides both. The returned
+atoms and grid carry the same pbc.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+from ase import Atoms
+
+from cdp.core.types import CdpError, DensityGrid
+from cdp.core.validate import validate_atoms
+from cdp.io.chgcar import format_chgcar, parse_chgcar, read_chgcar_bytes
+from cdp.io.compression import read_file_bytes, split_compression, write_file_bytes
+from cdp.io.cube import format_cube, parse_cube, read_cube_bytes
+from cdp.io.sidecar import parse_pbc, read_sidecar, sidecar_candidates, write_sidecar_pbc
+
+FORMATS = ("chgcar", "cube")
+
+__all__ = [
+    "FORMATS",
+    "detect_format",
+    "read",
+    "read_bytes",
+    "write",
+    "describe",
+    "parse_chgcar",
+    "parse_cube",
+    "format_chgcar",
+    "format_cube",
+    "read_sidecar",
+]
+
+
+def detect_format(name, format: Optional[str] = None) -> str:
+    """'chgcar' or 'cube' from a file name (compression suffix ignored) or an explicit ``format``."""
+    if format is not None:
+        fmt = str(format).lower()
+        if fmt in ("vasp", "chg"):
+            fmt = "chgcar"
+        if fmt not in FORMATS:
+            raise CdpError(f"{name}: unknown density format {format!r} (use 'chgcar' or 'cube')")
+        return fmt
+    base = split_compression(Path(str(name)).name)[0]
+    low = base.lower()
+    if low.endswith(".cube") or low.endswith(".cub"):
+        return "cube"
+    if low.endswith((".chgcar", ".vasp")) or any(k in base.upper() for k in ("CHGCAR", "CHG", "AECCAR", "PARCHG")):
+        return "chgcar"
+    raise CdpError(f"{name}: cannot tell the density format from the name; pass format='chgcar' or 'cube'")
+
+
+def _finish(atoms: Atoms, grid: DensityGrid, name: str, pbc) -> Tuple[Atoms, DensityGrid]:
+    if pbc is not None:
+        pbc = parse_pbc(pbc if not isinstance(pbc, np.ndarray) else [bool(v) for v in pbc], name)
+        atoms.pbc = pbc
+        grid.pbc = pbc.copy()
+    volume = abs(float(np.linalg.det(np.asarray(grid.cell, dtype=np.float64))))
+    if not np.isfinite(volume) or volume < 1e-8:
+        raise CdpError(f"{name}: singular grid cell (volume {volume:.3g} Å³)")
+    validate_atoms(atoms, name=name)
+    return atoms, grid
+
+
+def read_bytes(
+    data: bytes, name: str, format: Optional[str] = None, pbc=None, units: str = "bohr"
+) -> Tuple[Atoms, DensityGrid]:
+    """Parse in-memory file bytes (e.g. a tar member); ``name`` gives the format and compression."""
+    from cdp.io.compression import decompress
+
+    name = str(name)
+    fmt = detect_format(name, format)
+    data = decompress(data, split_compression(Path(name).name)[1], name)
+    if fmt == "chgcar":
+        atoms, grid = read_chgcar_bytes(data, name)
+    else:
+        atoms, grid = read_cube_bytes(data, name, units=units)
+    return _finish(atoms, grid, name, pbc)
+
+
+def read(path, format: Optional[str] = None, pbc=None, units: str = "bohr") -> Tuple[Atoms, DensityGrid]:
+    """Read a CHGCAR or cube file → ``(atoms, grid)`` with the grid in e/Å³.
+
+    ``pbc``: None uses the sidecar ``<file>.json`` if present, else periodic; a bool or three bools
+    override. ``units`` (cube only): ``"bohr"`` for standard e/Bohr³ values, ``"angstrom"`` for cubes that
+    hold e/Å³ (DeepDFT predictions).
+    """
+    path = Path(path)
+    name = str(path)
+    fmt = detect_format(name, format)
+    if pbc is None:
+        pbc = read_sidecar(path).get("pbc")
+    data = read_file_bytes(path)
+    if fmt == "chgcar":
+        atoms, grid = read_chgcar_bytes(data, name)
+    else:
+        atoms, grid = read_cube_bytes(data, name, units=units)
+    return _finish(atoms, grid, name, pbc)
+
+
+def write(
+    path,
+    atoms: Atoms,
+    grid: DensityGrid,
+    format: Optional[str] = None,
+    units: str = "bohr",
+    sidecar: bool = True,
+) -> None:
+    """Write ``atoms`` and ``grid`` (e/Å³) atomically; compression by suffix.
+
+    CHGCAR atoms are grouped by species in first-appearance order. With ``sidecar`` (default), a
+    non-periodic pbc (from ``grid.pbc`` else ``atoms.pbc``) is recorded in ``<file>.json``, and an
+    existing sidecar is updated so that it never contradicts the file.
+    """
+    path = Path(path)
+    name = str(path)
+    fmt = detect_format(name, format)
+    validate_atoms(atoms, name=name)
+    if fmt == "chgcar":
+        text = format_chgcar(atoms, grid, name=name)
+    else:
+        text = format_cube(atoms, grid, name=name, units=units)
+    write_file_bytes(path, text.encode("utf-8"))
+    if sidecar:
+        pbc = np.asarray(grid.pbc if grid.pbc is not None else atoms.pbc, dtype=bool).reshape(-1)
+        pbc = np.broadcast_to(pbc, (3,)) if pbc.size in (1, 3) else np.ones(3, dtype=bool)
+        if not pbc.all() or any(c.is_file() for c in sidecar_candidates(path)):
+            write_sidecar_pbc(path, pbc)
+
+
+def describe(path, format: Optional[str] = None, pbc=None, units: str = "bohr") -> dict:
+    """Summary of a density file (structure, grid, electron count, density range, spin) as a JSON-able dict."""
+    atoms, grid = read(path, format=format, pbc=pbc, units=units)
+    cell = np.asarray(grid.cell, dtype=np.float64)
+    shape = list(grid.shape)
+    spacing = (np.linalg.norm(cell, axis=1) / np.array(shape)).tolist()
+    info = {
+        "file": str(path),
+        "format": detect_format(str(path), format),
+        "formula": atoms.get_chemical_formula(mode="hill"),
+        "natoms": len(atoms),
+        "cell": cell.tolist(),
+        "pbc": [bool(v) for v in atoms.pbc],
+        "volume": abs(float(np.linalg.det(cell))),
+        "grid_shape": shape,
+        "grid_points": int(np.prod(shape)),
+        "spacing": spacing,
+        "origin": np.asarray(grid.origin, dtype=np.float64).tolist(),
+        "electrons": grid.electrons,
+        "density_min": float(grid.values.min()),
+        "density_max": float(grid.values.max()),
+        "spin": grid.spin is not None,
+        "augmentation": grid.augmentation is not None,
+    }
+    if grid.spin is not None:
+        info["magnetisation"] = float(grid.spin.sum(dtype=np.float64) * grid.voxel_volume)
+        info["spin_min"] = float(grid.spin.min())
+        info["spin_max"] = float(grid.spin.max())
+    return info

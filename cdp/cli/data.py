@@ -1,0 +1,121 @@
+"""``cdp data``: make reference densities (PySCF molecules, GPAW crystals) and describe datasets."""
+
+from __future__ import annotations
+
+import shlex
+
+import click
+
+from cdp.core.types import CdpError
+
+
+def _fail(exc: CdpError):
+    raise click.ClickException(str(exc))
+
+
+def _summary(rep) -> None:
+    click.echo(
+        f"{len(rep.made)} made, {len(rep.skipped)} already present, {len(rep.failed)} failed -> {rep.out_dir}"
+    )
+    for msg in rep.failed.values():
+        click.echo(f"  failed: {msg}", err=True)
+
+
+@click.group("data")
+def command():
+    """Reference densities and datasets."""
+
+
+@command.group("make")
+def make():
+    """Generate reference densities with a DFT code."""
+
+
+@make.command("molecules")
+@click.option("--qm9", "qm9", default=None, help="QM9 indices, e.g. 1-500 or 1-10,42 (cdp uses 1-100000).")
+@click.option("--from", "files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="ase-readable structure file (repeatable); frames of a multi-frame file become <stem>_<i>.")
+@click.option("--spacing", default=0.12, show_default=True, type=float, help="Grid spacing bound in Å.")
+@click.option("--vacuum", default=3.0, show_default=True, type=float, help="Vacuum on each side of the molecule in Å.")
+@click.option("--compress", default="gz", show_default=True, type=click.Choice(["gz", "lz4", "zz", "none"]))
+@click.option("--workers", default=1, show_default=True, type=int, help="Worker processes.")
+@click.option("--threads", default=1, show_default=True, type=int, help="Threads per worker.")
+@click.option("--allow-reserved-qm9", is_flag=True, help="Allow QM9 indices above 100000 (held out by cdp).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+def make_molecules_cmd(qm9, files, spacing, vacuum, compress, workers, threads, allow_reserved_qm9, progress, out_dir):
+    """PySCF RKS-PBE / gth-dzvp / gth-pbe valence densities for molecules in a vacuum box."""
+    from cdp.data.molecules import make_molecules
+    from cdp.data.structures import structures_from_files, structures_from_qm9
+
+    try:
+        if not qm9 and not files:
+            raise CdpError("give --qm9 RANGE and/or --from FILE")
+        structures, missing = [], []
+        if qm9:
+            found, missing = structures_from_qm9(qm9, allow_reserved=allow_reserved_qm9)
+            structures += found
+        structures += structures_from_files(files)
+        for name in missing:
+            click.echo(f"skipped: {name}: not in qm9pack (removed by the QM9 consistency check)", err=True)
+        parts = ["cdp", "data", "make", "molecules"]
+        parts += ["--qm9", qm9] if qm9 else []
+        for f in files:
+            parts += ["--from", f]
+        parts += ["--spacing", repr(spacing), "--vacuum", repr(vacuum), "--compress", compress, "-o", out_dir]
+        cmd = " ".join(shlex.quote(p) for p in parts)
+        rep = make_molecules(
+            structures, out_dir, spacing=spacing, vacuum=vacuum,
+            compress=None if compress == "none" else compress, workers=workers, threads=threads,
+            progress=progress, report=lambda m: click.echo(m, err=True), command=cmd,
+        )
+    except CdpError as exc:
+        _fail(exc)
+    _summary(rep)
+
+
+@make.command("crystals")
+@click.option("--from", "files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="ase-readable periodic structure file (repeatable).")
+@click.option("--builtin", is_flag=True, help="Use cdp's built-in list of simple crystals.")
+@click.option("--cutoff", default=500.0, show_default=True, type=float, help="Plane-wave cutoff in eV.")
+@click.option("--kpt-density", default=4.0, show_default=True, type=float, help="k-points per Å⁻¹.")
+@click.option("--compress", default="gz", show_default=True, type=click.Choice(["gz", "lz4", "zz", "none"]))
+@click.option("--workers", default=1, show_default=True, type=int)
+@click.option("--threads", default=1, show_default=True, type=int)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def make_crystals_cmd(files, builtin, cutoff, kpt_density, compress, workers, threads, progress, out_dir):
+    """GPAW plane-wave PAW PBE pseudo valence densities for crystals."""
+    from cdp.data.crystals import builtin_crystals, make_crystals
+    from cdp.data.structures import structures_from_files
+
+    try:
+        if not files and not builtin:
+            raise CdpError("give --from FILE and/or --builtin")
+        structures = (builtin_crystals() if builtin else []) + structures_from_files(files, periodic=True)
+        rep = make_crystals(
+            structures, out_dir, cutoff=cutoff, kpt_density=kpt_density,
+            compress=None if compress == "none" else compress, workers=workers, threads=threads,
+            progress=progress, report=lambda m: click.echo(m, err=True),
+        )
+    except CdpError as exc:
+        _fail(exc)
+    _summary(rep)
+
+
+@command.command("info")
+@click.argument("dataset", required=False)
+@click.option("--split", "split", default=None, type=click.Path(exists=True, dir_okay=False), help="Split JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def info_cmd(dataset, split, as_json):
+    """Describe a dataset (default: the embedded one)."""
+    import json
+
+    from cdp.data.info import dataset_info, format_info
+
+    try:
+        info = dataset_info(dataset, split=split)
+    except CdpError as exc:
+        _fail(exc)
+    click.echo(json.dumps(info, indent=1) if as_json else format_info(info))

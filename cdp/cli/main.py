@@ -1,0 +1,99 @@
+"""The ``cdp`` command: a click group whose subcommands live in one small module each.
+
+Subcommands are imported lazily, so a broken or slow module never breaks ``cdp --help`` or the others;
+user errors (:class:`~cdp.core.types.CdpError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Dict, Optional
+
+import click
+
+from cdp import __version__
+from cdp.core.types import CdpError
+
+# command name -> (module, one-line help shown in `cdp --help`)
+COMMANDS: Dict[str, tuple] = {
+    "plugins": ("cdp.cli.plugins", "List registered plugins, components and presets."),
+    "inspect": ("cdp.cli.inspect", "Describe a CHGCAR or cube file."),
+    "import": ("cdp.cli.import_cmd", "Convert a published checkpoint into a cdp checkpoint."),
+    "predict": ("cdp.cli.predict", "Predict densities on full grids for new structures."),
+    "data": ("cdp.cli.data", "Make reference densities with DFT and describe datasets."),
+    "train": ("cdp.cli.train", "Train a model from a config."),
+    "evaluate": ("cdp.cli.evaluate", "Evaluate a model on full reference grids."),
+    "compare": ("cdp.cli.compare", "Train and evaluate several models side by side."),
+    "export": ("cdp.cli.export", "Export a model to ONNX, TorchScript or pt2."),
+    "bench": ("cdp.cli.bench", "Run the performance benchmarks."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports each subcommand's module only when it is used."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name) -> Optional[click.Command]:
+        if name not in COMMANDS:
+            return None
+        module_name, help_text = COMMANDS[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            return _unavailable(name, help_text)
+        return module.command
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _unavailable(name: str, help_text: str) -> click.Command:
+    """A clearly-labelled placeholder for a command this installation does not provide yet."""
+
+    @click.command(name, help=f"{help_text} (not available in this version)",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def stub():
+        raise CdpError(f"`cdp {name}` is not implemented in cdp {__version__} yet")
+
+    return stub
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(__version__, prog_name="cdp")
+def cli() -> None:
+    """cdp: machine-learned electron charge density prediction (ChargE3Net, DeepDFT)."""
+
+
+def main(argv=None) -> int:
+    """Entry point of the console script: one-line errors, non-zero exit codes, no tracebacks for user errors."""
+    try:
+        cli.main(args=argv, prog_name="cdp", standalone_mode=False)
+    except CdpError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except OSError as exc:
+        click.echo(f"error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

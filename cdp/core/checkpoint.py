@@ -1,0 +1,111 @@
+"""cdp's own checkpoint format: a torch zip file of plain containers and tensors, loaded with weights_only.
+
+``{"format": "cdp-checkpoint", "format_version": 1, "cdp_version", "config": model config,
+"state_dict", "metadata": {...}, "train_state": optional}``.  Nothing in it needs pickled code, so
+loading never executes any.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from cdp.core.types import CdpError
+
+FORMAT = "cdp-checkpoint"
+FORMAT_VERSION = 1
+
+
+def atomic_save(obj, path) -> None:
+    """torch.save to a temp file beside ``path``, then rename: never a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path, model, metadata: Optional[dict] = None, train_state: Optional[dict] = None) -> None:
+    """Write ``model`` (a DensityModel) with its config and optional metadata/training state."""
+    from cdp import __version__
+
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "cdp_version": __version__,
+        "config": model.config,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    if train_state is not None:
+        payload["train_state"] = train_state
+    atomic_save(payload, path)
+
+
+def read_checkpoint(path) -> dict:
+    """The raw checkpoint dict, safely loaded and checked for cdp's format."""
+    path = Path(path)
+    if not path.is_file():
+        raise CdpError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CdpError(f"{path}: not a readable cdp checkpoint ({msg[:200]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CdpError(f"{path}: not a cdp checkpoint (published checkpoints need `cdp import` first)")
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise CdpError(f"{path}: checkpoint format version {data['format_version']} is newer than this cdp supports")
+    for key in ("config", "state_dict"):
+        if key not in data:
+            raise CdpError(f"{path}: checkpoint lacks '{key}'")
+    return data
+
+
+def load_state_dict_checked(model, state_dict: dict, source: str) -> None:
+    """load_state_dict(strict) with one-line errors naming the first missing/unexpected/mismatched key."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing:
+        raise CdpError(f"{source}: missing weight '{missing[0]}' ({len(missing)} missing)")
+    if unexpected:
+        raise CdpError(f"{source}: unexpected weight '{unexpected[0]}' ({len(unexpected)} unexpected)")
+    for k, v in own.items():
+        if tuple(v.shape) != tuple(state_dict[k].shape):
+            raise CdpError(f"{source}: weight '{k}' has shape {tuple(state_dict[k].shape)}, the model expects {tuple(v.shape)}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_checkpoint(path, registry=None) -> Tuple["DensityModel", dict]:  # noqa: F821
+    """Rebuild the DensityModel stored at ``path``; returns (model in eval mode, raw checkpoint dict)."""
+    from cdp.core.model import DensityModel
+
+    data = read_checkpoint(path)
+    model = DensityModel.from_config(data["config"], registry=registry)
+    sd = data["state_dict"]
+    floats = [v.dtype for v in sd.values() if v.dtype.is_floating_point]
+    if floats:
+        model.to(floats[0])
+    load_state_dict_checked(model, sd, str(path))
+    model.eval()
+    return model, data
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

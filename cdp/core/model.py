@@ -1,0 +1,166 @@
+"""DensityModel: one featurizer, one graph builder, one backbone and one readout head, assembled and checked.
+
+Atom features are computed once per structure (:meth:`DensityModel.encode`); probes then pass through
+:meth:`DensityModel.decode` in batches of any size, each batch reusing the same atom features.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cdp.core.components import Backbone, Featurizer, GraphBuilder, Readout
+from cdp.core.types import AtomFeatures, AtomGraph, Batch, CdpError, ProbeGraph, edge_vectors
+
+
+class DensityModel(nn.Module):
+    """ρ(r) = readout(backbone.decode(probe graph, backbone.encode(atom graph, featurizer(Z))))."""
+
+    def __init__(
+        self,
+        featurizer: Featurizer,
+        backbone: Backbone,
+        readout: Readout,
+        graph: GraphBuilder,
+        config: Optional[dict] = None,
+    ):
+        super().__init__()
+        check_fit(featurizer, backbone, readout)
+        self.featurizer = featurizer
+        self.backbone = backbone
+        self.readout = readout
+        self.graph = graph
+        self.config = copy.deepcopy(config) if config is not None else {}
+
+    # -- assembly --------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict, registry=None) -> "DensityModel":
+        """Build from ``{"featurizer": {...}, "graph": {...}, "backbone": {...}, "readout": {...}}``."""
+        from cdp.core.registry import get_registry, validate_preset
+
+        registry = registry or get_registry()
+        validate_preset(config, "model config")
+        featurizer = registry.build("featurizer", config["featurizer"])
+        backbone = registry.build("backbone", config["backbone"])
+        readout = registry.build("readout", config["readout"], in_spec=backbone.out_spec)
+        graph = registry.build("graph", config["graph"])
+        model_config = {k: copy.deepcopy(config[k]) for k in ("featurizer", "graph", "backbone", "readout")}
+        return cls(featurizer, backbone, readout, graph, model_config)
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.backbone.cutoff)
+
+    @property
+    def spin(self) -> bool:
+        return bool(getattr(self.readout, "spin", False))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            return p.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- graphs ----------------------------------------------------------------------------------
+    def atom_graph(self, batch: Batch) -> AtomGraph:
+        """Atom→atom edges of every structure in the batch, indices offset into the concatenation."""
+        edges, offsets = [], []
+        pos = batch.positions.detach().cpu().numpy().astype(np.float64)
+        cells = batch.cell.detach().cpu().numpy().astype(np.float64)
+        pbcs = batch.pbc.cpu().numpy()
+        owner = batch.atom_batch.cpu().numpy()
+        start = 0
+        for b in range(batch.num_structures):
+            n = int((owner == b).sum())
+            ei, off = self.graph.atom_edges(pos[start : start + n], cells[b], pbcs[b], self.cutoff)
+            edges.append(ei + start)
+            offsets.append(off)
+            start += n
+        return AtomGraph(
+            edge_index=torch.from_numpy(np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), np.int64)).to(batch.positions.device),
+            offsets=torch.from_numpy(np.concatenate(offsets) if offsets else np.zeros((0, 3))).to(batch.positions),
+            num_nodes=batch.num_atoms,
+        )
+
+    def probe_graph(self, batch: Batch, probes: Tensor, probe_batch: Optional[Tensor] = None) -> ProbeGraph:
+        """Atom→probe edges; ``probe_batch`` [M] names each probe's structure (default: all in structure 0)."""
+        m = int(probes.shape[0])
+        if probe_batch is None:
+            if batch.num_structures != 1:
+                raise CdpError("probe_batch is required when the batch holds several structures")
+            probe_batch = torch.zeros(m, dtype=torch.long, device=probes.device)
+        pos = batch.positions.detach().cpu().numpy().astype(np.float64)
+        pr = probes.detach().cpu().numpy().astype(np.float64)
+        cells = batch.cell.detach().cpu().numpy().astype(np.float64)
+        pbcs = batch.pbc.cpu().numpy()
+        owner = batch.atom_batch.cpu().numpy()
+        pown = probe_batch.cpu().numpy()
+        atom_start = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=batch.num_structures))])
+        edges, offsets = [], []
+        for b in range(batch.num_structures):
+            sel = np.nonzero(pown == b)[0]
+            if sel.size == 0:
+                continue
+            a0, a1 = atom_start[b], atom_start[b + 1]
+            ei, off = self.graph.probe_edges(pos[a0:a1], cells[b], pbcs[b], pr[sel], self.cutoff)
+            edges.append(np.stack([ei[0] + a0, sel[ei[1]]]))
+            offsets.append(off)
+        ei = np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), np.int64)
+        off = np.concatenate(offsets) if offsets else np.zeros((0, 3))
+        return ProbeGraph(
+            edge_index=torch.from_numpy(ei).to(probes.device),
+            offsets=torch.from_numpy(off).to(probes),
+            num_probes=m,
+            probe_batch=probe_batch,
+        )
+
+    # -- the two seams ---------------------------------------------------------------------------
+    def encode(self, batch: Batch, graph: Optional[AtomGraph] = None) -> AtomFeatures:
+        """Per-layer atom features; compute once per structure and reuse for every probe batch."""
+        graph = graph if graph is not None else self.atom_graph(batch)
+        vec = edge_vectors(batch.positions, batch.positions, graph.edge_index, graph.offsets, batch.cell, batch.atom_batch)
+        x = self.featurizer(batch.numbers)
+        return AtomFeatures(self.backbone.encode(x, graph.edge_index, vec))
+
+    def decode(
+        self,
+        batch: Batch,
+        features: AtomFeatures,
+        probes: Tensor,
+        probe_batch: Optional[Tensor] = None,
+        graph: Optional[ProbeGraph] = None,
+    ) -> Tensor:
+        """Density [M] (or [M, 2] with spin) at ``probes`` [M, 3] from precomputed atom features."""
+        graph = graph if graph is not None else self.probe_graph(batch, probes, probe_batch)
+        vec = edge_vectors(batch.positions, probes, graph.edge_index, graph.offsets, batch.cell, batch.atom_batch)
+        h = self.backbone.decode(features.layers, graph.edge_index, vec, graph.num_probes)
+        return self.readout(h)
+
+    def forward(self, batch: Batch, probes: Tensor, probe_batch: Optional[Tensor] = None) -> Tensor:
+        """Encode then decode in one call (training path)."""
+        return self.decode(batch, self.encode(batch), probes, probe_batch)
+
+
+def check_fit(featurizer: Featurizer, backbone: Backbone, readout: Readout) -> None:
+    """Refuse an assembly whose pieces do not fit, naming both sides."""
+    if not featurizer.out_spec.fits(backbone.in_spec):
+        raise CdpError(
+            f"featurizer produces {featurizer.out_spec} but backbone {type(backbone).__name__} consumes {backbone.in_spec}"
+        )
+    if not backbone.out_spec.fits(readout.in_spec):
+        raise CdpError(
+            f"backbone {type(backbone).__name__} produces {backbone.out_spec} but readout {type(readout).__name__} consumes {readout.in_spec}"
+        )

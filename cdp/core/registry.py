@@ -1,0 +1,222 @@
+"""The plugin manager: built-in plugin modules named in registry.yaml, third-party entry points, presets.
+
+Built-in components and third-party ones register through the same hook (``cdp_components``).  A plugin
+that fails to import, or that registers a name already taken, is recorded as *broken* with its origin;
+the other plugins keep working.  The core never imports a plugin by name: the names live in registry.yaml.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.resources
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import pluggy
+import yaml
+
+from cdp.core import hookspec
+from cdp.core.components import COMPONENT_KINDS
+from cdp.core.types import CdpError
+
+ENTRY_POINT_GROUP = "cdp"
+PRESET_KEYS = ("featurizer", "graph", "backbone", "readout")
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as loaded: its name, where it came from, what it registered, and any error."""
+
+    name: str
+    origin: str
+    components: List[str] = field(default_factory=list)
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class ComponentEntry:
+    kind: str
+    name: str
+    factory: Callable
+    plugin: str
+
+
+def registry_file() -> Path:
+    """Path of the registry.yaml in use: ``$CDP_REGISTRY`` if set, else the one shipped in the package."""
+    env = os.environ.get("CDP_REGISTRY")
+    if env:
+        return Path(env)
+    return Path(str(importlib.resources.files("cdp").joinpath("registry.yaml")))
+
+
+def load_registry_yaml(path: Path) -> dict:
+    """Read and validate registry.yaml; errors name the file and the offending key."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise CdpError(f"{path}: cannot read registry ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CdpError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise CdpError(f"{path}: expected a mapping with keys 'plugins' and 'presets'")
+    plugins = data.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise CdpError(f"{path}: 'plugins' must be a list of module names")
+    presets = data.get("presets", {})
+    if not isinstance(presets, dict):
+        raise CdpError(f"{path}: 'presets' must be a mapping of preset names")
+    for name, preset in presets.items():
+        validate_preset(preset, f"{path}: presets.{name}")
+    return {"plugins": plugins, "presets": presets}
+
+
+def validate_preset(preset: Any, where: str) -> None:
+    """Check a model config ``{featurizer, graph, backbone, readout[, train, description]}``."""
+    if not isinstance(preset, dict):
+        raise CdpError(f"{where}: must be a mapping")
+    for key in PRESET_KEYS:
+        if key not in preset:
+            raise CdpError(f"{where}: missing key '{key}'")
+        comp = preset[key]
+        if not isinstance(comp, dict) or not isinstance(comp.get("name"), str):
+            raise CdpError(f"{where}.{key}: must be a mapping with a string 'name'")
+    train = preset.get("train", {})
+    if not isinstance(train, dict):
+        raise CdpError(f"{where}.train: must be a mapping")
+    unknown = set(preset) - set(PRESET_KEYS) - {"train", "description"}
+    if unknown:
+        raise CdpError(f"{where}: unknown key '{sorted(unknown)[0]}'")
+
+
+class Registry:
+    """Components and presets from every plugin, with a record of the plugins that failed."""
+
+    def __init__(self, path: Optional[Path] = None, entry_points: bool = True):
+        self.path = Path(path) if path is not None else registry_file()
+        self.pm = pluggy.PluginManager(hookspec.PROJECT)
+        self.pm.add_hookspecs(hookspec)
+        self.plugins: List[PluginInfo] = []
+        self.components: Dict[str, Dict[str, ComponentEntry]] = {k: {} for k in COMPONENT_KINDS}
+        self.presets: Dict[str, dict] = {}
+        data = load_registry_yaml(self.path)
+        for module in data["plugins"]:
+            self._load_module(module, origin=f"built-in ({self.path.name})")
+        if entry_points:
+            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                dist = getattr(ep, "dist", None)
+                origin = f"entry point {ep.name} = {ep.value}" + (f" ({dist.name} {dist.version})" if dist else "")
+                self._load_entry_point(ep, origin)
+        for name, preset in data["presets"].items():
+            self.presets[name] = preset
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _load_module(self, module_name: str, origin: str) -> None:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # a broken plugin must not break the others
+            self.plugins.append(PluginInfo(module_name, origin, error=f"import failed: {type(exc).__name__}: {exc}"))
+            return
+        self.register(module, module_name, origin)
+
+    def _load_entry_point(self, ep, origin: str) -> None:
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            self.plugins.append(PluginInfo(ep.name, origin, error=f"import failed: {type(exc).__name__}: {exc}"))
+            return
+        self.register(obj, ep.name, origin)
+
+    def register(self, plugin: Any, name: str, origin: str) -> PluginInfo:
+        """Register one plugin object (a module or an object with hookimpls) and collect its components."""
+        info = PluginInfo(name, origin)
+        self.plugins.append(info)
+        if self.pm.is_registered(plugin) or self.pm.has_plugin(name):
+            info.error = "already registered"
+            return info
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:
+            info.error = f"invalid hooks: {exc}"
+            return info
+        caller = self.pm.subset_hook_caller("cdp_components", remove_plugins=[p for p in self.pm.get_plugins() if p is not plugin])
+        try:
+            results = caller()
+        except Exception as exc:
+            info.error = f"cdp_components failed: {type(exc).__name__}: {exc}"
+            return info
+        problems = []
+        for result in results:
+            if not isinstance(result, dict):
+                problems.append("cdp_components must return {kind: {name: factory}}")
+                continue
+            for kind, entries in result.items():
+                if kind not in self.components:
+                    problems.append(f"unknown component kind '{kind}'")
+                    continue
+                for cname, factory in (entries or {}).items():
+                    taken = self.components[kind].get(cname)
+                    if taken is not None:
+                        problems.append(f"duplicate {kind} '{cname}' (already registered by {taken.plugin})")
+                        continue
+                    self.components[kind][cname] = ComponentEntry(kind, cname, factory, name)
+                    info.components.append(f"{kind}:{cname}")
+        preset_caller = self.pm.subset_hook_caller("cdp_presets", remove_plugins=[p for p in self.pm.get_plugins() if p is not plugin])
+        try:
+            for result in preset_caller():
+                for pname, preset in (result or {}).items():
+                    validate_preset(preset, f"{name}: preset {pname}")
+                    if pname in self.presets:
+                        problems.append(f"duplicate preset '{pname}'")
+                    else:
+                        self.presets[pname] = preset
+                        info.components.append(f"preset:{pname}")
+        except Exception as exc:
+            problems.append(f"cdp_presets failed: {exc}")
+        if problems:
+            info.error = "; ".join(problems)
+        return info
+
+    # -- use ---------------------------------------------------------------------------------------
+    def factory(self, kind: str, name: str) -> Callable:
+        """The factory registered for ``kind``/``name``, or a CdpError listing what is available."""
+        if kind not in self.components:
+            raise CdpError(f"unknown component kind '{kind}' (kinds: {', '.join(COMPONENT_KINDS)})")
+        entry = self.components[kind].get(name)
+        if entry is None:
+            known = ", ".join(sorted(self.components[kind])) or "none"
+            raise CdpError(f"unknown {kind} '{name}' (registered: {known})")
+        return entry.factory
+
+    def build(self, kind: str, spec: dict, **extra):
+        """Instantiate a component from ``{"name": ..., **params}``; bad params raise a CdpError naming them."""
+        params = {k: v for k, v in spec.items() if k != "name"}
+        factory = self.factory(kind, spec["name"])
+        try:
+            return factory(**params, **extra)
+        except (TypeError, ValueError) as exc:
+            raise CdpError(f"{kind} '{spec['name']}': bad parameters ({exc})") from None
+
+    def preset(self, name: str) -> dict:
+        if name not in self.presets:
+            raise CdpError(f"unknown model preset '{name}' (presets: {', '.join(sorted(self.presets))})")
+        return self.presets[name]
+
+
+_DEFAULT: Optional[Registry] = None
+
+
+def get_registry(reload: bool = False) -> Registry:
+    """The process-wide registry (loaded once)."""
+    global _DEFAULT
+    if _DEFAULT is None or reload:
+        _DEFAULT = Registry()
+    return _DEFAULT

@@ -1,0 +1,128 @@
+"""Registry: registry.yaml validation, plugin loading, broken and duplicate plugins, entry points."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import yaml
+
+from cdp.core.components import Readout, Spec
+from cdp.core.hookspec import hookimpl
+from cdp.core.registry import Registry, get_registry, load_registry_yaml
+from cdp.core.types import CdpError
+from tests.conftest import REPO
+
+
+def write_registry(tmp_path, data) -> str:
+    path = tmp_path / "registry.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def make_plugin(name: str, components: dict) -> types.ModuleType:
+    mod = types.ModuleType(name)
+
+    @hookimpl
+    def cdp_components():
+        return components
+
+    mod.cdp_components = cdp_components
+    return mod
+
+
+class Dummy(Readout):
+    def __init__(self, in_spec=None):
+        super().__init__()
+        self.in_spec = in_spec
+
+
+def test_shipped_registry_lists_presets_and_components():
+    reg = get_registry()
+    for name in ("chargee3net", "equideepdft", "invdeepdft", "chargee3net-cpu", "equideepdft-cpu", "invdeepdft-cpu"):
+        preset = reg.preset(name)
+        assert set(preset) >= {"featurizer", "graph", "backbone", "readout", "train"}
+        for key in ("loss", "lr", "beta"):
+            assert key in preset["train"], (name, key)
+    assert "periodic" in reg.components["graph"]
+
+
+def test_top_level_registry_is_the_packaged_one():
+    assert (REPO / "registry.yaml").read_text() == (REPO / "cdp" / "registry.yaml").read_text()
+
+
+def test_numbers_in_registry_are_numbers():
+    data = load_registry_yaml(REPO / "registry.yaml")
+    for preset in data["presets"].values():
+        assert isinstance(preset["train"]["lr"], float)
+        assert isinstance(preset["train"]["beta"], float)
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"plugins": "x"}, "plugins"),
+        ({"presets": {"m": {"graph": {"name": "g"}}}}, "presets.m"),
+        ({"presets": {"m": {"featurizer": {"name": "a"}, "graph": {"name": "b"}, "backbone": {"name": "c"},
+                            "readout": {"name": "d"}, "extra": 1}}}, "extra"),
+        ({"presets": {"m": {"featurizer": {}, "graph": {"name": "b"}, "backbone": {"name": "c"},
+                            "readout": {"name": "d"}}}}, "presets.m.featurizer"),
+    ],
+)
+def test_invalid_registry_names_the_key(tmp_path, data, key):
+    with pytest.raises(CdpError, match=key.replace(".", r"\.")):
+        load_registry_yaml(write_registry(tmp_path, data))
+
+
+def test_invalid_yaml_is_one_line_error(tmp_path):
+    path = tmp_path / "registry.yaml"
+    path.write_text("plugins: [unclosed\n")
+    with pytest.raises(CdpError, match="invalid YAML"):
+        load_registry_yaml(path)
+
+
+def test_broken_plugin_does_not_break_others(tmp_path):
+    path = write_registry(tmp_path, {"plugins": ["cdp.plugins.graphs.periodic", "no_such_module_xyz"], "presets": {}})
+    reg = Registry(path, entry_points=False)
+    broken = [p for p in reg.plugins if not p.ok]
+    assert [p.name for p in broken] == ["no_such_module_xyz"]
+    assert "import failed" in broken[0].error
+    assert "periodic" in reg.components["graph"]
+
+
+def test_duplicate_component_is_reported_with_origin(tmp_path):
+    reg = Registry(write_registry(tmp_path, {"plugins": [], "presets": {}}), entry_points=False)
+    first = reg.register(make_plugin("first", {"readout": {"dummy": Dummy}}), "first", "test")
+    second = reg.register(make_plugin("second", {"readout": {"dummy": Dummy, "other": Dummy}}), "second", "test")
+    assert first.ok
+    assert not second.ok and "duplicate readout 'dummy'" in second.error and "first" in second.error
+    assert reg.components["readout"]["dummy"].plugin == "first"
+    assert reg.components["readout"]["other"].plugin == "second"  # the rest of the plugin still registers
+
+
+def test_plugin_whose_hook_raises_is_broken(tmp_path):
+    reg = Registry(write_registry(tmp_path, {"plugins": [], "presets": {}}), entry_points=False)
+    mod = types.ModuleType("bad")
+
+    @hookimpl
+    def cdp_components():
+        raise RuntimeError("boom")
+
+    mod.cdp_components = cdp_components
+    info = reg.register(mod, "bad", "test")
+    assert not info.ok and "boom" in info.error
+
+
+def test_unknown_component_lists_available():
+    reg = get_registry()
+    with pytest.raises(CdpError, match="unknown backbone 'nope'"):
+        reg.factory("backbone", "nope")
+    with pytest.raises(CdpError, match="unknown model preset"):
+        reg.preset("nope")
+
+
+def test_bad_component_parameters_name_the_component(tmp_path):
+    reg = Registry(write_registry(tmp_path, {"plugins": [], "presets": {}}), entry_points=False)
+    reg.register(make_plugin("p", {"readout": {"dummy": Dummy}}), "p", "test")
+    with pytest.raises(CdpError, match="readout 'dummy': bad parameters"):
+        reg.build("readout", {"name": "dummy", "nonsense": 3})
