@@ -50,14 +50,21 @@ def graphs(positions, cell, pbc, probes, cutoff):
     return a[0], a[1], p[0], p[1]
 
 
+def _np(a):
+    return a.detach().cpu().numpy().astype(np.float64) if isinstance(a, torch.Tensor) else np.asarray(a, np.float64)
+
+
 def predict(featurizer, backbone, readout, numbers, positions, cell, pbc, probes, dtype=torch.float64, graph=None):
-    """Density at probes through featurizer → encode → decode → readout (vectors built in ``dtype``)."""
+    """Density at probes through featurizer → encode → decode → readout (vectors built in ``dtype``).
+
+    ``positions``/``probes`` may be tensors with ``requires_grad`` (gradients flow through the edge vectors).
+    """
     if graph is None:
-        graph = graphs(np.asarray(positions, float), np.asarray(cell, float), pbc, np.asarray(probes, float), backbone.cutoff)
+        graph = graphs(_np(positions), _np(cell), np.asarray(pbc, bool), _np(probes), backbone.cutoff)
     aei, aoff, pei, poff = graph
-    pos = torch.as_tensor(np.asarray(positions), dtype=dtype)
-    prb = torch.as_tensor(np.asarray(probes), dtype=dtype)
-    cel = torch.as_tensor(np.asarray(cell), dtype=dtype)
+    pos = torch.as_tensor(positions, dtype=dtype) if isinstance(positions, torch.Tensor) else torch.as_tensor(np.asarray(positions), dtype=dtype)
+    prb = torch.as_tensor(probes, dtype=dtype) if isinstance(probes, torch.Tensor) else torch.as_tensor(np.asarray(probes), dtype=dtype)
+    cel = torch.as_tensor(_np(cell), dtype=dtype)
     aei_t, pei_t = torch.as_tensor(aei), torch.as_tensor(pei)
     avec = pos[aei_t[1]] - (pos[aei_t[0]] + torch.as_tensor(aoff, dtype=dtype) @ cel)
     pvec = prb[pei_t[1]] - (pos[pei_t[0]] + torch.as_tensor(poff, dtype=dtype) @ cel)
