@@ -18,7 +18,7 @@ from cdp.core.components import GraphBuilder
 from cdp.core.hookspec import hookimpl
 from cdp.core.types import CdpError
 
-_MAX_REPLICAS = 20_000_000  # atoms × images kept in the KD-tree; beyond this the cell is absurdly thin
+_MAX_REPLICAS = 5_000_000  # atoms × images kept in the KD-tree; beyond this the cell is absurdly thin
 _FRAC_SLACK = 1e-6  # fractional-coordinate margin when pruning replicas (pruning only, never filtering)
 
 
@@ -92,7 +92,7 @@ class _Lattice:
             _, _, vt = np.linalg.svd(rows)
             complement = vt[len(periodic):]
             free = [k for k in range(3) if not pbc[k]]
-            basis[free] = cell[free] + 0*complement
+            basis[free] = complement
         basis[periodic] = rows
         return basis
 
@@ -168,6 +168,7 @@ def _finish(
 
 
 def _edges(sender: np.ndarray, receiver: np.ndarray, offsets: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Pack already ordered edges into the builder's output arrays."""
     edge_index = np.stack([sender, receiver]).astype(np.int64, copy=False)
     return edge_index, np.ascontiguousarray(offsets, dtype=np.int64)
 
