@@ -103,13 +103,15 @@ def _load_weights(path: Path) -> Dict[str, torch.Tensor]:
         from cdp.core.safe_pickle import load_torch_file
     except ImportError:  # pragma: no cover - safe_pickle ships with cdp
         load_torch_file = None
-    if load_torch_file is not None:
-        data = load_torch_file(str(path))
-    else:  # pragma: no cover
-        try:
+    try:
+        if load_torch_file is not None:
+            data = load_torch_file(str(path))
+        else:  # pragma: no cover
             data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CdpError(f"{path}: not a readable torch file ({type(exc).__name__})") from None
+    except CdpError:
+        raise
+    except Exception as exc:  # corrupt or foreign file
+        raise CdpError(f"{path}: not a readable torch file ({type(exc).__name__})") from None
     sd = data.get("model") if isinstance(data, dict) and "model" in data else data
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CdpError(f"{path}: expected a DeepDFT checkpoint with a 'model' state_dict of tensors")
