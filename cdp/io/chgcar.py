@@ -164,6 +164,8 @@ def parse_chgcar(text: str, name: str) -> Tuple[Atoms, DensityGrid]:
         raise CdpError(f"{name}: singular cell (volume {volume:.3g} Å³)")
 
     start = lines.line_start()
+    if not text[start:start + 4096].strip():
+        raise CdpError(f"{name}: header only, no density values after the grid dimensions")
     check_room(n, len(text) - start, name, "density grid")
     dims_re = _dims_regex(dims)
     later = dims_re.search(text, start)

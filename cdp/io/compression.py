@@ -43,7 +43,7 @@ def decompress(data: bytes, codec: Optional[str], name: str) -> bytes:
         raise CdpError(f"{name}: file is empty")
     found = sniff_codec(data)
     if found != codec:
-        what = f"{found}-compressed data" if found else "not compressed data"
+        what = f"{found}-compressed data" if found else "uncompressed (or unrecognised) data"
         raise CdpError(f"{name}: the name says {codec} but the file holds {what}")
     try:
         if codec == "gzip":

@@ -33,7 +33,11 @@ def parse_cube(text: str, name: str, units: str = "bohr") -> Tuple[Atoms, Densit
     units = _check_units(units, name)
     lines = Lines(text, name, KIND)
     lines.next("first comment line")
-    lines.next("second comment line")
+    second = lines.next("second comment line")
+    if "OUTER LOOP" in second.upper():
+        order = [w[0] for w in second.upper().replace(",", " ").split()[2::3]][:3]
+        if order and order != ["X", "Y", "Z"]:
+            raise CdpError(f"{name}: loop order {second.strip()!r} is not supported (expected X outer, Z inner)")
     head = lines.next("atom count and origin")
     fields = head.split()
     try:
@@ -99,6 +103,8 @@ def parse_cube(text: str, name: str, units: str = "bohr") -> Tuple[Atoms, Densit
     cell = voxels * np.array(dims, dtype=np.float64)[:, None]
 
     start = lines.line_start()
+    if not text[start:].strip():
+        raise CdpError(f"{name}: header only, no density values after the atom lines")
     check_room(n, len(text) - start, name, "density grid")
     vals, _ = parse_numbers(text[start:], name, "density grid")
     if vals.size != n:
@@ -134,15 +140,17 @@ def format_cube(
     nx, ny, nz = values.shape
     voxels = np.asarray(grid.cell, dtype=np.float64) / np.array([nx, ny, nz], dtype=np.float64)[:, None] / Bohr
     origin = np.asarray(grid.origin, dtype=np.float64) / Bohr
+    unit_text = "e/Bohr^3" if units == "bohr" else "e/Angstrom^3"
     out = [
-        (comment or f"cdp density {atoms.get_chemical_formula(mode='hill')}").replace("\n", " ") + "\n",
-        f"values in {'e/Bohr^3' if units == 'bohr' else 'e/Angstrom^3'}; point (i,j,k) at origin + i*v1 + j*v2 + k*v3\n",
-        "%5d %16.10f %16.10f %16.10f\n" % (len(atoms), *origin),
+        (comment or f"cdp density {atoms.get_chemical_formula(mode='hill')}, values in {unit_text}")
+        .replace("\n", " ") + "\n",
+        "OUTER LOOP: X, MIDDLE LOOP: Y, INNER LOOP: Z\n",
+        "%5d %20.12f %20.12f %20.12f\n" % (len(atoms), *origin),
     ]
     for count, vec in zip((nx, ny, nz), voxels):
-        out.append("%5d %16.10f %16.10f %16.10f\n" % (count, *vec))
+        out.append("%5d %20.12f %20.12f %20.12f\n" % (count, *vec))
     for zz, p in zip(atoms.numbers, np.asarray(atoms.positions, dtype=np.float64) / Bohr):
-        out.append("%5d %16.10f %16.10f %16.10f %16.10f\n" % (zz, float(zz), *p))
+        out.append("%5d %20.12f %20.12f %20.12f %20.12f\n" % (zz, float(zz), *p))
     flat = (values * Bohr**3 if units == "bohr" else values).reshape(-1)
     one = " %15.8E"
     full, rest = divmod(nz, 6)
