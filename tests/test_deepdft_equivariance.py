@@ -148,3 +148,17 @@ def test_no_probe_edges_at_all(model):
     assert torch.isfinite(probes.grad).all()
     empty = predict(*model, numbers, pos, np.zeros((3, 3)), [False] * 3, np.zeros((0, 3)))
     assert empty.shape == (0,)
+
+
+def test_mlp_readout_refuses_irreps_and_unknown_activation():
+    from cdp.core.components import Spec
+    from cdp.core.types import CdpError
+    from cdp.plugins.readouts.mlp import MLPReadout
+
+    with pytest.raises(CdpError, match="plain"):
+        MLPReadout(in_spec=Spec(irreps="8x0e+4x1o"), activation="silu")
+    with pytest.raises(CdpError, match="activation"):
+        MLPReadout(in_spec=Spec(size=8), activation="relu")
+    head = MLPReadout(in_spec=Spec(size=8), activation="ssp", spin=True)
+    assert head(torch.zeros(3, 8)).shape == (3, 2)
+    assert MLPReadout(in_spec=Spec(size=8), activation="silu")(torch.zeros(0, 8)).shape == (0,)
