@@ -16,7 +16,7 @@ from cdp.plugins.backbones.chargee3net.irreps import uvu_instructions
 
 def _linear(irreps_in, irreps_out) -> o3.Linear:
     # simplified irreps give the weight layout of a fully connected product with a constant 1x0e
-    return o3.Linear(o3.Irreps(irreps_in).simplify(), o3.Irreps(irreps_out).simplify())
+    return o3.Linear(o3.Irreps(irreps_in).simplify(), o3.Irreps(irreps_out).simplify(), _optimize_einsums=False)
 
 
 class E3Convolution(nn.Module):
@@ -52,6 +52,7 @@ class E3Convolution(nn.Module):
             instructions,
             internal_weights=False,
             shared_weights=False,
+            _optimize_einsums=False,  # per-edge weights: contraction order search only costs build time
         )
         self.fc = FullyConnectedNet([num_basis, radial_neurons, self.tp.weight_numel], torch.nn.functional.silu)
         self.lin2 = _linear(irreps_mid, self.irreps_out)
