@@ -1,1 +1,28 @@
-"""cdp.data."""
+"""cdp.data: density datasets (directories, DeepDFT tars, ChargE3Net dirs), probe sampling, reference DFT
+generators (PySCF molecules, GPAW crystals) and the embedded default dataset."""
+
+from __future__ import annotations
+
+import os
+
+
+def embedded_path() -> str:
+    """Directory of the small QM9 dataset shipped inside the package (used when no dataset is given)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
+
+
+def load_dataset(path=None):
+    """Open a dataset (None → the embedded one); see :mod:`cdp.data.datasets`."""
+    from cdp.data.datasets import load_dataset as _load
+
+    return _load(path)
+
+
+def load_split(path=None):
+    """Read a split JSON (None → the embedded dataset's split)."""
+    from cdp.data.datasets import load_split as _load
+
+    return _load(path)
+
+
+__all__ = ["embedded_path", "load_dataset", "load_split"]

@@ -73,7 +73,8 @@ def _run_job(job: Callable, name: str, atoms, options: dict) -> Tuple[str, Optio
     try:
         return name, job(name, atoms, options), None
     except CdpError as exc:
-        return name, None, str(exc)
+        msg = str(exc)
+        return name, None, msg if msg.startswith(name) else f"{name}: {msg}"
     except MemoryError:
         return name, None, f"{name}: out of memory"
     except Exception as exc:  # any recipe failure is reported per structure; the run continues

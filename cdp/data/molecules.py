@@ -83,13 +83,14 @@ class MoleculeResult:
     grid_seconds: float
 
 
-def run_scf(atoms, recipe: Optional[dict] = None):
+def run_scf(atoms, recipe: Optional[dict] = None, name: Optional[str] = None):
     """Converged PySCF RKS object for ``atoms`` under the recipe (raises CdpError if not converged)."""
     try:
         from pyscf import dft, gto
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise CdpError("PySCF is not installed: pip install 'cdp[data]' (pyscf==2.14.*)") from exc
     rc = dict(RECIPE if recipe is None else recipe)
+    name = name or atoms.get_chemical_formula()
     mol = gto.M(
         atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
         unit="Angstrom",
@@ -100,7 +101,7 @@ def run_scf(atoms, recipe: Optional[dict] = None):
         verbose=0,
     )
     if mol.spin != 0:
-        raise CdpError(f"{atoms.get_chemical_formula()}: odd electron count, the RKS recipe needs a closed shell")
+        raise CdpError(f"{name}: odd electron count, the RKS recipe needs a closed shell")
     mf = dft.RKS(mol, xc=rc["xc"])
     if rc.get("density_fit", True):
         mf = mf.density_fit()
@@ -110,7 +111,7 @@ def run_scf(atoms, recipe: Optional[dict] = None):
     mf.verbose = 0
     mf.kernel()
     if not mf.converged:
-        raise CdpError(f"{atoms.get_chemical_formula()}: SCF did not converge in {mf.max_cycle} cycles")
+        raise CdpError(f"{name}: SCF did not converge in {mf.max_cycle} cycles")
     return mol, mf
 
 
@@ -145,7 +146,7 @@ def compute_molecule(
             f"{max_grid_points} (use a coarser --spacing or a smaller --vacuum)"
         )
     t0 = time.perf_counter()
-    mol, mf = run_scf(boxed, recipe)
+    mol, mf = run_scf(boxed, recipe, name=name)
     t1 = time.perf_counter()
     cell = np.asarray(boxed.cell.array, dtype=np.float64)
     grid = DensityGrid(cell=cell, values=np.zeros(shape), pbc=np.zeros(3, dtype=bool))
