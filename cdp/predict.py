@@ -41,6 +41,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.probe_batch = int(probe_batch)
         self.name = name
+        self.metadata: dict = {}
         if self.probe_batch < 1:
             raise CdpError("probe batch size must be at least 1")
 
@@ -79,6 +80,42 @@ class Predictor:
             yield out.detach().cpu().double().numpy()
 
     @torch.no_grad()
+    def iter_grid(
+        self,
+        atoms,
+        shape: Sequence[int],
+        cell: Optional[np.ndarray] = None,
+        origin: Optional[np.ndarray] = None,
+        probe_batch: Optional[int] = None,
+    ) -> Iterator[tuple]:
+        """Stream a full grid: yields ``(start, values)`` per probe batch over the C-order flat grid index.
+
+        ``values`` is [k] (or [k, 2] with spin). Atom features are computed once, before the first batch;
+        memory stays independent of the grid size, so a caller may reduce or write each slice as it comes.
+        """
+        grid = self._grid_frame(atoms, shape, cell, origin)
+        batch, feats = self.encode(atoms)
+        total = int(np.prod(grid.values.shape))
+        step = int(probe_batch or self.probe_batch)
+        for start in range(0, total, step):
+            pts = grid.grid_points(start, start + step)
+            chunk = torch.from_numpy(pts).to(self.device, self.model.dtype)
+            yield start, self.model.decode(batch, feats, chunk).detach().cpu().double().numpy()
+
+    @staticmethod
+    def _grid_frame(atoms, shape, cell, origin) -> DensityGrid:
+        """An empty-valued DensityGrid (broadcast zeros) giving the geometry of the grid to predict."""
+        cell = np.asarray(atoms.cell.array if cell is None else cell, dtype=np.float64)
+        origin = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64)
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise CdpError(f"grid shape must be three positive integers, got {shape}")
+        if abs(np.linalg.det(cell)) < 1e-12:
+            raise CdpError("the grid cell is singular (a molecule needs a box: see cdp.predict.molecule_box)")
+        return DensityGrid(cell=cell, values=np.broadcast_to(np.zeros(1), shape), origin=origin,
+                           pbc=np.asarray(atoms.pbc))
+
+    @torch.no_grad()
     def predict_grid(
         self,
         atoms,
@@ -89,31 +126,20 @@ class Predictor:
         progress: Optional[Callable[[int], None]] = None,
     ) -> DensityGrid:
         """The density on a full grid ``shape`` over ``cell`` (default: the structure's cell), streamed."""
-        batch, feats = self.encode(atoms)
-        cell = np.asarray(atoms.cell.array if cell is None else cell, dtype=np.float64)
-        origin = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64)
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise CdpError(f"grid shape must be three positive integers, got {shape}")
-        if abs(np.linalg.det(cell)) < 1e-12:
-            raise CdpError("the grid cell is singular (a molecule needs a box: see cdp.predict.molecule_box)")
-        grid = DensityGrid(cell=cell, values=np.zeros(shape), origin=origin, pbc=np.asarray(atoms.pbc))
+        frame = self._grid_frame(atoms, shape, cell, origin)
+        shape = frame.values.shape
         total = int(np.prod(shape))
         flat = np.zeros(total, dtype=np.float64)
         spin = np.zeros(total, dtype=np.float64) if self.spin else None
-        step = int(probe_batch or self.probe_batch)
-        for start in range(0, total, step):
-            pts = grid.grid_points(start, start + step)
-            chunk = torch.from_numpy(pts).to(self.device, self.model.dtype)
-            out = self.model.decode(batch, feats, chunk).detach().cpu().double().numpy()
+        for start, out in self.iter_grid(atoms, shape, frame.cell, frame.origin, probe_batch):
             if self.spin:
-                flat[start : start + len(pts)] = out[:, 0]
-                spin[start : start + len(pts)] = out[:, 1]
+                flat[start : start + len(out)] = out[:, 0]
+                spin[start : start + len(out)] = out[:, 1]
             else:
-                flat[start : start + len(pts)] = out
+                flat[start : start + len(out)] = out
             if progress is not None:
-                progress(len(pts))
-        grid.values = flat.reshape(shape)
+                progress(len(out))
+        grid = DensityGrid(cell=frame.cell, values=flat.reshape(shape), origin=frame.origin, pbc=frame.pbc)
         if spin is not None:
             grid.spin = spin.reshape(shape)
         return grid
@@ -158,17 +184,18 @@ def load_model(
             raise CdpError(f"the onnx runtime is not available: {exc}") from None
         return load_onnx_predictor(model, device=device, probe_batch=probe_batch)
     name = "model"
+    metadata: dict = {}
     if isinstance(model, DensityModel):
         net = model
     else:
         text = str(model)
         path = Path(text)
         if path.is_file():
-            net, _ = load_checkpoint(path)
-            name = path.stem
+            net, info = load_checkpoint(path)
+            name, metadata = path.stem, dict(info.get("metadata") or {})
         elif text in _named_models():
-            net, _ = load_checkpoint(_named_models()[text])
-            name = text
+            net, info = load_checkpoint(_named_models()[text])
+            name, metadata = text, dict(info.get("metadata") or {})
         else:
             from cdp.core.registry import get_registry
 
@@ -184,7 +211,40 @@ def load_model(
         if dtype not in DTYPES:
             raise CdpError(f"unknown dtype '{dtype}' (float32 or float64)")
         net = net.to(DTYPES[dtype])
-    return Predictor(net, device=device, probe_batch=probe_batch, name=name)
+    predictor = Predictor(net, device=device, probe_batch=probe_batch, name=name)
+    predictor.metadata = metadata
+    return predictor
+
+
+def model_elements(predictor) -> Optional[set]:
+    """Atomic numbers a model was trained on (checkpoint metadata ``elements``), or None when unrecorded."""
+    from ase.data import atomic_numbers
+
+    elements = (getattr(predictor, "metadata", None) or {}).get("elements")
+    if not elements:
+        return None
+    out = set()
+    for e in elements:
+        if isinstance(e, str):
+            if e not in atomic_numbers:
+                raise CdpError(f"model metadata names an unknown element '{e}'")
+            out.add(atomic_numbers[e])
+        else:
+            out.add(int(e))
+    return out
+
+
+def check_elements(predictor, atoms, name: str = "structure") -> None:
+    """Refuse a structure holding an element the model was not trained on, naming the element."""
+    from ase.data import chemical_symbols
+
+    known = model_elements(predictor)
+    if known is None:
+        return
+    for z in dict.fromkeys(int(z) for z in atoms.numbers):
+        if z not in known:
+            have = ", ".join(chemical_symbols[k] for k in sorted(known))
+            raise CdpError(f"{name}: element {chemical_symbols[z]} is not among the model's elements ({have})")
 
 
 def _named_models() -> dict:
