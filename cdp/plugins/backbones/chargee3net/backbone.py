@@ -11,7 +11,9 @@ from torch import Tensor, nn
 
 from cdp.core.components import Backbone, Spec
 from cdp.core.types import CdpError
+from cdp.plugins.backbones.chargee3net._build_cache import memoized_activation_moments
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
+from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution
 from cdp.plugins.backbones.chargee3net.irreps import gate_layout, get_irreps
 from cdp.plugins.backbones.chargee3net.radial import RadialBasis
 
@@ -48,6 +50,7 @@ class ChargE3NetBackbone(Backbone):
         basis: str = "gaussian",
         num_basis: int = 20,
         radial_neurons: int = 100,
+        backend: str = "e3nn",
     ):
         super().__init__()
         if int(num_interactions) < 1:
@@ -62,6 +65,12 @@ class ChargE3NetBackbone(Backbone):
         self.lmax = int(lmax)
         self.cutoff = float(cutoff)
         self.basis = str(basis)
+        # "fast" and "e3nn" compute the same function with the same parameters (state_dicts interchange)
+        backends = {"fast": FastE3Convolution, "e3nn": E3Convolution}
+        if backend not in backends:
+            raise CdpError(f"chargee3net: unknown backend '{backend}' (fast or e3nn)")
+        self.backend = str(backend)
+        self._conv_cls = backends[backend]
         self.num_basis = int(num_basis)
 
         irreps_in = o3.Irreps(f"{NUM_ELEMENTS}x0e")
@@ -71,6 +80,10 @@ class ChargE3NetBackbone(Backbone):
             raise CdpError(f"chargee3net: mul={mul} leaves no channels at lmax={lmax}")
         self.in_spec = Spec(irreps=str(irreps_in))
 
+        with memoized_activation_moments():
+            self._build(irreps_in, int(radial_neurons))
+
+    def _build(self, irreps_in: o3.Irreps, radial_neurons: int) -> None:
         self.atom_basis = RadialBasis(self.cutoff, self.num_basis, self.basis)
         self.probe_basis = RadialBasis(self.cutoff, self.num_basis, self.basis)
         self.atom_convs = nn.ModuleList()
@@ -85,7 +98,7 @@ class ChargE3NetBackbone(Backbone):
             gate = _make_gate(irreps, self.irreps_sh, self.irreps_hidden)
             gates.append(gate)
             self.atom_convs.append(
-                E3Convolution(irreps, irreps, self.irreps_sh, gate.irreps_in, self.num_basis, self.num_neighbors, radial_neurons)
+                self._conv_cls(irreps, irreps, self.irreps_sh, gate.irreps_in, self.num_basis, self.num_neighbors, radial_neurons)
             )
             self.atom_gates.append(gate)
             irreps = gate.irreps_out
@@ -97,7 +110,7 @@ class ChargE3NetBackbone(Backbone):
         for i in range(self.num_interactions):
             gate = _make_gate(atom_irreps[i], self.irreps_sh, self.irreps_hidden)
             self.probe_convs.append(
-                E3Convolution(
+                self._conv_cls(
                     atom_irreps[i + 1], probe_irreps, self.irreps_sh, gate.irreps_in, self.num_basis, self.num_neighbors, radial_neurons
                 )
             )
