@@ -9,10 +9,6 @@ import click
 from cdp.core.types import CdpError
 
 
-def _fail(exc: CdpError):
-    raise click.ClickException(str(exc))
-
-
 def _summary(rep) -> None:
     click.echo(
         f"{len(rep.made)} made, {len(rep.skipped)} already present, {len(rep.failed)} failed -> {rep.out_dir}"
@@ -48,29 +44,26 @@ def make_molecules_cmd(qm9, files, spacing, vacuum, compress, workers, threads, 
     from cdp.data.molecules import make_molecules
     from cdp.data.structures import structures_from_files, structures_from_qm9
 
-    try:
-        if not qm9 and not files:
-            raise CdpError("give --qm9 RANGE and/or --from FILE")
-        structures, missing = [], []
-        if qm9:
-            found, missing = structures_from_qm9(qm9, allow_reserved=allow_reserved_qm9)
-            structures += found
-        structures += structures_from_files(files)
-        for name in missing:
-            click.echo(f"skipped: {name}: not in qm9pack (removed by the QM9 consistency check)", err=True)
-        parts = ["cdp", "data", "make", "molecules"]
-        parts += ["--qm9", qm9] if qm9 else []
-        for f in files:
-            parts += ["--from", f]
-        parts += ["--spacing", repr(spacing), "--vacuum", repr(vacuum), "--compress", compress, "-o", out_dir]
-        cmd = " ".join(shlex.quote(p) for p in parts)
-        rep = make_molecules(
-            structures, out_dir, spacing=spacing, vacuum=vacuum,
-            compress=None if compress == "none" else compress, workers=workers, threads=threads,
-            progress=progress, report=lambda m: click.echo(m, err=True), command=cmd,
-        )
-    except CdpError as exc:
-        _fail(exc)
+    if not qm9 and not files:
+        raise CdpError("give --qm9 RANGE and/or --from FILE")
+    structures, missing = [], []
+    if qm9:
+        found, missing = structures_from_qm9(qm9, allow_reserved=allow_reserved_qm9)
+        structures += found
+    structures += structures_from_files(files)
+    for name in missing:
+        click.echo(f"skipped: {name}: not in qm9pack (removed by the QM9 consistency check)", err=True)
+    parts = ["cdp", "data", "make", "molecules"]
+    parts += ["--qm9", qm9] if qm9 else []
+    for f in files:
+        parts += ["--from", f]
+    parts += ["--spacing", repr(spacing), "--vacuum", repr(vacuum), "--compress", compress, "-o", out_dir]
+    cmd = " ".join(shlex.quote(p) for p in parts)
+    rep = make_molecules(
+        structures, out_dir, spacing=spacing, vacuum=vacuum,
+        compress=None if compress == "none" else compress, workers=workers, threads=threads,
+        progress=progress, report=lambda m: click.echo(m, err=True), command=cmd,
+    )
     _summary(rep)
 
 
@@ -90,17 +83,14 @@ def make_crystals_cmd(files, builtin, cutoff, kpt_density, compress, workers, th
     from cdp.data.crystals import builtin_crystals, make_crystals
     from cdp.data.structures import structures_from_files
 
-    try:
-        if not files and not builtin:
-            raise CdpError("give --from FILE and/or --builtin")
-        structures = (builtin_crystals() if builtin else []) + structures_from_files(files, periodic=True)
-        rep = make_crystals(
-            structures, out_dir, cutoff=cutoff, kpt_density=kpt_density,
-            compress=None if compress == "none" else compress, workers=workers, threads=threads,
-            progress=progress, report=lambda m: click.echo(m, err=True),
-        )
-    except CdpError as exc:
-        _fail(exc)
+    if not files and not builtin:
+        raise CdpError("give --from FILE and/or --builtin")
+    structures = (builtin_crystals() if builtin else []) + structures_from_files(files, periodic=True)
+    rep = make_crystals(
+        structures, out_dir, cutoff=cutoff, kpt_density=kpt_density,
+        compress=None if compress == "none" else compress, workers=workers, threads=threads,
+        progress=progress, report=lambda m: click.echo(m, err=True),
+    )
     _summary(rep)
 
 
@@ -114,8 +104,5 @@ def info_cmd(dataset, split, as_json):
 
     from cdp.data.info import dataset_info, format_info
 
-    try:
-        info = dataset_info(dataset, split=split)
-    except CdpError as exc:
-        _fail(exc)
+    info = dataset_info(dataset, split=split)
     click.echo(json.dumps(info, indent=1) if as_json else format_info(info))
