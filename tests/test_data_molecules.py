@@ -187,3 +187,31 @@ def test_qm9_ranges_and_lookup():
     # C-H bond length of QM9's methane
     d = np.linalg.norm(mols[1].positions[1:] - mols[1].positions[0], axis=1)
     np.testing.assert_allclose(d, 1.09, atol=0.01)
+
+
+def test_multiframe_files_name_each_frame(tmp_path):
+    from ase.build import molecule
+
+    from cdp.data.structures import structures_from_files
+
+    multi = tmp_path / "set.xyz"
+    ase.io.write(multi, [molecule("H2O"), molecule("NH3"), molecule("CH4")])
+    single = tmp_path / "one.xyz"
+    ase.io.write(single, molecule("CO"))
+    got = structures_from_files([str(multi), str(single)])
+    assert [n for n, _ in got] == ["set_0", "set_1", "set_2", "one"]
+    assert got[1][1].get_chemical_formula() == "H3N"
+    with pytest.raises(CdpError, match="not a 3D periodic"):
+        structures_from_files([str(single)], periodic=True)
+
+
+def test_process_pool_matches_serial(tmp_path):
+    h2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
+    items = [("water", WATER), ("h2", h2)]
+    serial = make_molecules(items, str(tmp_path / "a"), spacing=0.3, vacuum=2.0, progress=False)
+    pooled = make_molecules(items, str(tmp_path / "b"), spacing=0.3, vacuum=2.0, progress=False, workers=2)
+    assert sorted(serial.made) == sorted(pooled.made) == ["h2", "water"]
+    for name in ("water", "h2"):
+        _, g1 = cdp.io.read(tmp_path / "a" / f"{name}.CHGCAR.gz")
+        _, g2 = cdp.io.read(tmp_path / "b" / f"{name}.CHGCAR.gz")
+        assert np.abs(g1.values - g2.values).max() <= 1e-6 * g1.values.max()
