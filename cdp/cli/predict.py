@@ -1,0 +1,283 @@
+"""``cdp predict``: full density grids (or densities at given points) for new structures, written atomically.
+
+Molecules (pbc all false) get the data recipe's box, extent + 3 Å vacuum on each side, with
+n_i = ceil(L_i / spacing) points; crystals their own cell. ``--grid-like`` takes grid and PAW augmentation
+occupancies from a reference CHGCAR instead. Output by suffix: ``.CHGCAR`` (with the magnetisation block
+for spin models), ``.cube``, or ``.npy`` ((nx, ny, nz) or (nx, ny, nz, 2), JSON sidecar ``<file>.json``
+with cell, origin, pbc). Several structures or a directory make OUT a directory, one file per structure.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import click
+import numpy as np
+
+from cdp.core.types import CdpError, DensityGrid
+
+VACUUM = 3.0
+DEFAULT_SPACING = 0.1
+SUFFIX = {"chgcar": ".CHGCAR", "cube": ".cube", "npy": ".npy"}
+
+
+# -- inputs --------------------------------------------------------------------------------------------
+
+
+def _is_density_name(name: str) -> bool:
+    from cdp.io import detect_format
+
+    try:
+        detect_format(name)
+        return True
+    except CdpError:
+        return False
+
+
+def structure_name(path: Path) -> str:
+    """File stem without compression and density/structure suffixes (``x.CHGCAR.gz`` → ``x``)."""
+    from cdp.io.compression import split_compression
+
+    base = split_compression(path.name)[0]
+    stem, dot, ext = base.rpartition(".")
+    return stem if dot and stem else base
+
+
+def read_structure(path: Path):
+    """ase.Atoms from a density file (CHGCAR/cube, pbc from its sidecar) or any format ase reads (.traj, .xyz, ...)."""
+    from ase.io import read as ase_read
+    from ase.io.formats import UnknownFileTypeError
+
+    from cdp.core.validate import validate_atoms
+
+    if not path.is_file():
+        raise CdpError(f"{path}: no such structure file")
+    if _is_density_name(path.name):
+        from cdp.io import read
+
+        return read(path)[0]
+    try:
+        atoms = ase_read(str(path))
+    except UnknownFileTypeError:
+        raise CdpError(f"{path}: unknown structure format (use e.g. .traj, .xyz, .cif, POSCAR, CHGCAR, .cube)") from None
+    except Exception as exc:  # ase raises many types for malformed files
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CdpError(f"{path}: cannot read the structure ({msg})") from None
+    if isinstance(atoms, list):
+        atoms = atoms[-1]
+    validate_atoms(atoms, name=str(path))
+    return atoms
+
+
+def expand_inputs(items: Tuple[str, ...]) -> Tuple[List[Path], bool]:
+    """Structure files from the arguments (a directory contributes its files); True when a directory was given."""
+    files: List[Path] = []
+    had_dir = False
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            had_dir = True
+            found = [q for q in sorted(p.iterdir()) if q.is_file() and not q.name.startswith(".")
+                     and not q.name.endswith(".json")]
+            if not found:
+                raise CdpError(f"{p}: the directory holds no structure files")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files, had_dir
+
+
+def output_format(path: Path) -> str:
+    """chgcar, cube or npy from an output file name."""
+    if path.name.lower().endswith(".npy"):
+        return "npy"
+    from cdp.io import detect_format
+
+    try:
+        return detect_format(path.name)
+    except CdpError:
+        raise CdpError(f"{path}: cannot tell the output format from the name (use .CHGCAR, .cube or .npy)") from None
+
+
+# -- outputs -------------------------------------------------------------------------------------------
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_npy_grid(path: Path, grid: DensityGrid, extra: dict) -> None:
+    """(nx, ny, nz) or (nx, ny, nz, 2) array plus ``<file>.json`` with cell, origin and pbc, both atomic."""
+    from cdp.io.compression import atomic_write_bytes
+
+    values = grid.values if grid.spin is None else np.stack([grid.values, grid.spin], axis=-1)
+    pbc = np.broadcast_to(np.asarray(grid.pbc if grid.pbc is not None else True, dtype=bool), (3,))
+    meta = {
+        "cell": np.asarray(grid.cell, dtype=float).tolist(),
+        "origin": np.asarray(grid.origin, dtype=float).tolist(),
+        "pbc": [bool(v) for v in pbc],
+        "shape": list(grid.values.shape),
+        "units": "e/Angstrom^3",
+        "channels": ["total", "magnetisation"] if grid.spin is not None else ["total"],
+        "grid": "values[i, j, k] at origin + (i/nx, j/ny, k/nz) @ cell",
+        **extra,
+    }
+    atomic_write_bytes(path.with_name(path.name + ".json"), (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+    atomic_write_bytes(path, _npy_bytes(values))
+
+
+def write_grid(path: Path, fmt: str, atoms, grid: DensityGrid, extra: dict) -> None:
+    """Write one predicted grid in ``fmt`` atomically (a spin channel does not fit a cube: total only)."""
+    from cdp.io import write
+
+    if fmt == "npy":
+        write_npy_grid(path, grid, extra)
+        return
+    if fmt == "cube" and grid.spin is not None:
+        click.echo(f"note: {path}: a cube holds one channel; the magnetisation is not written", err=True)
+        grid = DensityGrid(cell=grid.cell, values=grid.values, origin=grid.origin, pbc=grid.pbc)
+    write(path, atoms, grid, format=fmt)
+
+
+# -- the command ---------------------------------------------------------------------------------------
+
+
+def _grid_for(atoms, spacing: float, reference: Optional[DensityGrid], name: str):
+    """(atoms to write, shape, cell, origin, augmentation source) for one structure."""
+    from cdp.predict import grid_shape_for, molecule_box
+
+    if reference is not None:
+        return atoms, reference.shape, reference.cell, reference.origin
+    if not np.any(atoms.pbc):
+        atoms = molecule_box(atoms, VACUUM)
+    cell = np.asarray(atoms.cell.array, dtype=float)
+    if abs(np.linalg.det(cell)) < 1e-8:
+        raise CdpError(f"{name}: partially periodic structure without a full 3-D cell; give a cell or use --grid-like")
+    return atoms, grid_shape_for(cell, spacing), cell, np.zeros(3)
+
+
+def _check_like(atoms, ref_atoms, name: str, like: str) -> None:
+    if len(atoms) != len(ref_atoms) or sorted(atoms.numbers) != sorted(ref_atoms.numbers):
+        raise CdpError(f"{name}: the structure ({atoms.get_chemical_formula()}) does not match the --grid-like "
+                       f"file {like} ({ref_atoms.get_chemical_formula()}), so its augmentation cannot be carried over")
+
+
+@click.command("predict")
+@click.argument("structures", nargs=-1, required=True)
+@click.option("--model", "model", required=True, help="Checkpoint file, shipped model name (demo) or preset.")
+@click.option("-o", "--output", "output", required=True,
+              help="Output file (.CHGCAR, .cube, .npy) or, for several structures, a directory.")
+@click.option("--spacing", type=float, default=None, help=f"Grid spacing in Å (default {DEFAULT_SPACING}).")
+@click.option("--grid-like", "grid_like", type=click.Path(dir_okay=False), default=None,
+              help="Reference CHGCAR/cube: use its grid (and CHGCAR augmentation occupancies).")
+@click.option("--probes", "probes", type=click.Path(dir_okay=False), default=None,
+              help="Predict at the points of FILE.npy [M, 3] (Å) and write a .npy of densities.")
+@click.option("--format", "fmt", type=click.Choice(sorted(SUFFIX)), default=None,
+              help="File format inside an output directory (default chgcar).")
+@click.option("--device", "device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--probe-batch", "probe_batch", type=click.IntRange(min=1), default=None,
+              help="Grid points per decoder batch (memory vs speed).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+def command(structures, model, output, spacing, grid_like, probes, fmt, device, probe_batch, progress) -> None:
+    """Predict the density of STRUCTURE... (files or directories) with MODEL and write it to OUTPUT."""
+    from cdp.predict import DEFAULT_PROBE_BATCH, check_elements, load_model
+
+    if spacing is not None and grid_like is not None:
+        raise CdpError("--spacing and --grid-like exclude each other")
+    if probes is not None and (spacing is not None or grid_like is not None):
+        raise CdpError("--probes predicts at given points; it takes neither --spacing nor --grid-like")
+    if spacing is not None and not spacing > 0:
+        raise CdpError(f"--spacing must be positive, got {spacing}")
+    spacing = DEFAULT_SPACING if spacing is None else spacing
+
+    files, had_dir = expand_inputs(structures)
+    out = Path(output)
+    to_dir = had_dir or len(files) > 1
+    if probes is not None and to_dir:
+        raise CdpError("--probes takes exactly one structure")
+    if to_dir:
+        if out.exists() and not out.is_dir():
+            raise CdpError(f"{out}: several structures need an output directory, but this is a file")
+        fmt = fmt or "chgcar"
+    else:
+        fmt_out = output_format(out)
+        if probes is not None and fmt_out != "npy":
+            raise CdpError(f"{out}: --probes writes a .npy file")
+        if fmt is not None and fmt != fmt_out:
+            raise CdpError(f"{out}: the name says {fmt_out} but --format says {fmt}")
+        fmt = fmt_out
+        if not out.parent.is_dir():
+            raise CdpError(f"{out.parent}: output directory does not exist")
+
+    # read and check everything before writing anything
+    inputs = []
+    for f in files:
+        inputs.append((structure_name(f), f, read_structure(f)))
+    names = [n for n, _, _ in inputs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if to_dir and dup:
+        raise CdpError(f"several inputs would write the same output name '{dup[0]}'")
+    reference = ref_atoms = None
+    if grid_like is not None:
+        from cdp.io import read
+
+        ref_atoms, reference = read(grid_like)
+        for name, _, atoms in inputs:
+            _check_like(atoms, ref_atoms, name, grid_like)
+    points = None
+    if probes is not None:
+        from cdp.core.validate import validate_probes
+
+        try:
+            points = validate_probes(np.load(probes, allow_pickle=False), name=probes)
+        except (OSError, ValueError) as exc:
+            raise CdpError(f"{probes}: cannot read probe points ({' '.join(str(exc).split())[:160]})") from None
+    predictor = load_model(model, device=device, probe_batch=probe_batch or DEFAULT_PROBE_BATCH)
+    for name, f, atoms in inputs:
+        check_elements(predictor, atoms, str(f))
+
+    if points is not None:
+        from cdp.io.compression import atomic_write_bytes
+
+        values = predictor.predict(inputs[0][2], points)
+        atomic_write_bytes(out, _npy_bytes(values))
+        click.echo(f"{inputs[0][0]}: {len(points)} points -> {out}")
+        return
+
+    created = False
+    if to_dir and not out.exists():
+        out.mkdir(parents=True)
+        created = True
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        for name, f, atoms in inputs:
+            atoms, shape, cell, origin = _grid_for(atoms, spacing, reference, name)
+            total = int(np.prod(shape))
+            bar = None
+            if show:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, desc=name, unit="pt", unit_scale=True, leave=False)
+            try:
+                grid = predictor.predict_grid(atoms, shape, cell, origin, progress=None if bar is None else bar.update)
+            finally:
+                if bar is not None:
+                    bar.close()
+            if reference is not None and fmt == "chgcar":
+                grid.augmentation = reference.augmentation
+                if grid.spin is not None:
+                    grid.spin_augmentation = reference.spin_augmentation
+            target = out / f"{name}{SUFFIX[fmt]}" if to_dir else out
+            write_grid(target, fmt, atoms, grid, {"structure": str(f), "model": str(model)})
+            click.echo(f"{name}: grid {shape[0]}x{shape[1]}x{shape[2]}, {grid.electrons:.4f} electrons -> {target}")
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
