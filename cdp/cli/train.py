@@ -1,6 +1,8 @@
 """``cdp train CONFIG.yaml [--run DIR] [--resume DIR] [--device cpu|cuda]``: a thin wrapper of :func:`cdp.train.train`.
 
-Under ``torchrun`` (RANK / WORLD_SIZE set) the same command trains with DDP, one process per rank.
+Under ``torchrun`` (RANK / WORLD_SIZE set) the same command trains with DDP, one process per rank:
+``torchrun --nproc_per_node=N -m cdp.cli.main train CONFIG.yaml --run-dir DIR`` (torchrun's own argument
+parser would take ``--run`` for its ``--run-path``, so spell the option ``--run-dir`` there).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import click
 
 @click.command("train")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="Run directory (default: cdp-train-<timestamp>).")
+@click.option("--run", "--run-dir", "run_dir", type=click.Path(file_okay=False),
+              help="Run directory (default: cdp-train-<timestamp>); under torchrun spell it --run-dir.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory exactly.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
 @click.option("--steps", type=int, default=None, help="Override the config's number of steps.")
