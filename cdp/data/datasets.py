@@ -47,6 +47,16 @@ def _stem(filename: str) -> str:
     return base
 
 
+def _member_name(member: str) -> str:
+    """Dataset name of a tar member: its path without suffixes; a bare ``dir/CHGCAR`` is named ``dir``."""
+    path = split_compression(member.strip("/"))[0]
+    head, base = os.path.split(path)
+    stem = _stem(base)
+    if stem == base and head and base.upper() in ("CHGCAR", "CHG", "AECCAR0", "AECCAR2", "PARCHG"):
+        return head
+    return os.path.join(head, stem) if head else stem
+
+
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
@@ -223,7 +233,7 @@ class TarDataset(Dataset):
         except (tarfile.TarError, OSError) as exc:
             raise CdpError(f"{path}: not a readable tar archive: {exc}") from exc
         self._members = [(m.name, m.offset_data, m.size) for m in members]
-        self.names = [_stem(m.name) for m in members]
+        self.names = [_member_name(m.name) for m in members]
         self._local = threading.local()
 
     def _handle(self):
