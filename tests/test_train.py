@@ -226,3 +226,23 @@ def test_cli_train_and_resume(dataset, tmp_path):
     assert main(["train", "--resume", str(run), "--steps", "5", "--no-progress"]) == 0
     assert len(losses(run)) == 5
     assert main(["train", str(tmp_path / "missing.yaml"), "--run", str(tmp_path / "x")]) == 2
+
+
+def test_progress_bar_only_when_asked(dataset, tmp_path, capsys):
+    train(tiny_config(dataset, steps=2, progress=None), run_dir=tmp_path / "quiet")
+    assert capsys.readouterr().err == ""  # not a terminal: no bar
+    train(tiny_config(dataset, steps=2, progress=True), run_dir=tmp_path / "bar")
+    err = capsys.readouterr().err
+    assert "2/2" in err and "loss=" in err and "probes_s=" in err
+
+
+def test_embedded_dataset_is_the_default(tmp_path):
+    from cdp.data import load_dataset
+
+    names = set(load_dataset(None).names)
+    cfg = tiny_config(None, split=None, steps=1, val_structures=1, probes=8, val_probes=8, batch_size=1)
+    run = train(cfg, run_dir=tmp_path / "run")
+    split = yaml.safe_load((run / "config.yaml").read_text())["split"]
+    parts = [set(split[k]) for k in ("train", "validation", "test")]
+    assert set().union(*parts) == names and sum(map(len, parts)) == len(names)
+    assert all(parts)
