@@ -324,42 +324,53 @@ def build_components(config: Mapping):
     return OneHot(), backbone, readout
 
 
-def rename(sd: Mapping[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
-    """Published keys → cdp keys; an unknown key is refused by name."""
+def rename(sd: Mapping[str, torch.Tensor], source: str, origin: Optional[Dict[str, str]] = None) -> Dict[str, torch.Tensor]:
+    """Published keys → cdp keys (``origin`` collects cdp key → published key); unknown keys are refused."""
     out: Dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         for pattern, prefix in _RENAMES:
             m = re.match(pattern, key)
             if m:
                 out[prefix + key[m.end():]] = value
+                if origin is not None:
+                    origin[prefix + key[m.end():]] = key
                 break
         else:
             raise CdpError(f"{source}: unexpected weight '{key}' for a ChargE3Net model")
     return out
 
 
-def map_onto(template: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor], source: str) -> "OrderedDict[str, torch.Tensor]":
+def map_onto(
+    template: Mapping[str, torch.Tensor],
+    weights: Mapping[str, torch.Tensor],
+    source: str,
+    origin: Optional[Mapping[str, str]] = None,
+) -> "OrderedDict[str, torch.Tensor]":
     """A full state_dict for ``template``: imported weights (shapes checked), rebuilt constants."""
+    origin = origin or {}
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+
+    def check(key, value, ref):
+        if tuple(value.shape) != tuple(ref.shape):
+            name = f"'{origin[key]}' (cdp '{key}')" if key in origin else f"'{key}'"
+            raise CdpError(
+                f"{source}: weight {name} has shape {tuple(value.shape)}, the hyperparameters imply {tuple(ref.shape)}"
+            )
+
     for key, ref in template.items():
         if key in weights and not _is_constant_key(key):
-            value = weights[key]
-            if tuple(value.shape) != tuple(ref.shape):
-                raise CdpError(
-                    f"{source}: weight '{key}' has shape {tuple(value.shape)}, the hyperparameters imply {tuple(ref.shape)}"
-                )
-            out[key] = value.detach().to(ref.dtype).clone()
+            check(key, weights[key], ref)
+            out[key] = weights[key].detach().to(ref.dtype).clone()
         elif key in weights or _is_constant_key(key) or ref.numel() == 0:
-            if key in weights and tuple(weights[key].shape) != tuple(ref.shape):
-                raise CdpError(
-                    f"{source}: '{key}' has shape {tuple(weights[key].shape)}, the hyperparameters imply {tuple(ref.shape)}"
-                )
+            if key in weights:
+                check(key, weights[key], ref)
             out[key] = ref.detach().clone()
         else:
             raise CdpError(f"{source}: missing weight for '{key}' (do the hyperparameters match the checkpoint?)")
     extra = [k for k in weights if k not in template and not _is_constant_key(k)]
     if extra:
-        raise CdpError(f"{source}: unexpected weight '{extra[0]}' (do the hyperparameters match the checkpoint?)")
+        name = origin.get(extra[0], extra[0])
+        raise CdpError(f"{source}: unexpected weight '{name}' (do the hyperparameters match the checkpoint?)")
     return out
 
 
@@ -376,5 +387,6 @@ def import_charge3net(path, config=None) -> Tuple[dict, "OrderedDict[str, torch.
     template: Dict[str, torch.Tensor] = {}
     for prefix, module in (("featurizer", featurizer), ("backbone", backbone), ("readout", readout)):
         template.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
-    state_dict = map_onto(template, rename(sd, source), source)
+    origin: Dict[str, str] = {}
+    state_dict = map_onto(template, rename(sd, source, origin), source, origin)
     return cfg, state_dict
