@@ -172,3 +172,21 @@ def test_charge3net_parity_through_cli(tmp_path, fixtures_dir):
         ref = cases[f"{name}/density_f32"]
         got = np.load(out)
         assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), name
+
+
+def test_interrupt_leaves_no_output(tmp_path, ck, monkeypatch, capsys):
+    """Ctrl-C during the grid: no half-written file, and a directory the command created is removed again."""
+    src = tmp_path / "in"
+    src.mkdir()
+    ase_write(src / "si.traj", bulk("Si", "diamond", a=5.43))
+    ase_write(src / "cu.traj", bulk("Cu", "fcc", a=3.6))
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Predictor, "predict_grid", interrupted)
+    out = tmp_path / "out"
+    assert main(["predict", str(src), "--model", str(ck), "-o", str(out), "--spacing", "0.6"]) == 130
+    assert not out.exists()
+    assert main(["predict", str(src / "si.traj"), "--model", str(ck), "-o", str(tmp_path / "si.cube")]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.ckpt"]

@@ -37,6 +37,12 @@ def command(model: str, data: Optional[str], split: str, no_pbc: bool, device: s
     """Evaluate MODEL on the full density grids of a dataset: ε_mae per structure and its summary."""
     from cdp.evaluate.evaluate import evaluate, write_json
 
+    from pathlib import Path
+
+    from cdp.core.types import CdpError
+
+    if json_out and not Path(json_out).resolve().parent.is_dir():
+        raise CdpError(f"{json_out}: the directory for the JSON output does not exist")
     show = sys.stderr.isatty() if progress is None else progress
     click.echo(HEADER)
     result = evaluate(model, data=data, split=split, pbc=False if no_pbc else None, device=device,
