@@ -48,3 +48,15 @@ def charge3net(checkpoint: str, config: Optional[str], output: str) -> None:
 from cdp.cli.import_deepdft import deepdft as _deepdft  # noqa: E402  (DeepDFT model directories)
 
 command.add_command(_deepdft)
+
+
+def _attach_optional_subcommands() -> None:
+    """Subcommands kept in their own modules (e.g. ``deepdft``) join this group when present."""
+    try:
+        from cdp.cli.import_deepdft import deepdft
+    except ImportError:
+        return
+    command.add_command(deepdft)
+
+
+_attach_optional_subcommands()
