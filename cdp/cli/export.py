@@ -1,0 +1,62 @@
+"""``cdp export MODEL --format onnx|torchscript|pt2 -o DIR [--example-inputs DIR2]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cdp.core.types import CdpError
+
+
+def _load(model_text: str):
+    """(DensityModel, checkpoint dict or None, source path or None) from a checkpoint file or a preset name."""
+    from cdp.core.checkpoint import load_checkpoint
+    from cdp.core.model import DensityModel
+    from cdp.core.registry import get_registry
+
+    path = Path(model_text)
+    if path.is_file():
+        model, info = load_checkpoint(path)
+        return model, info, str(path)
+    reg = get_registry()
+    if model_text in reg.presets:
+        return DensityModel.from_config(reg.preset(model_text)).eval(), None, None
+    raise CdpError(f"{model_text}: no such checkpoint file or preset")
+
+
+@click.command("export")
+@click.argument("model")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "pt2"]), default="onnx", show_default=True,
+              help="Artifact format (pt2 = torch.export + AOTInductor, compiles C++: slow).")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for encoder/decoder files and cdp_export.json.")
+@click.option("--example-inputs", "example_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write one structure, its probes and PyTorch's densities as .npy files (input of examples/cpp).")
+@click.option("--structure", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="ase-readable structure for --example-inputs (default: a small built-in slab).")
+@click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (≥ 18).")
+def command(model, fmt, out_dir, example_dir, structure, opset):
+    """Export MODEL (a cdp checkpoint or a preset name) as a two-stage encoder/decoder for deployment."""
+    from cdp.export.exporter import export_model
+
+    net, info, source = _load(model)
+    meta = export_model(net, out_dir, fmt, info=info, source=source, opset=opset, log=lambda s: click.echo(f"  {s}", err=True))
+    click.echo(f"wrote {out_dir}/{meta['encoder']['file']}, {meta['decoder']['file']}, cdp_export.json "
+               f"({fmt}, cutoff {meta['cutoff']} Å, {meta['num_layers']} layers, {meta['dtype']})")
+    if example_dir:
+        from cdp.export.examples import default_structure, example_probes, write_example_inputs
+        from cdp.predict import Predictor
+
+        if structure:
+            import ase.io
+
+            try:
+                atoms = ase.io.read(structure)
+            except Exception as exc:
+                raise CdpError(f"{structure}: cannot read a structure ({type(exc).__name__}: {exc})") from None
+        else:
+            atoms = default_structure(meta["elements"])
+        probes = example_probes(atoms)
+        density = Predictor(net, probe_batch=8).predict(atoms, probes)
+        files = write_example_inputs(example_dir, atoms, probes, density, meta["cutoff"])
+        click.echo(f"wrote {example_dir}/ ({', '.join(files)})")

@@ -1,0 +1,177 @@
+"""``export_model``: a DensityModel → DIR/{encoder,decoder}.<ext> + cdp_export.json, for one artifact format.
+
+A failure while tracing/exporting is turned into a CdpError that names the component (featurizer,
+backbone or readout, with its class and the source line) and the exporter's reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import inspect
+import os
+import traceback
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from cdp.core.types import CdpError
+from cdp.export import metadata as md
+from cdp.export.examples import EXAMPLE_SIZES, decoder_example, encoder_example
+from cdp.export.wrappers import DECODER_EDGE_INPUTS, ENCODER_INPUTS, layer_names, split_model
+
+DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def model_elements(model, info: Optional[dict] = None) -> List[int]:
+    """Elements the model accepts: the checkpoint's recorded elements, else every Z its featurizer embeds."""
+    recorded = ((info or {}).get("metadata") or {}).get("elements")
+    if recorded:
+        return sorted(int(z) for z in recorded)
+    n = getattr(model.featurizer, "num_elements", None)
+    if n is None:
+        emb = getattr(model.featurizer, "embedding", None)
+        n = getattr(emb, "num_embeddings", 119)
+    return list(range(1, min(int(n), 119)))
+
+
+def _component_files(model) -> Dict[str, str]:
+    """Source file of each component class (and of the modules it is built from) → component label."""
+    out: Dict[str, str] = {}
+    for role in ("featurizer", "backbone", "readout"):
+        comp = getattr(model, role)
+        label = f"{role} '{type(comp).__name__}'"
+        for sub in comp.modules():
+            mod = type(sub).__module__
+            if mod.startswith("torch.") or mod.startswith("e3nn."):
+                continue
+            try:
+                out.setdefault(os.path.realpath(inspect.getfile(type(sub))), label)
+            except (TypeError, OSError):
+                pass
+    return out
+
+
+def blame(exc: BaseException, model, stage: str) -> CdpError:
+    """A one-line CdpError naming the component whose code raised ``exc`` (deepest matching frame)."""
+    files = _component_files(model)
+    where = None
+    seen = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for frame in traceback.extract_tb(e.__traceback__):
+            label = files.get(os.path.realpath(frame.filename))
+            if label is not None:
+                where = f"{label} ({os.path.basename(frame.filename)}:{frame.lineno})"
+        e = e.__cause__ or e.__context__
+    reason = " ".join(str(exc).strip().split())
+    for marker in ("For more information", "The error above occurred"):
+        reason = reason.split(marker)[0].strip()
+    reason = (reason[:300] + "…") if len(reason) > 300 else reason
+    who = where or f"the model's {stage}"
+    return CdpError(f"cannot export {stage}: {who} is not exportable: {type(exc).__name__}: {reason}")
+
+
+@contextlib.contextmanager
+def export_context():
+    """Settings every exporter needs: eval mode numerics, no opt_einsum path search (it specialises sizes)."""
+    prev = torch.backends.opt_einsum.enabled
+    torch.backends.opt_einsum.enabled = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.backends.opt_einsum.enabled = prev
+
+
+def export_model(
+    model,
+    out_dir,
+    fmt: str = "onnx",
+    info: Optional[dict] = None,
+    source: Optional[str] = None,
+    opset: int = 20,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """Write the encoder/decoder of ``model`` in ``fmt`` (onnx, torchscript, pt2) to ``out_dir``; returns the metadata."""
+    from cdp import __version__
+    from cdp.core.checkpoint import file_sha256
+
+    if fmt not in md.ARTIFACTS:
+        raise CdpError(f"unknown export format '{fmt}' (one of {', '.join(md.ARTIFACTS)})")
+    dtype = model.dtype
+    if dtype not in DTYPE_NAMES:
+        raise CdpError(f"cannot export a model in {dtype} (float32 or float64)")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CdpError(f"{out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    enc, dec = split_model(model)
+    elements = model_elements(model, info)
+    cutoff = float(model.cutoff)
+    s = EXAMPLE_SIZES
+    with torch.no_grad():
+        enc_args = encoder_example(elements, cutoff, dtype, s["N"], s["E"])
+        try:
+            layers = enc(*enc_args)
+        except Exception as exc:
+            raise blame(exc, model, "encoder") from None
+        dec_args = decoder_example(layers, cutoff, s["M"], s["Ep"])
+        try:
+            dec(*dec_args)
+        except Exception as exc:
+            raise blame(exc, model, "decoder") from None
+    names = layer_names(len(layers))
+    dname = DTYPE_NAMES[dtype]
+    widths = [int(t.shape[1]) for t in layers]
+    spin = bool(model.spin)
+    meta = {
+        "format": md.FORMAT,
+        "format_version": md.FORMAT_VERSION,
+        "artifact": fmt,
+        "cdp_version": __version__,
+        "torch_version": torch.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"path": str(source), "sha256": file_sha256(source)} if source and Path(source).is_file() else {"path": source, "sha256": None},
+        "cutoff": cutoff,
+        "elements": elements,
+        "dtype": dname,
+        "spin": spin,
+        "num_layers": len(layers),
+        "model_config": getattr(model, "config", {}),
+        "edge_convention": "edge_index [2,E] int64 = [sender, receiver]; edge_vec = r_receiver - (r_sender + n @ cell); probe edges are [atom, probe]; distance <= cutoff",
+        "encoder": {
+            "file": f"encoder.{md.ARTIFACTS[fmt]}",
+            "inputs": [md.io_entry("numbers", "int64", ["N"]), md.io_entry("edge_index", "int64", [2, "E"]), md.io_entry("edge_vec", dname, ["E", 3])],
+            "outputs": [md.io_entry(n, dname, ["N", w]) for n, w in zip(names, widths)],
+        },
+        "decoder": {
+            "file": f"decoder.{md.ARTIFACTS[fmt]}",
+            "inputs": [md.io_entry(n, dname, ["N", w]) for n, w in zip(names, widths)]
+            + [md.io_entry("probe_edge_index", "int64", [2, "Ep"]), md.io_entry("probe_edge_vec", dname, ["Ep", 3]), md.io_entry("probe_slots", dname, ["M"])],
+            "outputs": [md.io_entry("density", dname, ["M", 2] if spin else ["M"])],
+        },
+    }
+    assert tuple(i["name"] for i in meta["encoder"]["inputs"]) == ENCODER_INPUTS
+    assert tuple(i["name"] for i in meta["decoder"]["inputs"])[len(names):] == DECODER_EDGE_INPUTS
+    if fmt == "onnx":
+        from cdp.export.onnx import export_onnx
+
+        meta["onnx"] = export_onnx(model, enc, dec, enc_args, dec_args, names, out, meta, opset=opset, log=log)
+    elif fmt == "torchscript":
+        from cdp.export.torchscript import export_torchscript
+
+        meta["torchscript"] = export_torchscript(model, enc, dec, enc_args, dec_args, out, meta, log=log)
+    else:
+        from cdp.export.pt2 import export_pt2
+
+        meta["pt2"] = export_pt2(model, enc, dec, enc_args, dec_args, out, meta, log=log)
+    for role in ("encoder", "decoder"):
+        meta[role]["sha256"] = file_sha256(out / meta[role]["file"])
+    md.write_metadata(out, meta)
+    return meta

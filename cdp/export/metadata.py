@@ -1,0 +1,121 @@
+"""``cdp_export.json``: what an export directory holds, and the checks a runtime makes before using it.
+
+The JSON names the artifact format, cutoff, elements, dtype, the encoder/decoder files with their
+input/output names, shapes, dtypes and SHA-256, the cdp/torch versions and the source checkpoint's hash.
+The cutoff, elements and format version are also embedded in each artifact file (ONNX metadata_props,
+TorchScript extra files), so that a JSON that does not belong to its files is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from cdp.core.types import CdpError
+
+FORMAT = "cdp-export"
+FORMAT_VERSION = 1
+METADATA_FILE = "cdp_export.json"
+ARTIFACTS = {"onnx": "onnx", "torchscript": "pt", "pt2": "pt2"}
+EMBEDDED_KEYS = ("format_version", "cutoff", "elements", "role")
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def embedded(meta: dict, role: str) -> Dict[str, str]:
+    """The string key/values stored inside the ``role`` ('encoder'/'decoder') artifact file."""
+    return {
+        "cdp.format_version": str(meta["format_version"]),
+        "cdp.cutoff": repr(float(meta["cutoff"])),
+        "cdp.elements": ",".join(str(z) for z in meta["elements"]),
+        "cdp.role": role,
+    }
+
+
+def check_embedded(meta: dict, role: str, found: Dict[str, str], where: str) -> None:
+    """Refuse an artifact file whose embedded metadata disagrees with ``cdp_export.json``."""
+    expected = embedded(meta, role)
+    for key, value in expected.items():
+        got = found.get(key)
+        if got is None:
+            raise CdpError(f"{where}: no embedded '{key}' (not written by `cdp export`, or from another format version)")
+        if key == "cdp.cutoff":
+            same = abs(float(got) - float(value)) <= 1e-12 * max(1.0, abs(float(value)))
+        else:
+            same = got == value
+        if not same:
+            what = key.split(".", 1)[1]
+            raise CdpError(f"{where}: {what} {got!r} in the file does not match {METADATA_FILE} ({value!r})")
+
+
+def write_metadata(out_dir, meta: dict) -> Path:
+    path = Path(out_dir) / METADATA_FILE
+    atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_metadata(model_dir, expect_format: Optional[str] = None, check_files: bool = True) -> dict:
+    """Load and check ``DIR/cdp_export.json`` (format, version, cutoff, elements, files and their hashes)."""
+    from cdp.core.checkpoint import file_sha256
+
+    model_dir = Path(model_dir)
+    path = model_dir / METADATA_FILE
+    if not model_dir.is_dir():
+        raise CdpError(f"{model_dir}: not an export directory (run `cdp export` first)")
+    if not path.is_file():
+        raise CdpError(f"{model_dir}: no {METADATA_FILE} (not written by `cdp export`)")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CdpError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CdpError(f"{path}: not a cdp export description (format must be '{FORMAT}')")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CdpError(f"{path}: export format version {version!r} is not supported (this cdp reads version {FORMAT_VERSION}); re-export the model")
+    artifact = meta.get("artifact")
+    if artifact not in ARTIFACTS:
+        raise CdpError(f"{path}: unknown artifact '{artifact}' (one of {', '.join(ARTIFACTS)})")
+    if expect_format is not None and artifact != expect_format:
+        raise CdpError(f"{path}: holds a {artifact} export, not {expect_format}")
+    cutoff = meta.get("cutoff")
+    if not isinstance(cutoff, (int, float)) or not cutoff > 0:
+        raise CdpError(f"{path}: cutoff must be a positive number, got {cutoff!r}")
+    elements = meta.get("elements")
+    if not isinstance(elements, list) or not elements or not all(isinstance(z, int) and 0 < z < 119 for z in elements):
+        raise CdpError(f"{path}: elements must be a non-empty list of atomic numbers 1..118")
+    if meta.get("dtype") not in ("float32", "float64"):
+        raise CdpError(f"{path}: dtype must be float32 or float64, got {meta.get('dtype')!r}")
+    for role in ("encoder", "decoder"):
+        part = meta.get(role)
+        if not isinstance(part, dict) or not isinstance(part.get("file"), str):
+            raise CdpError(f"{path}: '{role}' must name its file")
+        if check_files:
+            f = model_dir / part["file"]
+            if not f.is_file():
+                raise CdpError(f"{path}: {role} file {part['file']} is missing")
+            digest = part.get("sha256")
+            if digest is not None and file_sha256(f) != digest:
+                raise CdpError(f"{f}: SHA-256 does not match {METADATA_FILE} (file replaced or corrupted)")
+    return meta
+
+
+def io_entry(name: str, dtype: str, shape: List) -> dict:
+    """One input/output description: name, dtype, shape with symbolic dimensions as strings."""
+    return {"name": name, "dtype": dtype, "shape": list(shape)}

@@ -1,0 +1,37 @@
+"""pt2 export: torch.export + AOTInductor packages (``torch._inductor.aoti_compile_and_package``).
+
+AOTInductor compiles C++ at export time (needs a compiler, takes minutes) and the package is tied to
+the torch version and CPU it was built with; load with ``torch._inductor.aoti_load_package`` or
+``torch::inductor::AOTIModelPackageLoader`` in C++.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cdp.export import metadata as md
+from cdp.export.exporter import blame, export_context
+
+
+def export_pt2(model, enc, dec, enc_args, dec_args, out: Path, meta: dict, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Write encoder.pt2 / decoder.pt2 AOTInductor packages (+ embedded metadata as a side file)."""
+    from cdp.export.programs import export_programs
+
+    enc_ep, dec_ep = export_programs(model, enc, dec, enc_args, dec_args, decompose=False)
+    for role, program in (("encoder", enc_ep), ("decoder", dec_ep)):
+        path = out / meta[role]["file"]
+        tmp = path.with_name(f".tmp.{path.name}")
+        with export_context():
+            try:
+                torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+            except Exception as exc:
+                raise blame(exc, model, role) from None
+        os.replace(tmp, path)
+        md.atomic_write_text(out / f"{role}.pt2.json", json.dumps(md.embedded(meta, role), sort_keys=True) + "\n")
+        log(f"{role}.pt2 compiled")
+    return {"method": "torch.export + AOTInductor", "load": "torch._inductor.aoti_load_package", "torch_version": torch.__version__}
