@@ -114,15 +114,16 @@ def generate(
     rep = GenerationReport(out_dir=out_dir)
     say = report or (lambda msg: print(msg, file=sys.stderr))
 
+    for name, entry in entries.items():
+        if isinstance(entry, dict) and "recipe" in entry and entry["recipe"] != recipe_key:
+            raise CdpError(
+                f"{os.path.join(out_dir, MANIFEST)}: '{name}' was made with a different recipe or "
+                f"settings; write to a new directory"
+            )
     todo = []
     for name, atoms in structures:
         entry = entries.get(name)
         if entry is not None and os.path.exists(os.path.join(out_dir, entry.get("file", ""))):
-            if entry.get("recipe") != recipe_key:
-                raise CdpError(
-                    f"{os.path.join(out_dir, MANIFEST)}: '{name}' was made with a different recipe or "
-                    f"settings; write to a new directory"
-                )
             rep.skipped.append(name)
         else:
             todo.append((name, atoms))
