@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cdp.importers.charge3net import build_components, import_charge3net
+from cdp.importers.charge3net import import_charge3net_components
 
 from _deepdft_util import predict
 from conftest import FIXTURES as REF
@@ -24,19 +24,9 @@ TOL = 1e-4  # of max |ρ| of the structure
 
 
 @functools.lru_cache(maxsize=None)
-def _imported(stem: str):
-    return import_charge3net(REF / f"{stem}.pt", REF / f"{stem}.json")
-
-
-@functools.lru_cache(maxsize=None)
 def _components(stem: str):
-    config, sd = _imported(stem)
-    mods = dict(zip(("featurizer", "backbone", "readout"), build_components(config)))
-    for prefix, module in mods.items():
-        n = len(prefix) + 1
-        module.load_state_dict({k[n:]: v for k, v in sd.items() if k.startswith(prefix + ".")}, strict=True)
-        module.to(torch.float32).eval()
-    return mods
+    _, _, modules = import_charge3net_components(REF / f"{stem}.pt", REF / f"{stem}.json")
+    return {name: m.to(torch.float32).eval() for name, m in zip(("featurizer", "backbone", "readout"), modules)}
 
 
 def _meta(stem: str) -> dict:

@@ -187,3 +187,18 @@ def test_cli_writes_a_loadable_cdp_checkpoint(fixtures_dir, tmp_path):
     assert raw["metadata"]["elements"] is None and raw["config"]["backbone"]["name"] == "chargee3net"
     model, _ = load_checkpoint(out)
     _assert_same_weights({k: v for k, v in model.state_dict().items()}, _small_import()[1])
+
+
+def test_restricted_loader_stubs_unknown_globals_and_admits_extra_ones(tmp_path):
+    from cdp.core.safe_pickle import PickleStub, find_stubs, load_torch_file
+
+    path, marker = tmp_path / "obj.pt", tmp_path / "MARKER"
+    torch.save({"w": torch.arange(3.0), "h": HParams(a=1), "m": _Marker(marker)}, path)
+    data = load_torch_file(path)
+    assert not marker.exists()
+    assert torch.equal(data["w"], torch.arange(3.0))
+    assert isinstance(data["h"], PickleStub) and data["h"]._stub_items == [("a", 1)]
+    assert sorted(find_stubs(data)) == ["io.open", f"{HParams.__module__}.HParams"]
+    allowed = load_torch_file(path, extra_globals={(HParams.__module__, "HParams"): HParams})
+    assert type(allowed["h"]) is HParams and allowed["h"] == {"a": 1}
+    assert isinstance(allowed["m"], PickleStub) and not marker.exists()

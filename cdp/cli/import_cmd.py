@@ -8,12 +8,19 @@ from typing import Optional
 import click
 
 
-def write_imported(out, config: dict, state_dict: dict, source: str, kind: str) -> None:
-    """Assemble the model, load the imported weights (checked) and save a cdp checkpoint atomically."""
+def write_imported(out, config: dict, state_dict: dict, source: str, kind: str, components=None) -> None:
+    """Assemble the model (from already built ``components`` when given), load the imported weights
+    (checked) and save a cdp checkpoint atomically."""
     from cdp.core.checkpoint import load_state_dict_checked, save_checkpoint
     from cdp.core.model import DensityModel
 
-    model = DensityModel.from_config(config)
+    if components is not None:
+        from cdp.core.registry import get_registry
+
+        graph = get_registry().build("graph", config["graph"])
+        model = DensityModel(*components, graph, config)
+    else:
+        model = DensityModel.from_config(config)
     floats = [v.dtype for v in state_dict.values() if v.dtype.is_floating_point]
     if floats:
         model.to(floats[0])
@@ -34,10 +41,10 @@ def command() -> None:
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True, help="Output .ckpt file.")
 def charge3net(checkpoint: str, config: Optional[str], output: str) -> None:
     """Import a ChargE3Net checkpoint (trainer or Lightning format)."""
-    from cdp.importers.charge3net import import_charge3net
+    from cdp.importers.charge3net import import_charge3net_components
 
-    cfg, sd = import_charge3net(checkpoint, config)
-    write_imported(output, cfg, sd, checkpoint, "charge3net")
+    cfg, sd, components = import_charge3net_components(checkpoint, config)
+    write_imported(output, cfg, sd, checkpoint, "charge3net", components)
     bb = cfg["backbone"]
     click.echo(
         f"imported ChargE3Net ({bb['num_interactions']} layers, mul {bb['mul']}, lmax {bb['lmax']}, "

@@ -374,8 +374,8 @@ def map_onto(
     return out
 
 
-def import_charge3net(path, config=None) -> Tuple[dict, "OrderedDict[str, torch.Tensor]"]:
-    """Read a published checkpoint; return (cdp model config, state_dict with cdp keys), all shapes checked."""
+def import_charge3net_components(path, config=None):
+    """Like :func:`import_charge3net`, plus the (featurizer, backbone, readout) with the weights loaded."""
     path = Path(path)
     source = str(path)
     where = str(config) if isinstance(config, (str, Path)) else "config"
@@ -383,10 +383,19 @@ def import_charge3net(path, config=None) -> Tuple[dict, "OrderedDict[str, torch.
     sd = read_state_dict(path)
     hp = resolve_hyperparameters(given, sd, source, where)
     cfg = model_config(hp)
-    featurizer, backbone, readout = build_components(cfg)
+    modules = build_components(cfg)
     template: Dict[str, torch.Tensor] = {}
-    for prefix, module in (("featurizer", featurizer), ("backbone", backbone), ("readout", readout)):
+    for prefix, module in zip(("featurizer", "backbone", "readout"), modules):
         template.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
     origin: Dict[str, str] = {}
     state_dict = map_onto(template, rename(sd, source, origin), source, origin)
+    for prefix, module in zip(("featurizer", "backbone", "readout"), modules):
+        n = len(prefix) + 1
+        module.load_state_dict({k[n:]: v for k, v in state_dict.items() if k.startswith(prefix + ".")}, strict=True)
+    return cfg, state_dict, modules
+
+
+def import_charge3net(path, config=None) -> Tuple[dict, "OrderedDict[str, torch.Tensor]"]:
+    """Read a published checkpoint; return (cdp model config, state_dict with cdp keys), all shapes checked."""
+    cfg, state_dict, _ = import_charge3net_components(path, config)
     return cfg, state_dict
