@@ -25,7 +25,7 @@ from torch import Tensor
 
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 
-DEFAULT_EDGE_CHUNK = 1024
+DEFAULT_EDGE_CHUNK = 512
 
 
 class FastE3Convolution(E3Convolution):
@@ -46,59 +46,88 @@ class FastE3Convolution(E3Convolution):
         if w_start != self.tp.weight_numel:
             raise RuntimeError("fast convolution: unexpected tensor-product weight layout")
 
-        self.blocks: List[Tuple[int, int, int, int]] = []  # (sender start, mul, d_i, K_i)
+        # per sender irrep i: its paths ordered by output dimension d_k, so the radial weights of the paths
+        # sharing a d_k broadcast over m_k as one [E, mul, n_paths, 1] view (no gather, no expansion)
+        self.blocks: List[Tuple[int, int, int, int, List[Tuple[int, int, int, int]]]] = []
         agg_offset = 0
+        w_offset = 0
         mid_perm = torch.empty(self.irreps_mid.dim, dtype=torch.long)
+        cgs: List[Tensor] = []
+        w_perm = torch.empty(self.tp.weight_numel, dtype=torch.long)
         for n, i in enumerate(sorted(by_input)):
             mul, ir_in = self.irreps_sender[i]
-            paths = by_input[i]
+            paths = sorted(by_input[i], key=lambda pw: self.irreps_mid[pw[0].i_out].ir.dim)
             k_total = sum(self.irreps_mid[ins.i_out].ir.dim for ins, _ in paths)
-            cg = torch.zeros(self.irreps_sh.dim, ir_in.dim, k_total, dtype=torch.float64)
-            widx = torch.empty(mul, k_total, dtype=torch.long)
+            cg = torch.zeros(self.irreps_sh.dim, k_total, ir_in.dim, dtype=torch.float64)
+            groups: List[Tuple[int, int, int, int]] = []  # (K offset, n paths, d_k, weight column offset)
             k_off = 0
-            for ins, ws in paths:
-                ir_sh = self.irreps_sh[ins.i_in2].ir
-                ir_out = self.irreps_mid[ins.i_out].ir
-                d_k = ir_out.dim
-                w3j = o3.wigner_3j(ir_in.l, ir_sh.l, ir_out.l, dtype=torch.float64)  # [d_i, d_j, d_k]
-                cg[sh_slices[ins.i_in2], :, k_off : k_off + d_k] = ins.path_weight * w3j.permute(1, 0, 2)
-                widx[:, k_off : k_off + d_k] = ws + torch.arange(mul)[:, None]
-                # mid block of this path, layout (u, m_k) ← aggregate column u*K_i + k_off + m_k
-                u = torch.arange(mul)[:, None]
-                m = torch.arange(d_k)[None, :]
-                mid_perm[mid_slices[ins.i_out]] = (agg_offset + u * k_total + k_off + m).reshape(-1)
-                k_off += d_k
-            self.register_buffer(f"cg_{n}", cg.reshape(self.irreps_sh.dim, ir_in.dim * k_total).to(torch.get_default_dtype()),
-                                 persistent=False)
-            self.register_buffer(f"widx_{n}", widx.reshape(-1), persistent=False)
-            self.blocks.append((sender_slices[i].start, mul, ir_in.dim, k_total))
+            for d_k in sorted({self.irreps_mid[ins.i_out].ir.dim for ins, _ in paths}):
+                group = [(ins, ws) for ins, ws in paths if self.irreps_mid[ins.i_out].ir.dim == d_k]
+                groups.append((k_off, len(group), d_k, w_offset))
+                for g, (ins, ws) in enumerate(group):
+                    ir_sh = self.irreps_sh[ins.i_in2].ir
+                    ir_out = self.irreps_mid[ins.i_out].ir
+                    w3j = o3.wigner_3j(ir_in.l, ir_sh.l, ir_out.l, dtype=torch.float64)  # [d_i, d_j, d_k]
+                    cg[sh_slices[ins.i_in2], k_off : k_off + d_k, :] = ins.path_weight * w3j.permute(1, 2, 0)
+                    u = torch.arange(mul)
+                    # weight column (g, u) of this group ← fc output ws + u
+                    w_perm[w_offset + g * mul + u] = ws + u
+                    # mid block of this path, layout (u, m_k) ← aggregate column (k_off + m_k)*mul + u
+                    m = torch.arange(d_k)[None, :]
+                    mid_perm[mid_slices[ins.i_out]] = (agg_offset + (k_off + m) * mul + u[:, None]).reshape(-1)
+                    k_off += d_k
+                w_offset += mul * len(group)
+            cgs.append(cg.reshape(self.irreps_sh.dim, k_total * ir_in.dim))
+            self.blocks.append((sender_slices[i].start, mul, ir_in.dim, k_total, groups))
             agg_offset += mul * k_total
         self.agg_dim = agg_offset
         self.register_buffer("mid_perm", mid_perm, persistent=False)
+        self.register_buffer("w_perm", w_perm, persistent=False)
+        # coefficients kept in float64 (not buffers, so a float32 round trip cannot truncate them);
+        # cast once per (dtype, device) on first use
+        self._cg64 = cgs
+        self._cg_cache: dict = {}
+
+    def _cg(self, like: Tensor) -> List[Tensor]:
+        key = (like.dtype, like.device)
+        if key not in self._cg_cache:
+            self._cg_cache[key] = [c.to(device=like.device, dtype=like.dtype) for c in self._cg64]
+        return self._cg_cache[key]
 
     def bytes_per_edge(self, itemsize: int = 4) -> int:
         """Peak bytes of per-edge intermediates in one block (radial weights + largest T_i and its weighting)."""
-        largest = max((mul * k for _, mul, _, k in self.blocks), default=0)
+        largest = max((mul * k for _, mul, _, k, _ in self.blocks), default=0)
         return itemsize * (self.tp.weight_numel + self.fc.hs[1] + 3 * largest + self.irreps_sh.dim)
 
     def bytes_per_receiver(self, itemsize: int = 4) -> int:
         """Bytes of the per-receiver aggregate (held for one block)."""
         return itemsize * (2 * self.agg_dim + self.irreps_out.dim)
 
-    def _aggregate(self, h: Tensor, src: Tensor, dst: Tensor, sh: Tensor, emb: Tensor, num_receivers: int) -> Tensor:
+    def _radial_weights(self, emb: Tensor) -> Tensor:
+        """MLP(R_e) with the last layer's columns in block order (the same numbers as ``self.fc``)."""
+        layers = list(self.fc)
+        x = emb
+        for layer in layers[:-1]:
+            x = layer(x)
+        last = layers[-1]
+        w = last.weight.index_select(1, self.w_perm) / (last.h_in * last.var_in / last.var_out) ** 0.5
+        return x @ w
+
+    def _aggregate(self, h: List[Tensor], src: Tensor, dst: Tensor, sh: Tensor, emb: Tensor, num_receivers: int) -> Tensor:
         """Σ_{e→r} TP(h_src, Y_e; MLP(R_e)) for one block of edges, in the e3nn mid layout [R, mid]."""
-        weight = self.fc(emb)
+        weight = self._radial_weights(emb)
         parts = []
         num_edges = src.shape[0]
-        for n, (start, mul, d_i, k_total) in enumerate(self.blocks):
-            cg = getattr(self, f"cg_{n}")
-            widx = getattr(self, f"widx_{n}")
-            x = h[:, start : start + mul * d_i].index_select(0, src).view(num_edges, mul, d_i)
-            a = (sh @ cg).view(num_edges, d_i, k_total)
-            t = torch.bmm(x, a).view(num_edges, mul * k_total)
-            t = t * weight.index_select(1, widx)
-            agg = t.new_zeros((num_receivers, mul * k_total))
-            parts.append(agg.index_add_(0, dst, t))
+        for n, ((start, mul, d_i, k_total, groups), cg) in enumerate(zip(self.blocks, self._cg(sh))):
+            # channels last: x [E, d_i, mul], T = A x [E, K, mul], weights broadcast over m_k along mul
+            x = h[n].index_select(0, src)
+            a = (sh @ cg).view(num_edges, k_total, d_i)
+            t = torch.bmm(a, x)
+            for k_off, n_paths, d_k, w_off in groups:
+                w = weight[:, w_off : w_off + mul * n_paths].view(num_edges, n_paths, 1, mul)
+                t[:, k_off : k_off + n_paths * d_k].view(num_edges, n_paths, d_k, mul).mul_(w)
+            agg = t.new_zeros((num_receivers, k_total * mul))
+            parts.append(agg.index_add_(0, dst, t.view(num_edges, k_total * mul)))
         agg = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return agg.index_select(1, self.mid_perm)
 
@@ -113,6 +142,9 @@ class FastE3Convolution(E3Convolution):
         num_receivers = receiver.shape[0]
         self_connection = self.sc(receiver)
         h = self.lin1(sender)
+        # sender irreps channels last, [N, d_i, mul] per block, once per call (node level)
+        h = [h[:, start : start + mul * d_i].view(-1, mul, d_i).transpose(1, 2).contiguous()
+             for start, mul, d_i, _, _ in self.blocks]
         src, dst = edge_index[0], edge_index[1]
         if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):
             order = torch.argsort(dst, stable=True)
@@ -120,7 +152,7 @@ class FastE3Convolution(E3Convolution):
             edge_sh, edge_embedding = edge_sh[order], edge_embedding[order]
         ptr = torch.searchsorted(dst, torch.arange(num_receivers + 1, device=dst.device)).tolist()
         norm = 1.0 / self.num_neighbors**0.5
-        mask = self.sc_mask.to(h.dtype)
+        mask = self.sc_mask.to(self_connection.dtype)
         outs = []
         r0 = 0
         while r0 < num_receivers:

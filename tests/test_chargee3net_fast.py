@@ -1,0 +1,194 @@
+"""The fast ChargE3Net backend computes the e3nn backend's function: values, gradients, edge cases, fixtures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cdp.plugins.backbones.chargee3net import ChargE3NetBackbone
+from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution
+from cdp.plugins.featurizers.onehot import OneHot
+
+from _deepdft_util import graphs
+
+TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+
+
+def _pair(lmax: int, mul: int = 24, layers: int = 2, num_basis: int = 6, seed: int = 0, dtype=torch.float64):
+    """(e3nn backbone with perturbed weights, fast backbone holding the same state_dict)."""
+    torch.manual_seed(seed)
+    kw = dict(num_interactions=layers, mul=mul, lmax=lmax, num_basis=num_basis, radial_neurons=16, num_neighbors=6.0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # e3nn stores its own constants in the default dtype at build time
+    try:
+        ref = ChargE3NetBackbone(backend="e3nn", **kw)
+        with torch.no_grad():
+            for p in ref.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        fast = ChargE3NetBackbone(backend="fast", **kw)
+    finally:
+        torch.set_default_dtype(default)
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    return ref.to(dtype), fast.to(dtype)
+
+
+def _structure(seed: int = 1, n_atoms: int = 4, n_probes: int = 30):
+    rng = np.random.default_rng(seed)
+    cell = np.diag([3.1, 3.4, 2.9]) + 0.2 * rng.standard_normal((3, 3))
+    pos = rng.uniform(0, 1, (n_atoms, 3)) @ cell
+    probes = rng.uniform(0, 1, (n_probes, 3)) @ cell
+    probes[0] = pos[1]  # a zero-length probe edge
+    numbers = rng.choice([1, 6, 8, 14], n_atoms)
+    return numbers, pos, cell, np.array([True, True, True]), probes
+
+
+def _run(backbone, numbers, pos, cell, pbc, probes, dtype, requires_grad=False):
+    aei, aoff, pei, poff = graphs(pos, cell, pbc, probes, backbone.cutoff)
+    p = torch.tensor(pos, dtype=dtype, requires_grad=requires_grad)
+    q = torch.tensor(probes, dtype=dtype)
+    c = torch.tensor(cell, dtype=dtype)
+    aei_t, pei_t = torch.as_tensor(aei), torch.as_tensor(pei)
+    avec = p[aei_t[1]] - (p[aei_t[0]] + torch.as_tensor(aoff, dtype=dtype) @ c)
+    pvec = q[pei_t[1]] - (p[pei_t[0]] + torch.as_tensor(poff, dtype=dtype) @ c)
+    x = OneHot()(torch.as_tensor(numbers)).to(dtype)
+    layers = backbone.encode(x, aei_t, avec)
+    return layers, backbone.decode(layers, pei_t, pvec, len(probes)), p
+
+
+def test_state_dicts_interchange():
+    ref, fast = _pair(2)
+    a, b = ref.state_dict(), fast.state_dict()
+    assert list(a) == list(b)
+    assert all(a[k].shape == b[k].shape for k in a)
+    assert any(isinstance(m, FastE3Convolution) for m in fast.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("lmax", [0, 1, 2, 4])
+def test_fast_equals_e3nn(lmax, dtype):
+    ref, fast = _pair(lmax, mul=30 if lmax == 4 else 24, seed=lmax, dtype=dtype)
+    s = _structure(seed=lmax)
+    with torch.no_grad():
+        la, a, _ = _run(ref, *s, dtype)
+        lb, b, _ = _run(fast, *s, dtype)
+    for x, y in zip(la, lb):
+        assert (x - y).abs().max() <= TOL[dtype] * x.abs().max()
+    assert a.shape == b.shape and torch.isfinite(b).all()
+    assert (a - b).abs().max() <= TOL[dtype] * a.abs().max()
+
+
+def test_gradients_equal_e3nn():
+    ref, fast = _pair(2, seed=3)
+    s = _structure(seed=3)
+    grads = []
+    for model in (ref, fast):
+        model.zero_grad()
+        layers, out, pos = _run(model, *s, torch.float64, requires_grad=True)
+        weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        (out * weight).sum().backward()
+        g = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        g["positions"] = pos.grad.clone()
+        grads.append(g)
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        scale = grads[0][k].abs().max().clamp_min(1e-12)
+        assert (grads[0][k] - grads[1][k]).abs().max() <= 1e-9 * scale, k
+
+
+def test_zero_length_edges_finite_values_and_gradients():
+    _, fast = _pair(2, seed=4)
+    numbers, pos, cell, pbc, probes = _structure(seed=4)
+    probes[:3] = pos[:3]  # probes exactly on atoms
+    layers, out, p = _run(fast, numbers, pos, cell, pbc, probes, torch.float64, requires_grad=True)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert torch.isfinite(p.grad).all()
+    assert all(torch.isfinite(q.grad).all() for q in fast.parameters() if q.grad is not None)
+
+
+def test_zero_probe_edges():
+    ref, fast = _pair(1, seed=5)
+    numbers, pos, cell, pbc, probes = _structure(seed=5)
+    x = OneHot()(torch.as_tensor(numbers)).double()
+    aei, aoff, _, _ = graphs(pos, cell, pbc, probes, fast.cutoff)
+    avec = torch.randn(aei.shape[1], 3, dtype=torch.float64)
+    empty = torch.zeros((2, 0), dtype=torch.long)
+    none = torch.zeros((0, 3), dtype=torch.float64)
+    with torch.no_grad():
+        outs = [m.decode(m.encode(x, torch.as_tensor(aei), avec), empty, none, 5) for m in (ref, fast)]
+        assert outs[1].shape == outs[0].shape == (5, fast.out_spec.dim)
+        assert torch.allclose(outs[0], outs[1], atol=1e-12)
+        # no probes at all
+        assert fast.decode(fast.encode(x, torch.as_tensor(aei), avec), empty, none, 0).shape == (0, fast.out_spec.dim)
+        # no atom edges either
+        assert torch.isfinite(fast.encode(x, empty, none)[-1]).all()
+
+
+def test_edge_chunking_equals_unchunked():
+    _, fast = _pair(2, seed=6)
+    s = _structure(seed=6, n_atoms=6, n_probes=40)
+    results = []
+    for chunk in (1, 7, 10**9):
+        for m in fast.modules():
+            if isinstance(m, FastE3Convolution):
+                m.edge_chunk = chunk
+        with torch.no_grad():
+            layers, out, _ = _run(fast, *s, torch.float64)
+        results.append([*layers, out])
+    for other in results[1:]:
+        for x, y in zip(results[0], other):
+            assert (x - y).abs().max() <= 1e-12 * x.abs().max()
+
+
+def test_unsorted_and_permuted_edges():
+    _, fast = _pair(1, seed=7)
+    numbers, pos, cell, pbc, probes = _structure(seed=7)
+    x = OneHot()(torch.as_tensor(numbers)).double()
+    aei, _, pei, _ = graphs(pos, cell, pbc, probes, fast.cutoff)
+    avec = torch.randn(aei.shape[1], 3, dtype=torch.float64)
+    pvec = torch.randn(pei.shape[1], 3, dtype=torch.float64)
+    perm_a, perm_p = torch.randperm(aei.shape[1]), torch.randperm(pei.shape[1])
+    with torch.no_grad():
+        la = fast.encode(x, torch.as_tensor(aei), avec)
+        a = fast.decode(la, torch.as_tensor(pei), pvec, len(probes))
+        lb = fast.encode(x, torch.as_tensor(aei)[:, perm_a], avec[perm_a])
+        b = fast.decode(lb, torch.as_tensor(pei)[:, perm_p], pvec[perm_p], len(probes))
+    assert (a - b).abs().max() <= 1e-12 * a.abs().max()
+
+
+def test_unknown_backend_refused():
+    from cdp.core.types import CdpError
+
+    with pytest.raises(CdpError, match="backend"):
+        ChargE3NetBackbone(mul=8, lmax=1, num_interactions=1, backend="cuda-magic")
+
+
+@pytest.mark.parametrize("stem", ["charge3net_small", pytest.param("charge3net_paper", marks=pytest.mark.slow)])
+def test_reference_fixtures_through_fast_backend(fixtures_dir, stem):
+    import json
+
+    from cdp.importers.charge3net import build_components, import_charge3net
+
+    from _deepdft_util import predict
+
+    ref_dir = fixtures_dir
+    config, sd = import_charge3net(ref_dir / f"{stem}.pt", ref_dir / f"{stem}.json")
+    config = {k: dict(v) for k, v in config.items()}
+    config["backbone"]["backend"] = "fast"
+    mods = dict(zip(("featurizer", "backbone", "readout"), build_components(config)))
+    assert any(isinstance(m, FastE3Convolution) for m in mods["backbone"].modules())
+    for prefix, module in mods.items():
+        n = len(prefix) + 1
+        module.load_state_dict({k[n:]: v for k, v in sd.items() if k.startswith(prefix + ".")}, strict=True)
+        module.to(torch.float32).eval()
+    meta = json.loads((ref_dir / f"{stem}.json").read_text())
+    data = np.load(ref_dir / f"{stem}_cases.npz")
+    for s in meta["structures"]:
+        c = {k: data[f"{s}/{k}"] for k in ("numbers", "positions", "cell", "pbc", "probes", "density_f32")}
+        with torch.no_grad():
+            rho = predict(mods["featurizer"], mods["backbone"], mods["readout"], c["numbers"], c["positions"],
+                          c["cell"], c["pbc"], c["probes"], dtype=torch.float32)
+        ref = c["density_f32"].astype(np.float64)
+        err = np.abs(rho.double().numpy() - ref).max() / np.abs(ref).max()
+        assert err <= 1e-4, f"{stem}/{s}: {err:.3e}"
