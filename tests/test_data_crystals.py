@@ -38,7 +38,7 @@ def test_gpaw_silicon_low_cutoff(tmp_path):
     import ase.io
     from ase.build import bulk
 
-    src = tmp_path / "si.cif"
+    src = tmp_path / "si.traj"
     ase.io.write(src, bulk("Si", "diamond", a=5.43))
     out = tmp_path / "out"
     res = CliRunner().invoke(command, ["make", "crystals", "--from", str(src), "--cutoff", "250", "--kpt-density", "2",
