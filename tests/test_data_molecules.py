@@ -215,3 +215,10 @@ def test_process_pool_matches_serial(tmp_path):
         _, g1 = cdp.io.read(tmp_path / "a" / f"{name}.CHGCAR.gz")
         _, g2 = cdp.io.read(tmp_path / "b" / f"{name}.CHGCAR.gz")
         assert np.abs(g1.values - g2.values).max() <= 1e-6 * g1.values.max()
+
+
+def test_unconverged_scf_is_an_error():
+    from cdp.data.molecules import RECIPE
+
+    with pytest.raises(CdpError, match="water: SCF did not converge"):
+        compute_molecule(WATER, spacing=0.3, vacuum=2.0, recipe=dict(RECIPE, max_cycle=1), name="water")
