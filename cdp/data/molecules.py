@@ -33,11 +33,11 @@ RECIPE: Dict[str, object] = {
     "max_cycle": 100,
 }
 
-# Relative tolerance of the grid integral against the valence electron count.  ≤ 0.15 Å: 0.5 % (measured
-# ≤ 4e-5 relative at 0.15 Å, ≤ 1e-6 at 0.12 Å).  Coarser grids resolve the sharp O/N valence peaks less well: measured on QM9
-# molecules, ≤ 0.03 % at 0.2 Å and up to 0.8 % at 0.3 Å (water; 41 QM9 molecules of the embedded set:
-# median ~0.1 %).  Above 0.15 Å the bound is 2 %: loose enough for 0.3 Å grids, tight enough to catch
-# densities cut by the box walls or a broken run.
+# Relative tolerance of the grid integral against the valence electron count.  At <= 0.15 Å: 0.5 %
+# (measured <= 4e-5 relative at 0.15 Å, <= 1e-6 at 0.12 Å).  Coarser grids resolve the sharp O/N valence
+# peaks less well: measured <= 0.03 % at 0.2 Å and up to 0.8 % at 0.3 Å (water; median ~0.1 % over the
+# embedded set's QM9 molecules).  Above 0.15 Å the bound is 2 %: loose enough for 0.3 Å grids, tight
+# enough to catch densities cut by the box walls or a broken run.
 FINE_SPACING = 0.15
 FINE_TOLERANCE = 0.005
 COARSE_TOLERANCE = 0.02
