@@ -246,3 +246,30 @@ def test_embedded_dataset_is_the_default(tmp_path):
     parts = [set(split[k]) for k in ("train", "validation", "test")]
     assert set().union(*parts) == names and sum(map(len, parts)) == len(names)
     assert all(parts)
+
+
+@pytest.mark.slow
+def test_sigint_exits_130_with_one_resume_line(dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(dataset, steps=10**6, validate_every=5, log_every=5)))
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "cdp.cli.main", "train", str(cfg), "--run", str(run)],
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and '"step": 10,' not in ((run / "log.jsonl").read_text() if (run / "log.jsonl").exists() else ""):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"resume with: cdp train --resume {run}" in lines[0]
+    step = read_checkpoint(run / "last.ckpt")["train_state"]["step"]
+    assert step >= 10 and step % 5 == 0

@@ -43,7 +43,10 @@ def command(config: Optional[str], run_dir: Optional[str], resume: Optional[str]
             cfg["steps"] = steps
         if time_budget is not None:
             cfg["time_budget"] = time_budget
-    result = train_run(cfg, run_dir=run_dir, resume=resume, device=device, progress=False if no_progress else None)
+    try:
+        result = train_run(cfg, run_dir=run_dir, resume=resume, device=device, progress=False if no_progress else None)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # the trainer has printed the one line saying how to resume
     if int(os.environ.get("RANK", "0")) == 0:
         best = f", best {result.best_metric:.4g}% val NMAPE at step {result.best_step}" if result.best_metric is not None else ""
         click.echo(f"trained {result.steps} steps in {result.train_seconds:.1f} s "
