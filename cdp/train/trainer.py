@@ -482,7 +482,8 @@ class Trainer:
                 self.best_metric, self.best_step = value, self.step
                 self.save_best()
             self._log(record)
-            bar.set_postfix_str(f"val_nmape={value:.3g}%", refresh=False)
+            self._postfix["val_nmape"] = f"{value:.3g}%"
+            bar.set_postfix(self._postfix, refresh=False)
         elif self.main and not self.val_items:
             self.best_step = self.step
             self.save_best()  # no validation data: the best model is the latest one
@@ -495,6 +496,7 @@ class Trainer:
         if self.step == 0 and self.main:
             self.save_last()  # a resumable starting point, so an early Ctrl-C leaves a checkpoint
         bar = self._progress_bar()
+        self._postfix: Dict[str, str] = {}
         start_wall = time.perf_counter()
         start_elapsed = self.elapsed
         stopped = None
@@ -523,7 +525,8 @@ class Trainer:
                     rate = w["probes"] / w["seconds"] if w["seconds"] > 0 else 0.0
                     self._log({"step": self.step, "loss": w["loss"] / w["count"], "lr": lr,
                                "probes_per_s": rate, "elapsed": round(self.elapsed, 4)})
-                    bar.set_postfix(loss=f"{w['loss'] / w['count']:.4g}", probes_s=f"{rate:.0f}", refresh=False)
+                    self._postfix.update(loss=f"{w['loss'] / w['count']:.4g}", probes_s=f"{rate:.0f}")
+                    bar.set_postfix(self._postfix, refresh=False)
                     self.window = {"loss": 0.0, "count": 0, "probes": 0, "seconds": 0.0}
                 if self.step % cfg["validate_every"] == 0 or self.step % cfg["checkpoint_every"] == 0:
                     if self.step % cfg["validate_every"] == 0:
