@@ -50,7 +50,7 @@ class ChargE3NetBackbone(Backbone):
         basis: str = "gaussian",
         num_basis: int = 20,
         radial_neurons: int = 100,
-        backend: str = "e3nn",
+        backend: str = "fast",
     ):
         super().__init__()
         if int(num_interactions) < 1:

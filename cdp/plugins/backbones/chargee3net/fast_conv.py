@@ -139,6 +139,9 @@ class FastE3Convolution(E3Convolution):
         edge_sh: Tensor,
         edge_embedding: Tensor,
     ) -> Tensor:
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            # graph capture (export, tracing) records the plain e3nn form: same parameters, same function
+            return super().forward(sender, receiver, edge_index, edge_sh, edge_embedding)
         num_receivers = receiver.shape[0]
         self_connection = self.sc(receiver)
         h = self.lin1(sender)
