@@ -19,6 +19,16 @@ from cdp.export.metadata import atomic_write_text
 
 EXAMPLE_SIZES = {"N": 5, "E": 12, "M": 7, "Ep": 20}
 
+_GRAPH = {"name": "periodic"}
+TINY_CONFIGS = {  # 2 layers, small L / node size: quick to export (tests, the C++ example, CI)
+    "chargee3net": {"featurizer": {"name": "onehot"}, "graph": _GRAPH, "readout": {"name": "linear"},
+                    "backbone": {"name": "chargee3net", "num_interactions": 2, "mul": 8, "lmax": 1, "num_basis": 4, "radial_neurons": 8, "cutoff": 3.0}},
+    "invdeepdft": {"featurizer": {"name": "embedding", "size": 8}, "graph": _GRAPH, "readout": {"name": "mlp", "activation": "ssp"},
+                   "backbone": {"name": "invdeepdft", "num_interactions": 2, "node_size": 8, "cutoff": 3.0, "gaussian_expansion_step": 0.5}},
+    "equideepdft": {"featurizer": {"name": "embedding", "size": 8}, "graph": _GRAPH, "readout": {"name": "mlp", "activation": "silu"},
+                    "backbone": {"name": "equideepdft", "num_interactions": 2, "node_size": 8, "cutoff": 3.0, "distance_embedding_size": 6}},
+}
+
 
 def synthetic_graph(num_nodes: int, num_edges: int, cutoff: float, dtype: torch.dtype, seed: int, receivers: Optional[int] = None):
     """(edge_index [2, E], edge_vec [E, 3]) with random endpoints and lengths in (0.3, 0.9·cutoff)."""

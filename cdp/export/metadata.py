@@ -106,6 +106,8 @@ def read_metadata(model_dir, expect_format: Optional[str] = None, check_files: b
         part = meta.get(role)
         if not isinstance(part, dict) or not isinstance(part.get("file"), str):
             raise CdpError(f"{path}: '{role}' must name its file")
+        if not part["file"].endswith("." + ARTIFACTS[artifact]):
+            raise CdpError(f"{path}: {role} file {part['file']} is not a {artifact} artifact (expected .{ARTIFACTS[artifact]})")
         if check_files:
             f = model_dir / part["file"]
             if not f.is_file():

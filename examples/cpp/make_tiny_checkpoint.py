@@ -11,16 +11,7 @@ import torch
 
 from cdp.core.checkpoint import save_checkpoint
 from cdp.core.model import DensityModel
-
-GRAPH = {"name": "periodic"}
-CONFIGS = {
-    "chargee3net": {"featurizer": {"name": "onehot"}, "graph": GRAPH, "readout": {"name": "linear"},
-                    "backbone": {"name": "chargee3net", "num_interactions": 2, "mul": 8, "lmax": 1, "num_basis": 4, "radial_neurons": 8, "cutoff": 3.0}},
-    "invdeepdft": {"featurizer": {"name": "embedding", "size": 8}, "graph": GRAPH, "readout": {"name": "mlp", "activation": "ssp"},
-                   "backbone": {"name": "invdeepdft", "num_interactions": 2, "node_size": 8, "cutoff": 3.0, "gaussian_expansion_step": 0.5}},
-    "equideepdft": {"featurizer": {"name": "embedding", "size": 8}, "graph": GRAPH, "readout": {"name": "mlp", "activation": "silu"},
-                    "backbone": {"name": "equideepdft", "num_interactions": 2, "node_size": 8, "cutoff": 3.0, "distance_embedding_size": 6}},
-}
+from cdp.export.examples import TINY_CONFIGS as CONFIGS
 
 
 def main(argv) -> int:
