@@ -36,14 +36,35 @@ class Predictor:
     """Densities from a DensityModel at arbitrary points or on full grids, in probe batches."""
 
     def __init__(self, model: DensityModel, device: Optional[str] = "cpu", probe_batch: int = DEFAULT_PROBE_BATCH,
-                 name: str = "model"):
+                 name: str = "model", max_memory: Optional[int] = None):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.probe_batch = int(probe_batch)
         self.name = name
         self.metadata: dict = {}
+        self.max_memory = None if max_memory is None else int(max_memory)
         if self.probe_batch < 1:
             raise CdpError("probe batch size must be at least 1")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise CdpError(f"max_memory must be a positive number of bytes, got {max_memory}")
+
+    def batch_for_memory(self, atoms, max_memory: Optional[int] = None) -> int:
+        """Probes per batch that keep one decode call within ``max_memory`` bytes (at least 1).
+
+        Uses the backbone's ``probe_memory(itemsize, edges_per_probe)`` estimate when it has one (edges per
+        probe from the atom density within the cutoff sphere); otherwise the configured probe batch.
+        """
+        budget = self.max_memory if max_memory is None else int(max_memory)
+        estimate = getattr(self.model.backbone, "probe_memory", None)
+        if budget is None or estimate is None:
+            return self.probe_batch
+        n = len(atoms)
+        volume = abs(float(np.linalg.det(np.asarray(atoms.cell.array, dtype=np.float64)))) if any(atoms.pbc) else 0.0
+        sphere = 4.0 / 3.0 * np.pi * self.cutoff**3
+        edges = n / volume * sphere * 1.5 if volume > 1e-9 else float(n)  # 1.5: margin over the mean
+        itemsize = torch.finfo(self.model.dtype).bits // 8
+        fixed, per_probe = estimate(itemsize, max(edges, 1.0))
+        return int(max(1, (budget - fixed) // max(per_probe, 1)))
 
     @property
     def spin(self) -> bool:
@@ -68,12 +89,13 @@ class Predictor:
         """ρ at ``probes`` [M, 3] (Å) for ``atoms``: [M] in e/Å³, or [M, 2] (total, magnetisation) with spin."""
         pts = validate_probes(probes)
         batch, feats = self.encode(atoms)
-        chunks = [c for c in self._stream(batch, feats, pts, probe_batch)]
+        chunks = [c for c in self._stream(batch, feats, pts, probe_batch, atoms)]
         width = (0, 2) if self.spin else (0,)
         return np.concatenate(chunks) if chunks else np.zeros(width, dtype=np.float64)
 
-    def _stream(self, batch: Batch, feats: AtomFeatures, pts: np.ndarray, probe_batch: Optional[int]) -> Iterator[np.ndarray]:
-        step = int(probe_batch or self.probe_batch)
+    def _stream(self, batch: Batch, feats: AtomFeatures, pts: np.ndarray, probe_batch: Optional[int],
+                atoms=None) -> Iterator[np.ndarray]:
+        step = int(probe_batch or (self.batch_for_memory(atoms) if atoms is not None else self.probe_batch))
         for start in range(0, len(pts), step):
             chunk = torch.from_numpy(pts[start : start + step]).to(self.device, self.model.dtype)
             out = self.model.decode(batch, feats, chunk)
@@ -96,7 +118,7 @@ class Predictor:
         grid = self._grid_frame(atoms, shape, cell, origin)
         batch, feats = self.encode(atoms)
         total = int(np.prod(grid.values.shape))
-        step = int(probe_batch or self.probe_batch)
+        step = int(probe_batch or self.batch_for_memory(atoms))
         for start in range(0, total, step):
             pts = grid.grid_points(start, start + step)
             chunk = torch.from_numpy(pts).to(self.device, self.model.dtype)
@@ -170,6 +192,7 @@ def load_model(
     dtype: Optional[str] = None,
     probe_batch: int = DEFAULT_PROBE_BATCH,
     runtime: str = "torch",
+    max_memory: Optional[int] = None,
 ) -> Predictor:
     """A Predictor from a cdp checkpoint path, a preset name (untrained weights), or a DensityModel.
 
@@ -211,7 +234,7 @@ def load_model(
         if dtype not in DTYPES:
             raise CdpError(f"unknown dtype '{dtype}' (float32 or float64)")
         net = net.to(DTYPES[dtype])
-    predictor = Predictor(net, device=device, probe_batch=probe_batch, name=name)
+    predictor = Predictor(net, device=device, probe_batch=probe_batch, name=name, max_memory=max_memory)
     predictor.metadata = metadata
     return predictor
 

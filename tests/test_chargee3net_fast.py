@@ -192,3 +192,25 @@ def test_reference_fixtures_through_fast_backend(fixtures_dir, stem):
         ref = c["density_f32"].astype(np.float64)
         err = np.abs(rho.double().numpy() - ref).max() / np.abs(ref).max()
         assert err <= 1e-4, f"{stem}/{s}: {err:.3e}"
+
+
+def test_memory_budget_sizes_probe_batches_without_changing_results():
+    from ase.build import bulk
+
+    from cdp.core.model import DensityModel
+    from cdp.predict import Predictor
+
+    config = {"featurizer": {"name": "onehot"}, "graph": {"name": "periodic"}, "readout": {"name": "linear"},
+              "backbone": {"name": "chargee3net", "num_interactions": 2, "mul": 16, "lmax": 1, "num_basis": 6,
+                           "radial_neurons": 8}}
+    torch.manual_seed(0)
+    model = DensityModel.from_config(config)
+    atoms = bulk("Si", "diamond", a=5.43)
+    probes = np.random.default_rng(0).uniform(0, 1, (50, 3)) @ atoms.cell.array
+    big = Predictor(model, probe_batch=1000)
+    fixed, per_probe = model.backbone.probe_memory(4, 10.0)
+    assert fixed >= 0 and per_probe > 0
+    small = Predictor(model, max_memory=fixed + 7 * per_probe)
+    assert 1 <= small.batch_for_memory(atoms) < 50
+    assert small.batch_for_memory(atoms, max_memory=fixed + 10**12) > 1000
+    np.testing.assert_allclose(small.predict(atoms, probes), big.predict(atoms, probes), rtol=0, atol=1e-6)

@@ -142,6 +142,12 @@ class ChargE3NetBackbone(Backbone):
             p = gate(conv(atom_layers[i], p, edge_index, sh, emb))
         return p
 
+    def probe_memory(self, itemsize: int = 4, edges_per_probe: float = 30.0):
+        """(fixed bytes, bytes per probe) of one decode call: sizes probe batches for a memory budget."""
+        from cdp.plugins.backbones.chargee3net.memory import probe_memory
+
+        return probe_memory(self, itemsize, edges_per_probe)
+
     def extra_repr(self) -> str:
         return (
             f"num_interactions={self.num_interactions}, mul={self.mul}, lmax={self.lmax}, cutoff={self.cutoff}, "

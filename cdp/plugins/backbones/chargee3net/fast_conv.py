@@ -161,6 +161,7 @@ class FastE3Convolution(E3Convolution):
         while r0 < num_receivers:
             # the largest run of whole receivers holding at most edge_chunk edges (at least one receiver)
             r1 = max(r0 + 1, bisect.bisect_right(ptr, ptr[r0] + self.edge_chunk, lo=r0 + 1) - 1)
+            r1 = min(r1, r0 + self.edge_chunk)  # receivers without edges count too (bounded aggregate)
             e0, e1 = ptr[r0], ptr[r1]
             agg = self._aggregate(h, src[e0:e1], dst[e0:e1] - r0, edge_sh[e0:e1], edge_embedding[e0:e1], r1 - r0) * norm
             conv = self.lin2(agg)
