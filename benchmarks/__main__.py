@@ -1,0 +1,20 @@
+"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {"chargee3net": "benchmarks.chargee3net_bench", "graph": "benchmarks.graph_bench"}
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in BENCHMARKS:
+        print(f"usage: python -m benchmarks {{{','.join(sorted(BENCHMARKS))}}} [args]", file=sys.stderr)
+        sys.exit(2)
+    importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

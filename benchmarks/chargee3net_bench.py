@@ -1,0 +1,232 @@
+"""ChargE3Net (fast vs e3nn backend) and DeepDFT inference speed, peak memory and scaling with system size.
+
+    python -m benchmarks chargee3net [--quick] [--threads 1 2] [--skip-scaling] [--json out.json]
+
+Every case runs in a fresh Python process (``--case``), so its peak RSS is its own. Models are the published
+sizes with seeded random weights (speed does not depend on training). Cases:
+
+* ``decode``: Si 2×2×2 (diamond a = 5.43 Å, 64 atoms), random probes; atom-encoder time, probe-decoder
+  time and peak RSS; probes/s of the decoder and of the full model (encoder + decoder).  ChargE3Net with the
+  ``e3nn`` and ``fast`` backends at the same probe batch (their outputs are compared), the fast backend also
+  at 10,000 probes; equiDeepDFT and invDeepDFT at 1,000.
+* ``encoder``: atom encoder on Si 4×4×4 (512 atoms), both backends.
+* ``scaling``: Si supercells from 8 atoms upward at a fixed number of probes per atom, fast backend; wall
+  time of graph + encoder + decoder and a least-squares exponent of time ∝ N^α over N ≥ 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PRESETS = {"chargee3net": "chargee3net", "equideepdft": "equideepdft", "invdeepdft": "invdeepdft"}
+
+
+# -- child process ------------------------------------------------------------------------------------
+def _model(name: str, backend: str | None):
+    import torch
+
+    from cdp.core.model import DensityModel
+    from cdp.core.registry import get_registry
+
+    cfg = get_registry().preset(PRESETS[name])
+    cfg = {k: dict(cfg[k]) for k in ("featurizer", "graph", "backbone", "readout")}
+    if backend is not None:
+        cfg["backbone"]["backend"] = backend
+    torch.manual_seed(0)
+    return DensityModel.from_config(cfg).eval()
+
+
+def _si(rep: int):
+    from ase.build import bulk
+
+    return bulk("Si", "diamond", a=5.43, cubic=True).repeat(rep)
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _run_case(case: dict) -> dict:
+    import torch
+
+    from cdp.core.types import Batch
+
+    torch.set_num_threads(int(case["threads"]))
+    t_build = time.perf_counter()
+    model = _model(case["model"], case.get("backend"))
+    build_s = time.perf_counter() - t_build
+    atoms = _si(case["rep"])
+    batch = Batch.from_atoms([atoms]).to("cpu", torch.float32)
+    rng = np.random.default_rng(0)
+    m = int(case.get("probes", 0))
+    probes = torch.from_numpy(rng.uniform(0, 1, (m, 3)) @ atoms.cell.array).to(torch.float32)
+    out: dict = dict(case, atoms=len(atoms), build_s=build_s)
+    with torch.no_grad():
+        # warm-up on a small slice (allocator, lazy constants); RSS after it is the baseline
+        t0 = time.perf_counter()
+        agraph = model.atom_graph(batch)
+        out["atom_graph_s"] = time.perf_counter() - t0
+        out["atom_edges"] = int(agraph.edge_index.shape[1])
+        if case["kind"] != "scaling":
+            feats = model.encode(batch, agraph)
+            model.decode(batch, feats, probes[:16])
+        out["rss_before_mib"] = _rss_mib()
+        c0, t0 = time.process_time(), time.perf_counter()
+        feats = model.encode(batch, agraph)
+        out["encode_s"], out["encode_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+        if m:
+            t0 = time.perf_counter()
+            pgraph = model.probe_graph(batch, probes)
+            out["probe_graph_s"] = time.perf_counter() - t0
+            out["probe_edges"] = int(pgraph.edge_index.shape[1])
+            batch_size = int(case.get("batch") or m)
+            rho = []
+            c0, t0 = time.process_time(), time.perf_counter()
+            for s in range(0, m, batch_size):
+                rho.append(model.decode(batch, feats, probes[s : s + batch_size]))
+            out["decode_s"], out["decode_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+            rho = torch.cat(rho).double().numpy()
+            out["decode_probes_per_s"] = m / out["decode_s"]
+            out["full_probes_per_s"] = m / (out["decode_s"] + out["encode_s"])
+            out["total_s"] = out["atom_graph_s"] + out["encode_s"] + out["probe_graph_s"] + out["decode_s"]
+            if case.get("save"):
+                np.save(case["save"], rho)
+    out["peak_rss_mib"] = _rss_mib()
+    return out
+
+
+# -- parent: spawn cases ------------------------------------------------------------------------------
+def _spawn(case: dict) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(case["threads"]), MKL_NUM_THREADS=str(case["threads"]))
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "benchmarks.chargee3net_bench", "--case", json.dumps(case)]
+    res = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
+    if res.returncode != 0:
+        return dict(case, error=res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _fit_exponent(rows: list) -> float | None:
+    pts = [(r["atoms"], r["total_s"]) for r in rows if "total_s" in r and r["atoms"] >= 100]
+    if len(pts) < 2:
+        return None
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def run(threads=(1, 2), quick: bool = False, scaling: bool = True, probes_per_atom: int = 2, max_rep: int | None = None) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
+    small = 1000 if not quick else 300
+    results: dict = {"decode": [], "encoder": [], "equivalence": [], "scaling": [], "load_average": os.getloadavg()}
+    for t in threads:
+        # ChargE3Net, both backends at the same batch, outputs compared
+        pair = {}
+        for backend in ("e3nn", "fast"):
+            save = str(tmp / f"rho_{backend}_{t}.npy")
+            r = _spawn({"kind": "decode", "model": "chargee3net", "backend": backend, "rep": 2, "probes": small,
+                        "threads": t, "save": save})
+            results["decode"].append(r)
+            pair[backend] = r
+        if all("error" not in r for r in pair.values()):
+            a = np.load(tmp / f"rho_e3nn_{t}.npy")
+            b = np.load(tmp / f"rho_fast_{t}.npy")
+            results["equivalence"].append({
+                "threads": t, "probes": small,
+                "max_abs_diff_over_max_rho": float(np.abs(a - b).max() / np.abs(a).max()),
+                "speedup_full": pair["fast"]["full_probes_per_s"] / pair["e3nn"]["full_probes_per_s"],
+                "speedup_decoder": pair["fast"]["decode_probes_per_s"] / pair["e3nn"]["decode_probes_per_s"],
+                "rss_ratio": pair["fast"]["peak_rss_mib"] / pair["e3nn"]["peak_rss_mib"],
+            })
+        if not quick:
+            results["decode"].append(_spawn({"kind": "decode", "model": "chargee3net", "backend": "fast", "rep": 2,
+                                             "probes": 10_000, "batch": 2500, "threads": t}))
+        for name in ("equideepdft", "invdeepdft"):
+            results["decode"].append(_spawn({"kind": "decode", "model": name, "rep": 2, "probes": small, "threads": t}))
+        enc = {}
+        for backend in ("e3nn", "fast"):
+            enc[backend] = _spawn({"kind": "encoder", "model": "chargee3net", "backend": backend,
+                                   "rep": 4 if not quick else 3, "threads": t})
+            results["encoder"].append(enc[backend])
+        if all("encode_s" in r for r in enc.values()):
+            results["encoder"].append({"threads": t, "speedup": enc["e3nn"]["encode_s"] / enc["fast"]["encode_s"]})
+    if scaling:
+        reps = [1, 2, 3, 4, 6] if quick else [1, 2, 3, 4, 6, 8, 11]
+        if max_rep:
+            reps = [r for r in reps if r <= max_rep]
+        for rep in reps:
+            n = 8 * rep**3
+            results["scaling"].append(_spawn({"kind": "scaling", "model": "chargee3net", "backend": "fast", "rep": rep,
+                                              "probes": probes_per_atom * n, "batch": 2500, "threads": 1}))
+        results["scaling_exponent"] = _fit_exponent(results["scaling"])
+    return results
+
+
+def _table(results: dict) -> str:
+    lines = [f"load average at start: {', '.join(f'{x:.2f}' for x in results['load_average'])}", "",
+             f"{'model':<12} {'backend':<7} {'thr':>3} {'probes':>6} {'enc s':>7} {'dec s':>7} {'dec p/s':>8} "
+             f"{'full p/s':>8} {'dec CPU-s/1k':>12} {'peak MiB':>8}"]
+    for r in results["decode"]:
+        if "error" in r:
+            lines.append(f"{r['model']:<12} {r.get('backend') or '-':<7} {r['threads']:>3} error: {r['error']}")
+            continue
+        lines.append(f"{r['model']:<12} {r.get('backend') or '-':<7} {r['threads']:>3} {r['probes']:>6} {r['encode_s']:>7.3f} "
+                     f"{r['decode_s']:>7.3f} {r['decode_probes_per_s']:>8.0f} {r['full_probes_per_s']:>8.0f} "
+                     f"{1000 * r['decode_cpu_s'] / r['probes']:>12.3f} {r['peak_rss_mib']:>8.0f}")
+    lines.append("")
+    for e in results["equivalence"]:
+        lines.append(f"ChargE3Net fast vs e3nn, {e['threads']} thr: full {e['speedup_full']:.2f}x, decoder "
+                     f"{e['speedup_decoder']:.2f}x, peak RSS ratio {e['rss_ratio']:.2f}, max|Δρ|/max|ρ| "
+                     f"{e['max_abs_diff_over_max_rho']:.1e}")
+    for r in results["encoder"]:
+        if "speedup" in r:
+            lines.append(f"atom encoder 512 atoms, {r['threads']} thr: fast {r['speedup']:.2f}x e3nn")
+        elif "error" in r:
+            lines.append(f"atom encoder {r.get('backend')}: error: {r['error']}")
+        else:
+            lines.append(f"atom encoder 512 atoms {r['backend']:<5} {r['threads']} thr: {r['encode_s']:.3f} s "
+                         f"({r['encode_cpu_s']:.3f} CPU-s)")
+    if results["scaling"]:
+        lines += ["", f"{'atoms':>7} {'probes':>8} {'graph+enc+dec s':>16} {'peak MiB':>9}"]
+        for r in results["scaling"]:
+            if "error" in r:
+                lines.append(f"{8 * r['rep'] ** 3:>7} error: {r['error']}")
+            else:
+                lines.append(f"{r['atoms']:>7} {r['probes']:>8} {r['total_s']:>16.2f} {r['peak_rss_mib']:>9.0f}")
+        alpha = results.get("scaling_exponent")
+        lines.append(f"fitted exponent (N >= 100): {alpha:.3f}" if alpha is not None else "fitted exponent: n/a")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="300 probes, no 10k case, supercells up to 1,728 atoms")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--probes-per-atom", type=int, default=2)
+    ap.add_argument("--max-rep", type=int, default=None, help="largest supercell repeat of the 8-atom Si cell")
+    ap.add_argument("--json", dest="json_path", help="also write the JSON here")
+    args = ap.parse_args(argv)
+    if args.case:
+        print(json.dumps(_run_case(json.loads(args.case))))
+        return
+    results = run(args.threads, args.quick, not args.skip_scaling, args.probes_per_atom, args.max_rep)
+    text = json.dumps(results, indent=2)
+    if args.json_path:
+        Path(args.json_path).write_text(text)
+    print(text)
+    print(_table(results))
+
+
+if __name__ == "__main__":
+    main()
