@@ -214,3 +214,13 @@ def test_memory_budget_sizes_probe_batches_without_changing_results():
     assert 1 <= small.batch_for_memory(atoms) < 50
     assert small.batch_for_memory(atoms, max_memory=fixed + 10**12) > 1000
     np.testing.assert_allclose(small.predict(atoms, probes), big.predict(atoms, probes), rtol=0, atol=1e-6)
+
+
+def test_max_memory_option_parsing():
+    from cdp.cli.predict import parse_bytes
+    from cdp.core.types import CdpError
+
+    assert parse_bytes("2G") == 2 * 2**30 and parse_bytes("500MiB") == 500 * 2**20 and parse_bytes("4096") == 4096
+    for bad in ("lots", "-1G", "0"):
+        with pytest.raises(CdpError, match="max-memory"):
+            parse_bytes(bad)

@@ -169,6 +169,19 @@ def _check_like(atoms, ref_atoms, name: str, like: str) -> None:
                        f"file {like} ({ref_atoms.get_chemical_formula()}), so its augmentation cannot be carried over")
 
 
+def parse_bytes(text: str) -> int:
+    """'2G', '500M', '64k' or a plain number of bytes → bytes (binary multiples)."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    t = str(text).strip().lower().rstrip("b").rstrip("i")
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise CdpError(f"--max-memory: cannot read '{text}' as a size (e.g. 2G, 500M)") from None
+    if not value > 0:
+        raise CdpError(f"--max-memory must be positive, got '{text}'")
+    return int(value)
+
+
 @click.command("predict")
 @click.argument("structures", nargs=-1, required=True)
 @click.option("--model", "model", required=True, help="Checkpoint file, shipped model name (demo) or preset.")
@@ -184,8 +197,10 @@ def _check_like(atoms, ref_atoms, name: str, like: str) -> None:
 @click.option("--device", "device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--probe-batch", "probe_batch", type=click.IntRange(min=1), default=None,
               help="Grid points per decoder batch (memory vs speed).")
+@click.option("--max-memory", "max_memory", default=None,
+              help="Memory budget of one decoder batch (e.g. 2G, 500M, bytes); sizes the probe batches.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-def command(structures, model, output, spacing, grid_like, probes, fmt, device, probe_batch, progress) -> None:
+def command(structures, model, output, spacing, grid_like, probes, fmt, device, probe_batch, max_memory, progress) -> None:
     """Predict the density of STRUCTURE... (files or directories) with MODEL and write it to OUTPUT."""
     from cdp.predict import DEFAULT_PROBE_BATCH, check_elements, load_model
 
@@ -239,7 +254,10 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
             points = validate_probes(np.load(probes, allow_pickle=False), name=probes)
         except (OSError, ValueError) as exc:
             raise CdpError(f"{probes}: cannot read probe points ({' '.join(str(exc).split())[:160]})") from None
-    predictor = load_model(model, device=device, probe_batch=probe_batch or DEFAULT_PROBE_BATCH)
+    if max_memory is not None and probe_batch is not None:
+        raise CdpError("--max-memory and --probe-batch exclude each other")
+    predictor = load_model(model, device=device, probe_batch=probe_batch or DEFAULT_PROBE_BATCH,
+                           max_memory=parse_bytes(max_memory) if max_memory is not None else None)
     for name, f, atoms in inputs:
         check_elements(predictor, atoms, str(f))
 
