@@ -1,0 +1,230 @@
+"""``cdp compare``: train several models on the same data, seed and budget, evaluate them on the same grids.
+
+Each model trains and evaluates in its own process (so its peak memory is its own); the parent gathers
+the results into ``report.json``, ``report.md`` and figures.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from cdp.core.types import CdpError
+
+DEFAULT_MODELS = ("chargee3net", "equideepdft", "invdeepdft")
+DEFAULT_TIME_BUDGET = 110.0  # seconds of training per model: three models + evaluation in <= 10 min on 2 cores
+REPORT_FILES = ("report.md", "report.json")
+
+
+@dataclass
+class ModelSpec:
+    """One entry of ``--models``: a preset trained here, or ``name=PATH.ckpt`` evaluated as given."""
+
+    name: str
+    preset: Optional[str]
+    checkpoint: Optional[str]
+
+
+def parse_models(text: str, size: str = "cpu") -> List[ModelSpec]:
+    """``"a,b=path.ckpt"`` → specs; a bare name picks the ``-cpu`` preset unless ``size == "paper"``."""
+    from cdp.core.registry import get_registry
+
+    if size not in ("cpu", "paper"):
+        raise CdpError(f"--size must be cpu or paper, got '{size}'")
+    reg = get_registry()
+    specs, seen = [], set()
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        if "=" in item:
+            name, path = (s.strip() for s in item.split("=", 1))
+            if not Path(path).is_file():
+                raise CdpError(f"--models: {name}={path}: no such checkpoint file")
+            spec = ModelSpec(name, None, path)
+        else:
+            name = item
+            preset = name if (size == "paper" or name.endswith("-cpu")) else f"{name}-cpu"
+            if preset not in reg.presets:
+                preset = name if name in reg.presets else preset
+            reg.preset(preset)  # clear error for an unknown name
+            spec = ModelSpec(name, preset, None)
+        if spec.name in seen:
+            raise CdpError(f"--models: '{spec.name}' is named twice")
+        seen.add(spec.name)
+        specs.append(spec)
+    if not specs:
+        raise CdpError("--models: no model named")
+    return specs
+
+
+def default_out_dir() -> Path:
+    return Path(time.strftime("cdp-compare-%Y%m%d-%H%M%S"))
+
+
+def prepare_out_dir(out: Optional[os.PathLike], force: bool) -> Path:
+    """Create the report directory; refuse one that already holds a report unless ``force``."""
+    out = Path(out) if out is not None else default_out_dir()
+    if any((out / f).exists() for f in REPORT_FILES) and not force:
+        raise CdpError(f"{out}: already holds a report (use --force to overwrite)")
+    for sub in ("models", "logs", "work"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _worker(spec: ModelSpec, out: str, data: Optional[str], steps: Optional[int], time_budget: Optional[float],
+            seed: int, device: Optional[str], threads: int, queue) -> None:
+    """Train (unless a checkpoint is given), evaluate on the test split, save a density slice; report via queue."""
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        result = run_one(spec, Path(out), data, steps, time_budget, seed, device)
+        result["peak_rss_mb"] = _peak_rss_mb()
+        queue.put(("ok", spec.name, result))
+    except CdpError as exc:
+        queue.put(("error", spec.name, str(exc)))
+    except BaseException as exc:  # report, never hang the parent
+        queue.put(("error", spec.name, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+
+
+def run_one(spec: ModelSpec, out: Path, data: Optional[str], steps: Optional[int], time_budget: Optional[float],
+            seed: int, device: Optional[str]) -> dict:
+    """Train and evaluate one model in this process; returns its report entry."""
+    from cdp.core.checkpoint import load_checkpoint
+    from cdp.core.registry import get_registry
+    from cdp.evaluate.evaluate import evaluate
+    from cdp.predict import Predictor
+
+    ckpt_path = out / "models" / f"{spec.name}.ckpt"
+    log_path = out / "logs" / f"{spec.name}.jsonl"
+    entry = {"name": spec.name, "preset": spec.preset, "checkpoint_given": spec.checkpoint}
+    if spec.checkpoint is None:
+        from cdp.train import train_run
+
+        config = {"model": spec.preset, "seed": seed, "dataset": data}
+        if steps is not None:
+            config["steps"] = int(steps)
+            config["log_every"] = max(1, min(10, int(steps) // 10))
+        else:
+            config["time_budget"] = float(time_budget if time_budget is not None else DEFAULT_TIME_BUDGET)
+        run_dir = out / "work" / f"run-{spec.name}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        result = train_run(config, run_dir=run_dir, device=device, progress=False)
+        shutil.copyfile(result.best_checkpoint or result.last_checkpoint, ckpt_path)
+        shutil.copyfile(run_dir / "log.jsonl", log_path)
+        entry.update(
+            steps=int(result.steps),
+            train_seconds=float(result.train_seconds),
+            train_probes_per_s=float(result.probes_per_second),
+            best_validation_nmape=result.best_metric,
+            train_defaults=get_registry().preset(spec.preset).get("train", {}),
+        )
+    else:
+        shutil.copyfile(spec.checkpoint, ckpt_path)
+        entry.update(steps=0, train_seconds=0.0, train_probes_per_s=0.0)
+    model, _ = load_checkpoint(ckpt_path)
+    predictor = Predictor(model, device=device or "cpu")
+    entry["parameters"] = model.num_parameters()
+    t0 = time.perf_counter()
+    ev = evaluate(predictor, data=data, split="test", progress=False)
+    seconds = time.perf_counter() - t0
+    dataset = _test_items(data)
+    probes = sum(int(np.prod(grid.values.shape)) for _, _, grid in dataset)
+    entry["evaluation_seconds"] = seconds
+    entry["inference_probes_per_s"] = probes / seconds if seconds > 0 else None
+    entry["evaluate"] = ev
+    if dataset:
+        name, atoms, grid = dataset[0]
+        np.savez(out / "work" / f"slice-{spec.name}.npz", name=name, **density_slice(predictor, atoms, grid))
+    return entry
+
+
+def _test_items(data: Optional[str]) -> list:
+    """(name, atoms, grid) of the dataset's test split (all items when it has no split)."""
+    from cdp.data import load_dataset
+
+    ds = load_dataset(data)
+    part = ds.split("test") if ds.splits is not None else ds
+    return [tuple(sample) for sample in part]
+
+
+def density_slice(predictor, atoms, grid) -> dict:
+    """Reference and predicted density on the middle z-plane of ``grid`` (for the report figure)."""
+    nx, ny, nz = grid.values.shape
+    k = nz // 2
+    ii, jj = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    frac = np.stack([ii.ravel() / nx, jj.ravel() / ny, np.full(ii.size, k / nz)], axis=1)
+    pts = np.asarray(grid.origin) + frac @ np.asarray(grid.cell)
+    pred = predictor.predict(atoms, pts)
+    pred = pred[:, 0] if pred.ndim == 2 else pred
+    return {"reference": grid.values[:, :, k], "prediction": pred.reshape(nx, ny)}
+
+
+def compare(
+    models: str = ",".join(DEFAULT_MODELS),
+    size: str = "cpu",
+    data: Optional[str] = None,
+    steps: Optional[int] = None,
+    time_budget: Optional[float] = None,
+    out: Optional[os.PathLike] = None,
+    force: bool = False,
+    seed: int = 0,
+    device: Optional[str] = None,
+    echo=print,
+) -> Path:
+    """Run the comparison and write the report directory; returns its path."""
+    from cdp.evaluate.report import write_report
+
+    if steps is not None and time_budget is not None:
+        raise CdpError("give either --steps or --time-budget, not both")
+    if steps is not None and steps < 1:
+        raise CdpError("--steps must be at least 1")
+    if time_budget is not None and time_budget <= 0:
+        raise CdpError("--time-budget must be positive")
+    specs = parse_models(models, size)
+    outdir = prepare_out_dir(out, force)
+    threads = max(1, os.cpu_count() or 1)
+    ctx = mp.get_context("spawn")
+    results, errors = [], {}
+    for spec in specs:
+        what = f"training {spec.preset}" if spec.checkpoint is None else f"evaluating {spec.checkpoint}"
+        echo(f"[{spec.name}] {what} ...")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_worker, args=(spec, str(outdir), data, steps, time_budget, seed, device, threads, queue))
+        proc.start()
+        status, name, payload = queue.get()
+        proc.join()
+        if status == "ok":
+            results.append(payload)
+            ev = payload["evaluate"]["eps_mae"]
+            echo(f"[{spec.name}] eps_mae {ev['mean']:.3f} % after {payload['steps']} steps")
+        else:
+            errors[name] = payload
+            echo(f"[{spec.name}] failed: {payload.splitlines()[0]}")
+    if not results:
+        raise CdpError("every model failed: " + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in errors.items()))
+    report = {
+        "models": results,
+        "errors": errors,
+        "data": data or "embedded",
+        "seed": seed,
+        "size": size,
+        "budget": {"steps": steps} if steps is not None else {"time_budget_s": time_budget or DEFAULT_TIME_BUDGET},
+    }
+    table = write_report(outdir, report)
+    echo(table)
+    echo(f"report: {outdir}")
+    return outdir

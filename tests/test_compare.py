@@ -1,0 +1,79 @@
+"""cdp compare on a tiny budget: all report files, consistent numbers, refusal of an existing report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cdp.core.types import CdpError
+from cdp.evaluate.compare import compare, parse_models
+from tests._train_util import make_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    make_dataset(d, shape=(8, 8, 8))
+    (d / "split.json").write_text(json.dumps({"train": ["h2", "ch4"], "validation": ["nh3"], "test": ["co", "h2o"]}))
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def report_dir(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "report"
+    compare(models="chargee3net,equideepdft,invdeepdft", data=tiny_data, steps=2, out=out, echo=lambda *a: None)
+    return out
+
+
+def test_report_files(report_dir):
+    for f in ("report.md", "report.json", "learning_curves.png", "eps_mae_per_structure.png", "density_slice.png"):
+        assert (report_dir / f).is_file(), f
+    for name in ("chargee3net", "equideepdft", "invdeepdft"):
+        assert (report_dir / "models" / f"{name}.ckpt").is_file()
+        assert (report_dir / "logs" / f"{name}.jsonl").is_file()
+
+
+def test_report_numbers_are_consistent(report_dir, tiny_data):
+    from cdp.evaluate.evaluate import evaluate
+    from cdp.predict import load_model
+
+    report = json.loads((report_dir / "report.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["chargee3net", "equideepdft", "invdeepdft"]
+    md = (report_dir / "report.md").read_text()
+    for m in report["models"]:
+        assert m["steps"] == 2
+        assert m["preset"].endswith("-cpu")
+        per = [s["eps_mae"] for s in m["evaluate"]["structures"]]
+        assert [s["name"] for s in m["evaluate"]["structures"]] == ["co", "h2o"]
+        assert m["evaluate"]["eps_mae"]["mean"] == pytest.approx(np.mean(per))
+        assert f"{m['evaluate']['eps_mae']['mean']:.3f}" in md
+        assert m["parameters"] > 0 and m["peak_rss_mb"] > 0 and m["inference_probes_per_s"] > 0
+    # the stored checkpoint is the evaluated model
+    first = report["models"][1]
+    again = evaluate(load_model(report_dir / "models" / "equideepdft.ckpt"), data=tiny_data, progress=False)
+    assert again["eps_mae"]["mean"] == pytest.approx(first["evaluate"]["eps_mae"]["mean"], rel=1e-6)
+
+
+def test_existing_report_is_refused_and_checkpoint_models_evaluate(report_dir, tiny_data):
+    with pytest.raises(CdpError, match="already holds a report"):
+        compare(models="equideepdft", data=tiny_data, steps=1, out=report_dir, echo=lambda *a: None)
+    ckpt = report_dir / "models" / "equideepdft.ckpt"
+    out = report_dir.parent / "again"
+    compare(models=f"given={ckpt}", data=tiny_data, out=out, echo=lambda *a: None)
+    report = json.loads((out / "report.json").read_text())
+    first = json.loads((report_dir / "report.json").read_text())["models"][1]
+    assert report["models"][0]["steps"] == 0
+    assert report["models"][0]["evaluate"]["eps_mae"]["mean"] == pytest.approx(first["evaluate"]["eps_mae"]["mean"], rel=1e-6)
+
+
+def test_parse_models_errors(tmp_path):
+    assert [s.preset for s in parse_models("chargee3net,invdeepdft")] == ["chargee3net-cpu", "invdeepdft-cpu"]
+    assert [s.preset for s in parse_models("chargee3net", size="paper")] == ["chargee3net"]
+    with pytest.raises(CdpError, match="unknown model preset"):
+        parse_models("nope")
+    with pytest.raises(CdpError, match="no such checkpoint"):
+        parse_models(f"x={tmp_path}/missing.ckpt")
+    with pytest.raises(CdpError, match="named twice"):
+        parse_models("equideepdft,equideepdft")
