@@ -145,3 +145,20 @@ def test_runtime_refuses_uncovered_element(onnx_dirs, tmp_path):
     pred.elements.discard(118)
     with pytest.raises(CdpError, match=r"does not cover element\(s\) \[118\]"):
         pred.predict(atoms, probes)
+
+
+def test_cli_predict_runtime_onnx(models, onnx_dirs, tmp_path):
+    from click.testing import CliRunner
+
+    from cdp.cli.predict import command
+
+    path = onnx_dirs["invdeepdft"][1]
+    _, atoms, probes = cases()[0]
+    atoms.write(tmp_path / "s.traj")
+    np.save(tmp_path / "p.npy", probes)
+    res = CliRunner().invoke(command, [str(tmp_path / "s.traj"), "--model", str(path), "--runtime", "onnx",
+                                       "--probes", str(tmp_path / "p.npy"), "-o", str(tmp_path / "out.npy")])
+    assert res.exit_code == 0, res.output
+    ref = Predictor(models["invdeepdft"]).predict(atoms, probes)
+    got = np.load(tmp_path / "out.npy")
+    assert np.abs(got - ref).max() <= TOL * np.abs(ref).max()

@@ -199,8 +199,11 @@ def parse_bytes(text: str) -> int:
               help="Grid points per decoder batch (memory vs speed).")
 @click.option("--max-memory", "max_memory", default=None,
               help="Memory budget of one decoder batch (e.g. 2G, 500M, bytes); sizes the probe batches.")
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="torch: a checkpoint/preset; onnx: a directory written by `cdp export --format onnx`.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-def command(structures, model, output, spacing, grid_like, probes, fmt, device, probe_batch, max_memory, progress) -> None:
+def command(structures, model, output, spacing, grid_like, probes, fmt, device, probe_batch, max_memory, runtime,
+            progress) -> None:
     """Predict the density of STRUCTURE... (files or directories) with MODEL and write it to OUTPUT."""
     from cdp.predict import DEFAULT_PROBE_BATCH, check_elements, load_model
 
@@ -256,8 +259,10 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
             raise CdpError(f"{probes}: cannot read probe points ({' '.join(str(exc).split())[:160]})") from None
     if max_memory is not None and probe_batch is not None:
         raise CdpError("--max-memory and --probe-batch exclude each other")
-    predictor = load_model(model, device=device, probe_batch=probe_batch or DEFAULT_PROBE_BATCH,
-                           max_memory=parse_bytes(max_memory) if max_memory is not None else None)
+    if runtime == "onnx" and max_memory is not None:
+        raise CdpError("--max-memory sizes PyTorch decoder batches; with --runtime onnx use --probe-batch")
+    predictor = load_model(model, device=device, probe_batch=probe_batch or DEFAULT_PROBE_BATCH, runtime=runtime,
+                           **({"max_memory": parse_bytes(max_memory)} if max_memory is not None else {}))
     for name, f, atoms in inputs:
         check_elements(predictor, atoms, str(f))
 
