@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -115,7 +114,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def write_npy_grid(path: Path, grid: DensityGrid, extra: dict) -> None:
     """(nx, ny, nz) or (nx, ny, nz, 2) array plus ``<file>.json`` with cell, origin and pbc, both atomic."""
-    from cdp.io.compression import atomic_write_bytes
+    from cdp.core.atomic import atomic_write_bytes
 
     values = grid.values if grid.spin is None else np.stack([grid.values, grid.spin], axis=-1)
     pbc = np.broadcast_to(np.asarray(grid.pbc if grid.pbc is not None else True, dtype=bool), (3,))
@@ -267,7 +266,7 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
         check_elements(predictor, atoms, str(f))
 
     if points is not None:
-        from cdp.io.compression import atomic_write_bytes
+        from cdp.core.atomic import atomic_write_bytes
 
         values = predictor.predict(inputs[0][2], points)
         atomic_write_bytes(out, _npy_bytes(values))

@@ -8,13 +8,12 @@ loading never executes any.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
 
+from cdp.core.atomic import atomic_write
 from cdp.core.types import CdpError
 
 FORMAT = "cdp-checkpoint"
@@ -22,18 +21,8 @@ FORMAT_VERSION = 1
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save to a temp file beside ``path``, then rename: never a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save through a temp file beside ``path``, then rename: never a half-written checkpoint."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(path, model, metadata: Optional[dict] = None, train_state: Optional[dict] = None) -> None:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import ClassVar, List, Optional, Tuple
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 

@@ -7,7 +7,7 @@ Atom features are computed once per structure (:meth:`DensityModel.encode`); pro
 from __future__ import annotations
 
 import copy
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import torch

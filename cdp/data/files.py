@@ -7,23 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 from cdp.core.types import CdpError, DensityGrid
-from cdp.io.compression import atomic_write_bytes as _atomic_write_bytes
 from cdp.io.compression import split_compression
 
 DENSITY_SUFFIXES = (".chgcar", ".cube", ".cub", ".vasp")
-
-
-def _readable(path: str) -> None:
-    """Give a freshly written file the usual permissions (temporary files are created owner-only)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Atomic write (temporary file + ``os.replace``) with the permissions of a normally created file."""
-    _atomic_write_bytes(path, data)
-    _readable(path)
 
 
 def density_kind(name: str) -> Optional[str]:
@@ -63,7 +49,6 @@ def write_chgcar(path: str, atoms, grid: DensityGrid) -> None:
     import cdp.io
 
     cdp.io.write(path, atoms, grid, format="chgcar", sidecar=False)
-    _readable(path)
 
 
 def clean_temporaries(directory: str) -> int:

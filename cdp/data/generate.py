@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from cdp.core.types import CdpError
-from cdp.data.files import atomic_write_bytes, clean_temporaries
+from cdp.core.atomic import atomic_write_bytes
+from cdp.data.files import clean_temporaries
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "cdp-dataset"

@@ -87,7 +87,7 @@ class GridCache:
             return None  # unreadable cache entry: rebuilt from the source
 
     def _to_disk(self, path: str, item: CachedGrid) -> None:
-        from cdp.io.compression import atomic_write_bytes
+        from cdp.core.atomic import atomic_write_bytes
 
         arrays = dict(
             values=item.values, cell=item.cell, origin=item.origin, pbc=item.pbc,

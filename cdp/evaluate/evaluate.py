@@ -183,6 +183,6 @@ def to_json(result: dict) -> str:
 
 def write_json(path, result: dict) -> None:
     """Write the evaluation JSON atomically."""
-    from cdp.io.compression import atomic_write_bytes
+    from cdp.core.atomic import atomic_write_bytes
 
     atomic_write_bytes(Path(path), to_json(result).encode("utf-8"))

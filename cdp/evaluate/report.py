@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import List
 
 import numpy as np
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from cdp.core.atomic import atomic_write_text
 
 
 def _fmt(x, spec: str = ".3f") -> str:
@@ -43,7 +36,7 @@ def write_report(outdir: Path, report: dict) -> str:
     text = table(report)
     figures = write_figures(outdir, report)
     report = dict(report, figures=figures)
-    _atomic_text(outdir / "report.json", json.dumps(report, indent=2, default=_json_default))
+    atomic_write_text(outdir / "report.json", json.dumps(report, indent=2, default=_json_default))
     md = [
         "# cdp compare",
         "",
@@ -60,7 +53,7 @@ def write_report(outdir: Path, report: dict) -> str:
     if report.get("errors"):
         md += ["## Failed", ""] + [f"- {k}: {v.splitlines()[0]}" for k, v in report["errors"].items()] + [""]
     md += [f"![{f}]({f})" for f in figures]
-    _atomic_text(outdir / "report.md", "\n".join(md) + "\n")
+    atomic_write_text(outdir / "report.md", "\n".join(md) + "\n")
     return text
 
 

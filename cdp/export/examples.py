@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cdp.export.metadata import atomic_write_text
+from cdp.core.atomic import atomic_write_text
 
 EXAMPLE_SIZES = {"N": 5, "E": 12, "M": 7, "Ep": 20}
 

@@ -9,11 +9,10 @@ TorchScript extra files), so that a JSON that does not belong to its files is re
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from cdp.core.atomic import atomic_write_text  # noqa: F401  (re-exported)
 from cdp.core.types import CdpError
 
 FORMAT = "cdp-export"
@@ -21,21 +20,6 @@ FORMAT_VERSION = 1
 METADATA_FILE = "cdp_export.json"
 ARTIFACTS = {"onnx": "onnx", "torchscript": "pt", "pt2": "pt2"}
 EMBEDDED_KEYS = ("format_version", "cutoff", "elements", "role")
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def embedded(meta: dict, role: str) -> Dict[str, str]:

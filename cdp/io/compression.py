@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Optional, Tuple
 
+from cdp.core.atomic import atomic_write_bytes  # noqa: F401  (re-exported)
 from cdp.core.types import CdpError
 
 #: compression suffix -> codec name (DeepDFT datasets compress members individually with these)
@@ -83,23 +82,6 @@ def read_file_bytes(path) -> bytes:
     except OSError as exc:
         raise CdpError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return decompress(data, split_compression(path.name)[1], str(path))
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def write_file_bytes(path, data: bytes) -> None:

@@ -9,7 +9,8 @@ from typing import Optional
 import numpy as np
 
 from cdp.core.types import CdpError
-from cdp.io.compression import atomic_write_bytes, split_compression
+from cdp.core.atomic import atomic_write_bytes
+from cdp.io.compression import split_compression
 
 
 def sidecar_candidates(path) -> list:

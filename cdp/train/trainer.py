@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cdp.core.atomic import atomic_write_text
 from cdp.core.checkpoint import load_state_dict_checked, read_checkpoint, save_checkpoint
 from cdp.core.registry import PRESET_KEYS
 from cdp.core.types import Batch, CdpError
@@ -294,9 +294,9 @@ class Trainer:
             self._restore()
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_text(self.run_dir / CONFIG_FILE, dump_config(cfg))
+            atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(cfg))
             if not resume:
-                _atomic_text(self.run_dir / LOG_FILE, "")
+                atomic_write_text(self.run_dir / LOG_FILE, "")
 
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -564,7 +564,7 @@ class Trainer:
             ddp_weight_spread=spread,
         )
         if self.main:
-            _atomic_text(self.run_dir / SUMMARY, json.dumps(result.to_dict(), indent=1) + "\n")
+            atomic_write_text(self.run_dir / SUMMARY, json.dumps(result.to_dict(), indent=1) + "\n")
         return result
 
 
@@ -582,12 +582,6 @@ def _concat_batches(batches: List[Batch]) -> Batch:
     )
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    from cdp.io.compression import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode())
-
-
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines past ``step`` (written after the checkpoint being resumed from)."""
     if not path.exists():
@@ -600,7 +594,7 @@ def _truncate_log(path: Path, step: int) -> None:
             continue  # a line cut short by an interruption
         if int(rec.get("step", 0)) <= step:
             keep.append(line)
-    _atomic_text(path, "".join(l + "\n" for l in keep))
+    atomic_write_text(path, "".join(l + "\n" for l in keep))
 
 
 def read_summary(run_dir) -> dict:
