@@ -273,3 +273,15 @@ def test_sigint_exits_130_with_one_resume_line(dataset, tmp_path):
     assert len(lines) == 1 and f"resume with: cdp train --resume {run}" in lines[0]
     step = read_checkpoint(run / "last.ckpt")["train_state"]["step"]
     assert step >= 10 and step % 5 == 0
+
+
+def test_checkpoint_records_training_elements(tmp_path):
+    import torch
+
+    from cdp.train import train_run
+    from tests._train_util import make_dataset, tiny_config
+
+    data = make_dataset(tmp_path / "data")
+    result = train_run(tiny_config(data, steps=1), run_dir=tmp_path / "run")
+    meta = torch.load(result.last_checkpoint, weights_only=True)["metadata"]
+    assert meta["elements"] == [1, 6, 7, 8]  # h2, h2o, ch4, nh3 in the train split

@@ -395,6 +395,7 @@ class Trainer:
             "seed": self.cfg["seed"],
             "model_preset": self.cfg["model"]["preset"],
             "dataset": self.dataset_source,
+            "elements": sorted({int(z) for item in self.train_items for z in item.batch.numbers.tolist()}),
             "train_config": {k: v for k, v in self.cfg.items() if k != "split"},
             "best_metric_name": BEST_METRIC,
             "best_metric": self.best_metric,
