@@ -27,6 +27,7 @@ COMMANDS: Dict[str, tuple] = {
     "compare": ("cdp.cli.compare", "Train and evaluate several models side by side."),
     "export": ("cdp.cli.export", "Export a model to ONNX, TorchScript or pt2."),
     "bench": ("cdp.cli.bench", "Run the performance benchmarks."),
+    "experiment": ("cdp.cli.experiment", "Run the paper's experiments: L-sweep, scaling."),
 }
 
 
