@@ -174,8 +174,26 @@ def _worker(lmax: int, out: str, preset: str, mul: Optional[int], data: Optional
         queue.put(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
 
 
-def run_in_process(target: Callable, args: tuple):
-    """Run ``target(*args, queue)`` in a spawned process; returns what it put on the queue."""
+class _ListQueue(list):
+    """A stand-in for a process queue when a worker runs in this process."""
+
+    def put(self, item) -> None:
+        self.append(item)
+
+
+def run_in_process(target: Callable, args: tuple, isolate: bool = True):
+    """Run ``target(*args, queue)`` in a spawned process (or here, when not ``isolate``); returns what it
+    put on the queue."""
+    if not isolate:
+        import torch
+
+        threads = torch.get_num_threads()
+        queue = _ListQueue()
+        try:
+            target(*args, queue)
+        finally:
+            torch.set_num_threads(threads)
+        return queue[0] if queue else ("error", "worker returned nothing")
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
@@ -208,11 +226,13 @@ def lsweep(
     device: Optional[str] = None,
     threads: Optional[int] = None,
     echo: Callable = print,
+    isolate: bool = True,
 ) -> dict:
     """Train and evaluate ``preset`` at every L in ``lmax`` with equal ``mul``, data, seed and budget each.
 
     ``mul`` defaults to the preset's own; the budget is ``steps`` or ``time_budget`` seconds per L
-    (default 60 s).  Returns the sweep (also written to ``out/lsweep.json``).
+    (default 60 s).  ``isolate=False`` runs every L in this process (quicker to start; peak RSS is then this
+    process's).  Returns the sweep (also written to ``out/lsweep.json``).
     """
     from cdp.core.registry import get_registry
 
@@ -241,7 +261,7 @@ def lsweep(
     for lv in lvals:
         echo(f"[L={lv}] training {preset} with lmax={lv}, mul={mul} ...")
         status, payload = run_in_process(
-            _worker, (lv, str(outdir), preset, mul, data, steps, time_budget, seed, device, threads))
+            _worker, (lv, str(outdir), preset, mul, data, steps, time_budget, seed, device, threads), isolate)
         if status == "ok":
             rows.append(payload)
             e = payload["eps_mae"]
@@ -259,6 +279,7 @@ def lsweep(
         "seed": int(seed),
         "budget": {"steps": int(steps)} if steps is not None else {"time_budget_s": float(time_budget)},
         "threads": threads,
+        "isolated": bool(isolate),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "rows": rows,
         "errors": errors,

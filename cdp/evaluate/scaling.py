@@ -215,13 +215,15 @@ def scaling_study(
     fit_min_atoms: int = DEFAULT_FIT_MIN_ATOMS,
     force: bool = True,
     echo: Optional[Callable] = None,
+    isolate: bool = True,
 ) -> dict:
     """Time ``model`` on n×n×n supercells of ``structure`` (default Si diamond, 8 atoms) up to ``max_atoms``.
 
     ``model`` is a preset (seeded random weights: speed does not depend on training) or a checkpoint file;
     each size runs in a fresh process with ``threads`` torch threads.  Returns
     ``{"rows": [...], "fit": {"total": {"exponent", "prefactor_s"}, "graph": …, "encode": …, "decode": …}, …}``
-    and, when ``out`` is given, writes scaling.json/md/png there.
+    and, when ``out`` is given, writes scaling.json/md/png there.  ``isolate=False`` times every size in this
+    process (for tests; peak RSS is then this process's).
     """
     say = echo or (lambda *a: None)
     if int(max_atoms) < 1:
@@ -243,7 +245,7 @@ def scaling_study(
         case = {"model": str(model), "structure": None if structure is None else str(structure), "rep": rep,
                 "probes_per_atom": int(probes_per_atom), "threads": int(threads), "backend": backend,
                 "probe_batch": int(probe_batch), "seed": int(seed)}
-        status, payload = run_in_process(_worker, (case,))
+        status, payload = run_in_process(_worker, (case,), isolate)
         if status == "ok":
             rows.append(payload)
             say(f"[{rep}x{rep}x{rep}] {payload['atoms']} atoms, {payload['probes']} probes: graph {payload['graph_s']:.3f} s, "
@@ -264,6 +266,7 @@ def scaling_study(
         "threads": int(threads),
         "backend": backend,
         "seed": int(seed),
+        "isolated": bool(isolate),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "rows": rows,
         "errors": errors,
