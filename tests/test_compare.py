@@ -16,7 +16,7 @@ from tests._train_util import make_dataset
 def tiny_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     make_dataset(d, shape=(8, 8, 8))
-    (d / "split.json").write_text(json.dumps({"train": ["h2", "ch4"], "validation": ["nh3"], "test": ["co", "h2o"]}))
+    (d / "split.json").write_text(json.dumps({"train": ["ch4", "co"], "validation": ["nh3"], "test": ["h2o", "h2"]}))
     return str(d)
 
 
@@ -46,7 +46,7 @@ def test_report_numbers_are_consistent(report_dir, tiny_data):
         assert m["steps"] == 2
         assert m["preset"].endswith("-cpu")
         per = [s["eps_mae"] for s in m["evaluate"]["structures"]]
-        assert [s["name"] for s in m["evaluate"]["structures"]] == ["co", "h2o"]
+        assert [s["name"] for s in m["evaluate"]["structures"]] == ["h2o", "h2"]
         assert m["evaluate"]["eps_mae"]["mean"] == pytest.approx(np.mean(per))
         assert f"{m['evaluate']['eps_mae']['mean']:.3f}" in md
         assert m["parameters"] > 0 and m["peak_rss_mb"] > 0 and m["inference_probes_per_s"] > 0
@@ -66,6 +66,18 @@ def test_existing_report_is_refused_and_checkpoint_models_evaluate(report_dir, t
     first = json.loads((report_dir / "report.json").read_text())["models"][1]
     assert report["models"][0]["steps"] == 0
     assert report["models"][0]["evaluate"]["eps_mae"]["mean"] == pytest.approx(first["evaluate"]["eps_mae"]["mean"], rel=1e-6)
+
+
+def test_element_outside_training_set_is_refused(report_dir, tmp_path):
+    import shutil
+
+    from tests._train_util import make_dataset
+
+    data = make_dataset(tmp_path / "nitrogen", names=("nh3",), shape=(6, 6, 6))
+    ckpt = report_dir / "models" / "equideepdft.ckpt"  # trained on H, C, O
+    with pytest.raises(CdpError, match="every model failed.*element N"):
+        compare(models=f"m={ckpt}", data=data, out=tmp_path / "o", echo=lambda *a: None)
+    shutil.rmtree(tmp_path / "o", ignore_errors=True)
 
 
 def test_parse_models_errors(tmp_path):

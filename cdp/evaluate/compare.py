@@ -101,10 +101,9 @@ def _worker(spec: ModelSpec, out: str, data: Optional[str], steps: Optional[int]
 def run_one(spec: ModelSpec, out: Path, data: Optional[str], steps: Optional[int], time_budget: Optional[float],
             seed: int, device: Optional[str]) -> dict:
     """Train and evaluate one model in this process; returns its report entry."""
-    from cdp.core.checkpoint import load_checkpoint
     from cdp.core.registry import get_registry
     from cdp.evaluate.evaluate import evaluate
-    from cdp.predict import Predictor
+    from cdp.predict import load_model
 
     ckpt_path = out / "models" / f"{spec.name}.ckpt"
     log_path = out / "logs" / f"{spec.name}.jsonl"
@@ -134,9 +133,8 @@ def run_one(spec: ModelSpec, out: Path, data: Optional[str], steps: Optional[int
     else:
         shutil.copyfile(spec.checkpoint, ckpt_path)
         entry.update(steps=0, train_seconds=0.0, train_probes_per_s=0.0)
-    model, _ = load_checkpoint(ckpt_path)
-    predictor = Predictor(model, device=device or "cpu")
-    entry["parameters"] = model.num_parameters()
+    predictor = load_model(ckpt_path, device=device or "cpu")  # with the checkpoint's metadata (elements)
+    entry["parameters"] = predictor.model.num_parameters()
     t0 = time.perf_counter()
     ev = evaluate(predictor, data=data, split="test", progress=False)
     seconds = time.perf_counter() - t0
