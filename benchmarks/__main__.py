@@ -1,11 +1,16 @@
-"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``)."""
+"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = {"chargee3net": "benchmarks.chargee3net_bench", "graph": "benchmarks.graph_bench"}
+BENCHMARKS = {
+    "chargee3net": "benchmarks.chargee3net_bench",
+    "graph": "benchmarks.graph_bench",
+    "compare": "benchmarks.compare_bench",
+    "export": "benchmarks.export_bench",
+}
 
 
 def main(argv=None) -> None:

@@ -43,14 +43,14 @@ def best(fn, repeat: int) -> float:
     return min(times)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-chargee3net")
     ap.add_argument("--probes", type=int, default=2500)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--export-dir", default=None, help="reuse/keep the ONNX export here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from ase.build import bulk
 
