@@ -125,7 +125,11 @@ def _fit_exponent(rows: list) -> float | None:
 
 
 def run(threads=(1, 2), quick: bool = False, scaling: bool = True, probes_per_atom: int = 2, max_rep: int | None = None) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
+    with tempfile.TemporaryDirectory(prefix="cdp-bench-") as tmp:
+        return _run_all(Path(tmp), threads, quick, scaling, probes_per_atom, max_rep)
+
+
+def _run_all(tmp: Path, threads, quick: bool, scaling: bool, probes_per_atom: int, max_rep: int | None) -> dict:
     small = 1000 if not quick else 300
     results: dict = {"decode": [], "encoder": [], "equivalence": [], "scaling": [], "load_average": os.getloadavg()}
     for t in threads:
