@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -115,7 +115,7 @@ class Predictor:
         ``values`` is [k] (or [k, 2] with spin). Atom features are computed once, before the first batch;
         memory stays independent of the grid size, so a caller may reduce or write each slice as it comes.
         """
-        grid = self._grid_frame(atoms, shape, cell, origin)
+        grid = grid_frame(atoms, shape, cell, origin)
         batch, feats = self.encode(atoms)
         total = int(np.prod(grid.values.shape))
         step = int(probe_batch or self.batch_for_memory(atoms))
@@ -123,19 +123,6 @@ class Predictor:
             pts = grid.grid_points(start, start + step)
             chunk = torch.from_numpy(pts).to(self.device, self.model.dtype)
             yield start, self.model.decode(batch, feats, chunk).detach().cpu().double().numpy()
-
-    @staticmethod
-    def _grid_frame(atoms, shape, cell, origin) -> DensityGrid:
-        """An empty-valued DensityGrid (broadcast zeros) giving the geometry of the grid to predict."""
-        cell = np.asarray(atoms.cell.array if cell is None else cell, dtype=np.float64)
-        origin = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64)
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise CdpError(f"grid shape must be three positive integers, got {shape}")
-        if abs(np.linalg.det(cell)) < 1e-12:
-            raise CdpError("the grid cell is singular (a molecule needs a box: see cdp.predict.molecule_box)")
-        return DensityGrid(cell=cell, values=np.broadcast_to(np.zeros(1), shape), origin=origin,
-                           pbc=np.asarray(atoms.pbc))
 
     @torch.no_grad()
     def predict_grid(
@@ -148,23 +135,42 @@ class Predictor:
         progress: Optional[Callable[[int], None]] = None,
     ) -> DensityGrid:
         """The density on a full grid ``shape`` over ``cell`` (default: the structure's cell), streamed."""
-        frame = self._grid_frame(atoms, shape, cell, origin)
-        shape = frame.values.shape
-        total = int(np.prod(shape))
-        flat = np.zeros(total, dtype=np.float64)
-        spin = np.zeros(total, dtype=np.float64) if self.spin else None
-        for start, out in self.iter_grid(atoms, shape, frame.cell, frame.origin, probe_batch):
-            if self.spin:
-                flat[start : start + len(out)] = out[:, 0]
-                spin[start : start + len(out)] = out[:, 1]
-            else:
-                flat[start : start + len(out)] = out
-            if progress is not None:
-                progress(len(out))
-        grid = DensityGrid(cell=frame.cell, values=flat.reshape(shape), origin=frame.origin, pbc=frame.pbc)
-        if spin is not None:
-            grid.spin = spin.reshape(shape)
-        return grid
+        frame = grid_frame(atoms, shape, cell, origin)
+        chunks = self.iter_grid(atoms, frame.values.shape, frame.cell, frame.origin, probe_batch)
+        return assemble_grid(frame, chunks, self.spin, progress)
+
+
+def grid_frame(atoms, shape: Sequence[int], cell=None, origin=None) -> DensityGrid:
+    """An empty-valued DensityGrid (broadcast zeros) giving the geometry of a grid to predict; checks it."""
+    cell = np.asarray(atoms.cell.array if cell is None else cell, dtype=np.float64)
+    origin = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise CdpError(f"grid shape must be three positive integers, got {shape}")
+    if abs(np.linalg.det(cell)) < 1e-12:
+        raise CdpError("the grid cell is singular (a molecule needs a box: see cdp.predict.molecule_box)")
+    return DensityGrid(cell=cell, values=np.broadcast_to(np.zeros(1), shape), origin=origin, pbc=np.asarray(atoms.pbc))
+
+
+def assemble_grid(frame: DensityGrid, chunks: Iterable[tuple], spin: bool,
+                  progress: Optional[Callable[[int], None]] = None) -> DensityGrid:
+    """Fill ``frame``'s grid from streamed ``(start, values)`` chunks ([k] or [k, 2] with spin)."""
+    shape = frame.values.shape
+    total = int(np.prod(shape))
+    flat = np.zeros(total, dtype=np.float64)
+    mag = np.zeros(total, dtype=np.float64) if spin else None
+    for start, out in chunks:
+        k = len(out)
+        if spin:
+            flat[start : start + k], mag[start : start + k] = out[:, 0], out[:, 1]
+        else:
+            flat[start : start + k] = out
+        if progress is not None:
+            progress(k)
+    grid = DensityGrid(cell=frame.cell, values=flat.reshape(shape), origin=frame.origin, pbc=frame.pbc)
+    if mag is not None:
+        grid.spin = mag.reshape(shape)
+    return grid
 
 
 def molecule_box(atoms, vacuum: float = 3.0):

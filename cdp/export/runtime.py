@@ -210,33 +210,14 @@ class ExportedPredictor:
     def predict_grid(self, atoms, shape: Sequence[int], cell: Optional[np.ndarray] = None, origin: Optional[np.ndarray] = None,
                      probe_batch: Optional[int] = None, progress: Optional[Callable[[int], None]] = None) -> DensityGrid:
         """The density on a full grid ``shape`` over ``cell`` (default: the structure's cell), streamed."""
+        from cdp.predict import assemble_grid, grid_frame
+
+        frame = grid_frame(atoms, shape, cell, origin)
         struct, layers = self.encode(atoms)
-        cell = np.asarray(atoms.cell.array if cell is None else cell, dtype=np.float64)
-        origin = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64)
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise CdpError(f"grid shape must be three positive integers, got {shape}")
-        if abs(np.linalg.det(cell)) < 1e-12:
-            raise CdpError("the grid cell is singular (a molecule needs a box: see cdp.predict.molecule_box)")
-        grid = DensityGrid(cell=cell, values=np.zeros(shape), origin=origin, pbc=np.asarray(atoms.pbc))
-        total = int(np.prod(shape))
-        flat = np.zeros(total)
-        spin = np.zeros(total) if self.spin else None
         step = int(probe_batch or self.probe_batch)
-        starts = list(range(0, total, step))
-        chunks = [lambda s=s: grid.grid_points(s, s + step) for s in starts]
-        for s, out in zip(starts, self._run_chunks(struct, layers, chunks)):
-            k = out.shape[0]
-            if self.spin:
-                flat[s : s + k], spin[s : s + k] = out[:, 0], out[:, 1]
-            else:
-                flat[s : s + k] = out
-            if progress is not None:
-                progress(k)
-        grid.values = flat.reshape(shape)
-        if spin is not None:
-            grid.spin = spin.reshape(shape)
-        return grid
+        starts = list(range(0, int(np.prod(frame.values.shape)), step))
+        chunks = [lambda s=s: frame.grid_points(s, s + step) for s in starts]
+        return assemble_grid(frame, zip(starts, self._run_chunks(struct, layers, chunks)), self.spin, progress)
 
 
 def load_exported(model_dir, device: Optional[str] = "cpu", probe_batch: int = DEFAULT_PROBE_BATCH, workers: Optional[int] = None,
