@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import pluggy
-import yaml
 
 from cdp.core import hookspec
 from cdp.core.components import COMPONENT_KINDS
 from cdp.core.types import CdpError
+from cdp.core.yamlio import read_yaml_mapping
 
 ENTRY_POINT_GROUP = "cdp"
 PRESET_KEYS = ("featurizer", "graph", "backbone", "readout")
@@ -58,16 +58,7 @@ def registry_file() -> Path:
 
 def load_registry_yaml(path: Path) -> dict:
     """Read and validate registry.yaml; errors name the file and the offending key."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise CdpError(f"{path}: cannot read registry ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CdpError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise CdpError(f"{path}: expected a mapping with keys 'plugins' and 'presets'")
+    data = read_yaml_mapping(path, "registry", "a mapping with keys 'plugins' and 'presets'")
     plugins = data.get("plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise CdpError(f"{path}: 'plugins' must be a list of module names")

@@ -17,6 +17,7 @@ import yaml
 
 from cdp.core.registry import PRESET_KEYS
 from cdp.core.types import CdpError
+from cdp.core.yamlio import read_yaml_mapping
 from cdp.train.presets import training_preset
 
 LOSSES = ("l1", "mse")
@@ -49,18 +50,7 @@ KEYS = ("model", *DEFAULTS)
 
 def load_config_file(path) -> dict:
     """The mapping in a YAML config file; errors name the file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise CdpError(f"{path}: cannot read config ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CdpError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise CdpError(f"{path}: a training config must be a mapping of keys")
-    return data
+    return read_yaml_mapping(path, "config", "a training config: a mapping of keys")
 
 
 def resolve_model(model: Any, where: str, registry=None) -> dict:
