@@ -20,7 +20,9 @@ from cdp.evaluate.compare import DEFAULT_MODELS, DEFAULT_TIME_BUDGET
 @click.option("--force", is_flag=True, help="Overwrite a report that already exists in --out.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
-def command(models, size, data, steps, time_budget, out, force, seed, device):
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="CPU threads per model process (1 is robust when other work shares the cores).")
+def command(models, size, data, steps, time_budget, out, force, seed, device, threads):
     """Train models on the same data, seed and budget; evaluate them on the same test grids, side by side."""
     import torch
 
@@ -29,4 +31,4 @@ def command(models, size, data, steps, time_budget, out, force, seed, device):
     if size is None:
         size = "paper" if torch.cuda.is_available() and device != "cpu" else "cpu"
     compare(models=models, size=size, data=data, steps=steps, time_budget=time_budget, out=out, force=force,
-            seed=seed, device=device, echo=click.echo)
+            seed=seed, device=device, threads=threads, echo=click.echo)

@@ -180,6 +180,7 @@ def compare(
     force: bool = False,
     seed: int = 0,
     device: Optional[str] = None,
+    threads: int = 1,
     echo=print,
 ) -> Path:
     """Run the comparison and write the report directory; returns its path."""
@@ -193,7 +194,8 @@ def compare(
         raise CdpError("--time-budget must be positive")
     specs = parse_models(models, size)
     outdir = prepare_out_dir(out, force)
-    threads = max(1, os.cpu_count() or 1)
+    if threads < 1:
+        raise CdpError("--threads must be at least 1")
     ctx = mp.get_context("spawn")
     results, errors = [], {}
     for spec in specs:
