@@ -77,9 +77,8 @@ def _run_case(case: dict) -> dict:
         agraph = model.atom_graph(batch)
         out["atom_graph_s"] = time.perf_counter() - t0
         out["atom_edges"] = int(agraph.edge_index.shape[1])
-        if case["kind"] != "scaling":
-            feats = model.encode(batch, agraph)
-            model.decode(batch, feats, probes[:16])
+        feats = model.encode(batch, agraph)
+        model.decode(batch, feats, probes[:16])
         out["rss_before_mib"] = _rss_mib()
         c0, t0 = time.process_time(), time.perf_counter()
         feats = model.encode(batch, agraph)
@@ -114,14 +113,6 @@ def _spawn(case: dict) -> dict:
     if res.returncode != 0:
         return dict(case, error=res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}")
     return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def _fit_exponent(rows: list) -> float | None:
-    pts = [(r["atoms"], r["total_s"]) for r in rows if "total_s" in r and r["atoms"] >= 100]
-    if len(pts) < 2:
-        return None
-    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
-    return float(np.polyfit(x, y, 1)[0])
 
 
 def run(threads=(1, 2), quick: bool = False, scaling: bool = True, probes_per_atom: int = 2, max_rep: int | None = None) -> dict:
@@ -164,14 +155,16 @@ def _run_all(tmp: Path, threads, quick: bool, scaling: bool, probes_per_atom: in
         if all("encode_s" in r for r in enc.values()):
             results["encoder"].append({"threads": t, "speedup": enc["e3nn"]["encode_s"] / enc["fast"]["encode_s"]})
     if scaling:
+        # the same study as `cdp experiment scaling` (cdp.evaluate.scaling), fast backend, 1 thread
         reps = [1, 2, 3, 4, 6] if quick else [1, 2, 3, 4, 6, 8, 11]
         if max_rep:
             reps = [r for r in reps if r <= max_rep]
-        for rep in reps:
-            n = 8 * rep**3
-            results["scaling"].append(_spawn({"kind": "scaling", "model": "chargee3net", "backend": "fast", "rep": rep,
-                                              "probes": probes_per_atom * n, "batch": 2500, "threads": 1}))
-        results["scaling_exponent"] = _fit_exponent(results["scaling"])
+        from cdp.evaluate.scaling import scaling_study
+
+        study = scaling_study(model="chargee3net", max_atoms=8 * max(reps) ** 3, probes_per_atom=probes_per_atom,
+                              threads=1, backend="fast", fit_min_atoms=100)
+        results["scaling"] = study["rows"]
+        results["scaling_exponent"] = study["fit"]["total"]["exponent"]
     return results
 
 
@@ -203,9 +196,9 @@ def _table(results: dict) -> str:
         lines += ["", f"{'atoms':>7} {'probes':>8} {'graph+enc+dec s':>16} {'peak MiB':>9}"]
         for r in results["scaling"]:
             if "error" in r:
-                lines.append(f"{8 * r['rep'] ** 3:>7} error: {r['error']}")
+                lines.append(f"{r.get('atoms', '?'):>7} error: {r['error']}")
             else:
-                lines.append(f"{r['atoms']:>7} {r['probes']:>8} {r['total_s']:>16.2f} {r['peak_rss_mib']:>9.0f}")
+                lines.append(f"{r['atoms']:>7} {r['probes']:>8} {r['total_s']:>16.2f} {r['peak_rss_mb']:>9.0f}")
         alpha = results.get("scaling_exponent")
         lines.append(f"fitted exponent (N >= 100): {alpha:.3f}" if alpha is not None else "fitted exponent: n/a")
     return "\n".join(lines)

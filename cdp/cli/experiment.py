@@ -25,7 +25,8 @@ def command() -> None:
 @click.option("--out", type=click.Path(), default=None, help="Output directory (default: a new cdp-lsweep-<timestamp>/).")
 @click.option("--force", is_flag=True, help="Overwrite results that already exist in --out.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
-@click.option("--threads", type=int, default=None, help="Torch threads per training process (default: all cores).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="Torch threads per training process (1 is robust when other work shares the cores).")
 def lsweep_cmd(lmax, preset, mul, data, steps, time_budget, seed, out, force, device, threads):
     """Train and evaluate ChargE3Net at each L with the same channel budget, data, seed and budget."""
     from cdp.evaluate.experiments import lsweep, parse_lmax

@@ -256,7 +256,7 @@ def lsweep(
     outdir = prepare_out(out, LSWEEP_FILES, force, "cdp-lsweep")
     for sub in ("models", "logs", "work"):
         (outdir / sub).mkdir(exist_ok=True)
-    threads = int(threads or max(1, os.cpu_count() or 1))
+    threads = int(threads or 1)  # one thread per process: robust when other work shares the cores
     rows, errors = [], {}
     for lv in lvals:
         echo(f"[L={lv}] training {preset} with lmax={lv}, mul={mul} ...")
