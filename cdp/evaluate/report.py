@@ -134,11 +134,11 @@ def write_figures(outdir: Path, report: dict) -> List[str]:
         axes[0, 0].imshow(ref.T, origin="lower", vmin=0, vmax=vmax)
         axes[0, 0].set_title(f"reference\n{slices[0][3]}", fontsize=8)
         axes[1, 0].axis("off")
+        lim = max(float(np.abs(pred - ref).max()) for _, _, pred, _ in slices) or 1.0  # one error scale for all
         for k, (name, _, pred, _) in enumerate(slices, start=1):
             axes[0, k].imshow(pred.T, origin="lower", vmin=0, vmax=vmax)
             axes[0, k].set_title(name, fontsize=8)
             err = pred - ref
-            lim = float(np.abs(err).max()) or 1.0
             axes[1, k].imshow(err.T, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
             axes[1, k].set_title(f"{name} − reference (±{lim:.2g})", fontsize=8)
         for a in axes.ravel():
