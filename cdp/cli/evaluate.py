@@ -43,9 +43,13 @@ def command(model: str, data: Optional[str], split: str, no_pbc: bool, device: s
 
     if json_out and not Path(json_out).resolve().parent.is_dir():
         raise CdpError(f"{json_out}: the directory for the JSON output does not exist")
+    from cdp.evaluate.evaluate import as_predictor
+
     show = sys.stderr.isatty() if progress is None else progress
+    predictor = as_predictor(model, device=device, probe_batch=probe_batch)  # a bad model fails before any output
+    predictor.name = model  # the report names the model as the user gave it
     click.echo(HEADER)
-    result = evaluate(model, data=data, split=split, pbc=False if no_pbc else None, device=device,
+    result = evaluate(predictor, data=data, split=split, pbc=False if no_pbc else None, device=device,
                       probe_batch=probe_batch, progress=show, on_structure=lambda r: click.echo(_row(r)))
     s = result["eps_mae"]
     n = len(result["structures"])

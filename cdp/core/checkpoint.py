@@ -50,8 +50,12 @@ def read_checkpoint(path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CdpError(f"{path}: not a readable cdp checkpoint ({msg[:200]})") from None
+        text = str(exc).strip()
+        if "Weights only load failed" in text:  # torch's long advice is about trusting files; ours never do
+            msg = "not a torch file of plain tensors and containers; cdp never unpickles other objects"
+        else:
+            msg = text.splitlines()[0][:200] if text else type(exc).__name__
+        raise CdpError(f"{path}: not a readable cdp checkpoint ({msg})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CdpError(f"{path}: not a cdp checkpoint (published checkpoints need `cdp import` first)")
     if int(data.get("format_version", 0)) > FORMAT_VERSION:
