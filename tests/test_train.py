@@ -272,7 +272,9 @@ def test_sigint_exits_130_with_one_resume_line(dataset, tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"resume with: cdp train --resume {run}" in lines[0]
     step = read_checkpoint(run / "last.ckpt")["train_state"]["step"]
-    assert step >= 10 and step % 5 == 0
+    # the signal may land between step 10's log line and its checkpoint: the checkpoint then holds step 5
+    assert step >= 5 and step % 5 == 0
+    assert f"holds step {step};" in lines[0]  # the message tells the truth about the checkpoint on disk
 
 
 def test_checkpoint_records_training_elements(tmp_path):
