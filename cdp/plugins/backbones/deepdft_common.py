@@ -34,7 +34,13 @@ def two_layer_mlp(n_in: int, n_hidden: int, n_out: int, activation: nn.Module) -
 
 def edge_length(vec: Tensor) -> Tensor:
     """|vec| [E] as sqrt(Σ vec²); exactly 0 (with zero gradient) for a zero vector instead of NaN gradients."""
-    sq = torch.sum(torch.square(vec), dim=1)
+    return safe_norm(vec, dim=1)
+
+
+def safe_norm(x: Tensor, dim: int) -> Tensor:
+    """sqrt(Σ x²) over ``dim``: exactly 0 with zero gradient at a zero vector; a contiguous reduction
+    (torch.linalg.norm over a strided middle dimension is several times slower on CPU)."""
+    sq = torch.sum(x * x, dim=dim)
     nonzero = sq > 0
     return torch.where(nonzero, torch.sqrt(torch.where(nonzero, sq, torch.ones_like(sq))), torch.zeros_like(sq))
 

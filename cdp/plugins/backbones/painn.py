@@ -20,6 +20,7 @@ from cdp.core.types import CdpError
 from cdp.plugins.backbones.deepdft_common import (
     cosine_cutoff,
     edge_length,
+    safe_norm,
     scatter_sum,
     sinc_basis,
     two_layer_mlp,
@@ -62,8 +63,7 @@ class PaiNNUpdate(nn.Module):
     def forward(self, s: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
         uv = self.U(v)
         vv = self.V(v)
-        # linalg.norm's gradient is masked to 0 at an exactly zero vector (isolated atom/probe)
-        vv_norm = torch.linalg.norm(vv, dim=1)
+        vv_norm = safe_norm(vv, dim=1)  # zero gradient at an exactly zero vector (isolated atom/probe)
         a_ss, a_sv, a_vv = torch.split(self.mlp(torch.cat((s, vv_norm), dim=1)), self.node_size, dim=1)
         inner = torch.sum(uv * vv, dim=1)
         return s + (a_ss + a_sv * inner), v + a_vv.unsqueeze(1) * uv
