@@ -37,9 +37,15 @@ class SchNetMessage(nn.Module):
     def forward(
         self, sender: Tensor, receiver: Tensor, edge_index: Tensor, basis: Tensor, fcut: Tensor
     ) -> Tensor:
-        pair = torch.cat((sender[edge_index[0]], receiver[edge_index[1]]), dim=1)
+        # The first layer of MLP_node on [h_s ‖ h_r] equals W_s h_s + W_r h_r + b: applied per node and
+        # gathered per edge, instead of a (2F × 2F) product per edge (same function, far fewer operations).
+        first, act, second = self.node_mlp[0], self.node_mlp[1], self.node_mlp[2]
+        f = sender.shape[1]
+        pre_s = torch.nn.functional.linear(sender, first.weight[:, :f])
+        pre_r = torch.nn.functional.linear(receiver, first.weight[:, f:], first.bias)
+        hidden = act(pre_s[edge_index[0]] + pre_r[edge_index[1]])
         gates = self.edge_mlp(basis) * fcut.unsqueeze(1)
-        return scatter_sum(self.node_mlp(pair) * gates, edge_index[1], receiver.shape[0])
+        return scatter_sum(second(hidden) * gates, edge_index[1], receiver.shape[0])
 
 
 class SchNetInteraction(nn.Module):
