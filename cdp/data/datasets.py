@@ -19,7 +19,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 
 from cdp.core.types import CdpError, DensityGrid
-from cdp.data.files import density_kind, parse_density, read_density, split_compression
+import cdp.io
+from cdp.data.files import density_kind, parse_density, split_compression
 
 SPLIT_KEYS = ("train", "validation", "test")
 SPLIT_FILE = "split.json"
@@ -199,7 +200,7 @@ class FileDataset(Dataset):
 
     def load(self, i: int) -> Sample:
         name, path, pbc = self._files[i]
-        atoms, grid = read_density(path, pbc=pbc)
+        atoms, grid = cdp.io.read(path, pbc=pbc)
         return Sample(name, atoms, grid)
 
 

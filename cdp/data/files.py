@@ -1,4 +1,4 @@
-"""Dataset-side helpers over :mod:`cdp.io`: which names are density files, reading with a given pbc, atomic writes."""
+"""Dataset-side helpers over :mod:`cdp.io`: which names are density files, parsing members, CHGCAR writes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from typing import Optional
 
 from cdp.core.types import CdpError, DensityGrid
 from cdp.io.compression import split_compression
-
-DENSITY_SUFFIXES = (".chgcar", ".cube", ".cub", ".vasp")
-
 
 def density_kind(name: str) -> Optional[str]:
     """``'chgcar'``, ``'cube'`` or None from a file name (compression suffix ignored)."""
@@ -23,13 +20,6 @@ def density_kind(name: str) -> Optional[str]:
         return detect_format(name)
     except CdpError:
         return None
-
-
-def read_density(path: str, pbc=None):
-    """(ase.Atoms, DensityGrid) of a CHGCAR/cube file; ``pbc`` None means sidecar or periodic."""
-    import cdp.io
-
-    return cdp.io.read(path, pbc=pbc)
 
 
 def parse_density(data: bytes, name: str, pbc=None):

@@ -57,17 +57,13 @@ def make_box(atoms, vacuum: float, spacing: float):
         raise CdpError(f"vacuum must be a non-negative number of Å, got {vacuum}")
     if spacing <= 0 or not math.isfinite(spacing):
         raise CdpError(f"spacing must be a positive number of Å, got {spacing}")
+    from cdp.predict import grid_shape_for, molecule_box  # the one box recipe, shared with `cdp predict`
+
     pos = np.asarray(atoms.positions, dtype=np.float64)
-    lo, hi = pos.min(axis=0), pos.max(axis=0)
-    lengths = (hi - lo) + 2.0 * vacuum
-    if np.any(lengths <= 0):
+    if np.any(pos.max(axis=0) - pos.min(axis=0) + 2.0 * vacuum <= 0):
         raise CdpError("the box has zero length along an axis: use a positive vacuum")
-    boxed = atoms.copy()
-    boxed.set_cell(np.diag(lengths))
-    boxed.set_pbc(False)
-    boxed.positions = pos - 0.5 * (lo + hi) + 0.5 * lengths
-    # ceil(L/h) with a small allowance so that L an exact multiple of h is not bumped by round-off
-    shape = tuple(int(math.ceil(L / spacing - 1e-9)) for L in lengths)
+    boxed = molecule_box(atoms, vacuum)
+    shape = grid_shape_for(boxed.cell.array, spacing)
     return boxed, shape
 
 
