@@ -33,6 +33,7 @@ def test_wheel_ships_registry(wheel):
         names = zf.namelist()
         assert "cdp/registry.yaml" in names
         assert "cdp/assets/demo.ckpt" in names  # `--model demo` works after a regular install
+        assert "cdp/plugins/backbones/chargee3net/kernels/uvu_conv.c" in names  # the fused kernel's source
         assert "cdp/data/embedded/manifest.json" in names and "cdp/data/embedded/split.json" in names
         assert sum(n.startswith("cdp/data/embedded/") and n.endswith(".CHGCAR.gz") for n in names) >= 30
         assert sum(zf.getinfo(n).compress_size for n in names) < 40 * 2**20

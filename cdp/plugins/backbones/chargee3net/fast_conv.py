@@ -17,15 +17,25 @@ Edges are sorted by receiver and processed in blocks of whole receivers, so the 
 from __future__ import annotations
 
 import bisect
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, Tuple
 
 import torch
 from e3nn import o3
 from torch import Tensor
 
+from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 
 DEFAULT_EDGE_CHUNK = 512
+_pools: dict = {}
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A shared pool of ``n`` threads for kernel calls (ctypes releases the GIL)."""
+    if n not in _pools:
+        _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cdp-uvu")
+    return _pools[n]
 
 
 class FastE3Convolution(E3Convolution):
@@ -34,6 +44,7 @@ class FastE3Convolution(E3Convolution):
     def __init__(self, *args, edge_chunk: int = DEFAULT_EDGE_CHUNK, **kwargs):
         super().__init__(*args, **kwargs)
         self.edge_chunk = int(edge_chunk)
+        self.use_native = True  # the fused C kernel where it applies (inference on CPU); False: PyTorch only
         sender_slices = self.irreps_sender.slices()
         sh_slices = self.irreps_sh.slices()
         mid_slices = self.irreps_mid.slices()
@@ -53,6 +64,24 @@ class FastE3Convolution(E3Convolution):
         w_offset = 0
         mid_perm = torch.empty(self.irreps_mid.dim, dtype=torch.long)
         cgs: List[Tensor] = []
+        # the kernel accumulates in the simplified mid irreps (lin2's input), each block channels-last
+        # [d][mul_block]: a path's rows start at block start + its channel offset, stride mul_block
+        simple = self.lin2.irreps_in
+        simple_slices = simple.slices()
+        native_at: dict = {}
+        b = 0
+        for k, (mul_k, ir_k) in enumerate(self.irreps_mid):
+            while not (simple_slices[b].start <= mid_slices[k].start < simple_slices[b].stop):
+                b += 1
+            if simple[b].ir != ir_k:
+                raise RuntimeError("fast convolution: lin2 input is not the simplified mid irreps")
+            native_at[k] = (simple_slices[b].start + (mid_slices[k].start - simple_slices[b].start) // ir_k.dim,
+                            simple[b].mul)
+        paths_native: List[List[int]] = []  # per path: mul, d_k, x_off, w_off, acc_off, row stride, pairs
+        pairs_native: List[List[int]] = []  # per (m_k, m_i) pair: m_k, m_i * padded mul, first term, end term
+        terms_mj: List[int] = []
+        terms_c: List[float] = []
+        x_off = 0
         w_perm = torch.empty(self.tp.weight_numel, dtype=torch.long)
         for n, i in enumerate(sorted(by_input)):
             mul, ir_in = self.irreps_sender[i]
@@ -68,7 +97,19 @@ class FastE3Convolution(E3Convolution):
                     ir_sh = self.irreps_sh[ins.i_in2].ir
                     ir_out = self.irreps_mid[ins.i_out].ir
                     w3j = o3.wigner_3j(ir_in.l, ir_sh.l, ir_out.l, dtype=torch.float64)  # [d_i, d_j, d_k]
-                    cg[sh_slices[ins.i_in2], k_off : k_off + d_k, :] = ins.path_weight * w3j.permute(1, 2, 0)
+                    coeff = ins.path_weight * w3j.permute(1, 2, 0)  # [d_j, d_k, d_i]
+                    cg[sh_slices[ins.i_in2], k_off : k_off + d_k, :] = coeff
+                    first_pair = len(pairs_native)
+                    for m_k in range(d_k):
+                        for m_i in range(ir_in.dim):
+                            nz = [(m_j, float(coeff[m_j, m_k, m_i])) for m_j in range(coeff.shape[0])
+                                  if abs(float(coeff[m_j, m_k, m_i])) > 1e-12]
+                            if nz:
+                                pairs_native.append([m_k, m_i * native.padded(mul), len(terms_mj), len(terms_mj) + len(nz)])
+                                terms_mj.extend(sh_slices[ins.i_in2].start + m_j for m_j, _ in nz)
+                                terms_c.extend(c for _, c in nz)
+                    paths_native.append([mul, d_k, x_off, w_offset + g * mul, *native_at[ins.i_out],
+                                         first_pair, len(pairs_native)])
                     u = torch.arange(mul)
                     # weight column (g, u) of this group ← fc output ws + u
                     w_perm[w_offset + g * mul + u] = ws + u
@@ -80,7 +121,13 @@ class FastE3Convolution(E3Convolution):
             cgs.append(cg.reshape(self.irreps_sh.dim, k_total * ir_in.dim))
             self.blocks.append((sender_slices[i].start, mul, ir_in.dim, k_total, groups))
             agg_offset += mul * k_total
+            x_off += native.padded(mul) * ir_in.dim
         self.agg_dim = agg_offset
+        # sparse plan of the fused kernel (native.py); int32 tables, coefficients kept in float64
+        self._plan_paths = torch.tensor(paths_native, dtype=torch.int32).reshape(-1, 8)
+        self._plan_pairs = torch.tensor(pairs_native, dtype=torch.int32).reshape(-1, 4)
+        self._plan_mj = torch.tensor(terms_mj, dtype=torch.int32)
+        self._plan_c64 = torch.tensor(terms_c, dtype=torch.float64)
         self.register_buffer("mid_perm", mid_perm, persistent=False)
         self.register_buffer("w_perm", w_perm, persistent=False)
         # coefficients kept in float64 (not buffers, so a float32 round trip cannot truncate them);
@@ -103,14 +150,26 @@ class FastE3Convolution(E3Convolution):
         """Bytes of the per-receiver aggregate (held for one block)."""
         return itemsize * (2 * self.agg_dim + self.irreps_out.dim)
 
-    def _radial_weights(self, emb: Tensor) -> Tensor:
-        """MLP(R_e) with the last layer's columns in block order (the same numbers as ``self.fc``)."""
+    def _radial_weights(self, emb: Tensor, slack: int = 0) -> Tensor:
+        """MLP(R_e) with the last layer's columns in block order (the same numbers as ``self.fc``).
+
+        ``slack`` zero columns are appended (the kernel reads whole vectors past a row's last weight).
+        """
         layers = list(self.fc)
         x = emb
         for layer in layers[:-1]:
             x = layer(x)
         last = layers[-1]
-        w = last.weight.index_select(1, self.w_perm) / (last.h_in * last.var_in / last.var_out) ** 0.5
+        key = (last.weight.data_ptr(), last.weight._version, x.dtype, last.weight.requires_grad, slack)
+        cached = self._cg_cache.get(("radial", slack))
+        if cached is not None and cached[0] == key and not torch.is_grad_enabled():
+            w = cached[1]
+        else:
+            w = last.weight.index_select(1, self.w_perm) / (last.h_in * last.var_in / last.var_out) ** 0.5
+            if slack:
+                w = torch.nn.functional.pad(w, (0, slack))
+            if not torch.is_grad_enabled():
+                self._cg_cache[("radial", slack)] = (key, w)
         return x @ w
 
     def _aggregate(self, h: List[Tensor], src: Tensor, dst: Tensor, sh: Tensor, emb: Tensor, num_receivers: int) -> Tensor:
@@ -131,6 +190,79 @@ class FastE3Convolution(E3Convolution):
         agg = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return agg.index_select(1, self.mid_perm)
 
+    def _plan(self, like: Tensor) -> tuple:
+        """Kernel tables (paths, pairs, m_j, coefficients in ``like``'s dtype), cached per dtype."""
+        key = ("plan", like.dtype)
+        if key not in self._cg_cache:
+            self._cg_cache[key] = (self._plan_paths.contiguous(), self._plan_pairs.contiguous(),
+                                   self._plan_mj.contiguous(), self._plan_c64.to(like.dtype).contiguous())
+        return self._cg_cache[key]
+
+    def _native_fn(self, *tensors: Tensor):
+        """The fused kernel entry for these inputs, or None (autograd, non-CPU, other dtype, no compiler)."""
+        if not self.use_native or tensors[0].device.type != "cpu":
+            return None
+        if torch.is_grad_enabled() and (any(t.requires_grad for t in tensors)
+                                        or any(p.requires_grad for p in self.fc.parameters())):
+            return None
+        if self._plan_paths.numel() == 0 or int(self._plan_paths[:, 0].max()) > native.MAX_MUL:
+            return None
+        if any(ins.i_in < 0 for lin in (self.lin2, self.lin3) for ins in lin.instructions):
+            return None  # biased linears are not folded into the channels-last form
+        lib = native.load()
+        return None if lib is None else native.entry(lib, tensors[0].dtype)
+
+    def _aggregate_native(self, fn, x: Tensor, src: Tensor, dst: Tensor, sh: Tensor, emb: Tensor,
+                          ptr: List[int], num_receivers: int) -> Tensor:
+        """:meth:`_aggregate` through the fused C kernel: no per-edge tensor-product output is written."""
+        weight = self._radial_weights(emb, slack=native.ACC_SLACK)
+        sh = sh.contiguous()
+        acc = weight.new_zeros((num_receivers, self.agg_dim + native.ACC_SLACK))
+        paths, pairs, mj, coeff = self._plan(weight)
+        src = src.contiguous()
+        dst = dst.contiguous()
+        args = (src.data_ptr(), dst.data_ptr(), sh.data_ptr(), sh.shape[1], weight.data_ptr(), weight.shape[1],
+                x.data_ptr(), x.shape[1], acc.data_ptr(), acc.shape[1], paths.shape[0], paths.data_ptr(),
+                pairs.data_ptr(), mj.data_ptr(), coeff.data_ptr())
+        num_edges = src.shape[0]
+        threads = max(1, min(torch.get_num_threads(), num_receivers, num_edges // 32))
+        if threads == 1:
+            bounds = [(0, num_edges)]
+        else:  # split at receiver boundaries: every thread owns whole rows of acc
+            cuts = [0]
+            for t in range(1, threads):
+                r = bisect.bisect_left(ptr, t * num_edges // threads)
+                cuts.append(max(cuts[-1], ptr[min(r, len(ptr) - 1)]))
+            cuts.append(num_edges)
+            bounds = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+        if len(bounds) == 1:
+            status = [fn(bounds[0][0], bounds[0][1], *args)]
+        else:
+            status = list(_pool(len(bounds)).map(lambda ab: fn(ab[0], ab[1], *args), bounds))
+        if any(status):
+            raise RuntimeError("fused ChargE3Net kernel: multiplicity above its limit")
+        return acc
+
+    @staticmethod
+    def _linear_channels_last(lin: o3.Linear, acc: Tensor, scale: float) -> Tensor:
+        """``lin(M)`` for M held channels-last per irrep block ([d][mul], as the kernel writes it), times scale.
+
+        The same sum as e3nn's Linear (per instruction path_weight · x @ W) as one matmul per block.
+        """
+        rows = acc.shape[0]
+        out = acc.new_zeros((rows, lin.irreps_out.dim))
+        in_slices, out_slices = lin.irreps_in.slices(), lin.irreps_out.slices()
+        flat = 0
+        for ins in lin.instructions:
+            mul_in, mul_out = ins.path_shape
+            weight = lin.weight[flat : flat + mul_in * mul_out].view(mul_in, mul_out)
+            flat += mul_in * mul_out
+            d = lin.irreps_in[ins.i_in].ir.dim
+            x = acc.narrow(1, in_slices[ins.i_in].start, mul_in * d).view(rows, d, mul_in)
+            y = torch.matmul(x, weight * (ins.path_weight * scale))  # [rows, d, mul_out]
+            out.narrow(1, out_slices[ins.i_out].start, mul_out * d).view(rows, mul_out, d).add_(y.transpose(1, 2))
+        return out
+
     def forward(
         self,
         sender: Tensor,
@@ -149,6 +281,11 @@ class FastE3Convolution(E3Convolution):
         h = [h[:, start : start + mul * d_i].view(-1, mul, d_i).transpose(1, 2).contiguous()
              for start, mul, d_i, _, _ in self.blocks]
         src, dst = edge_index[0], edge_index[1]
+        fn = self._native_fn(sender, edge_sh, edge_embedding)
+        x_packed = None
+        if fn is not None:  # the kernel's sender layout: per irrep [m_i][mul padded to 8 with zeros]
+            x_packed = torch.cat([torch.nn.functional.pad(t, (0, native.padded(t.shape[2]) - t.shape[2])).reshape(t.shape[0], -1)
+                                  for t in h], dim=1).contiguous()
         if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):
             order = torch.argsort(dst, stable=True)
             src, dst = src[order], dst[order]
@@ -163,9 +300,16 @@ class FastE3Convolution(E3Convolution):
             r1 = max(r0 + 1, bisect.bisect_right(ptr, ptr[r0] + self.edge_chunk, lo=r0 + 1) - 1)
             r1 = min(r1, r0 + self.edge_chunk)  # receivers without edges count too (bounded aggregate)
             e0, e1 = ptr[r0], ptr[r1]
-            agg = self._aggregate(h, src[e0:e1], dst[e0:e1] - r0, edge_sh[e0:e1], edge_embedding[e0:e1], r1 - r0) * norm
-            conv = self.lin2(agg)
-            angle = 0.1 * self.lin3(agg)
+            if fn is not None:
+                local_ptr = [p - e0 for p in ptr[r0 : r1 + 1]]
+                acc = self._aggregate_native(fn, x_packed, src[e0:e1], dst[e0:e1] - r0, edge_sh[e0:e1],
+                                             edge_embedding[e0:e1], local_ptr, r1 - r0)
+                conv = self._linear_channels_last(self.lin2, acc, norm)
+                angle = self._linear_channels_last(self.lin3, acc, 0.1 * norm)
+            else:
+                agg = self._aggregate(h, src[e0:e1], dst[e0:e1] - r0, edge_sh[e0:e1], edge_embedding[e0:e1], r1 - r0) * norm
+                conv = self.lin2(agg)
+                angle = 0.1 * self.lin3(agg)
             sin = (1.0 - mask) + angle.sin() * mask
             outs.append(angle.cos() * self_connection[r0:r1] + sin * conv)
             r0 = r1

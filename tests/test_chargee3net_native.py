@@ -1,0 +1,123 @@
+"""The fused C kernel of the fast ChargE3Net backend: same numbers as the PyTorch path, threads, fallback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cdp.plugins.backbones.chargee3net import native
+from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution
+
+from test_chargee3net_fast import _pair, _run, _structure
+
+pytestmark = pytest.mark.skipif(native.load() is None, reason="no C compiler: the kernel cannot be built here")
+
+
+def _set(model, **attrs):
+    for m in model.modules():
+        if isinstance(m, FastE3Convolution):
+            for k, v in attrs.items():
+                setattr(m, k, v)
+
+
+def _both_paths(model, structure, dtype):
+    out = []
+    for use in (False, True):
+        _set(model, use_native=use)
+        with torch.no_grad():
+            layers, rho, _ = _run(model, *structure, dtype)
+        out.append([*layers, rho])
+    _set(model, use_native=True)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lmax,mul", [(1, 9), (2, 24), (3, 40), (4, 61)])
+def test_kernel_equals_pytorch_path(lmax, mul, dtype):
+    # multiplicities that are not multiples of 8 exercise the zero-padded vector tails
+    _, fast = _pair(lmax, mul=mul, seed=10 + lmax, dtype=dtype)
+    s = _structure(seed=lmax, n_atoms=5, n_probes=37)
+    torch_path, kernel = _both_paths(fast, s, dtype)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    for a, b in zip(torch_path, kernel):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= tol * a.abs().max()
+
+
+def test_kernel_is_used_for_inference_only():
+    _, fast = _pair(2, seed=20, dtype=torch.float32)
+    conv = next(m for m in fast.modules() if isinstance(m, FastE3Convolution))
+    x = torch.zeros(3, conv.irreps_sender.dim)
+    with torch.no_grad():
+        assert conv._native_fn(x) is not None
+    assert conv._native_fn(x) is None  # autograd on: parameters need gradients, the PyTorch path runs
+    assert conv._native_fn(x.double().requires_grad_()) is None
+    conv.use_native = False
+    with torch.no_grad():
+        assert conv._native_fn(x) is None
+
+
+@pytest.mark.parametrize("chunk", [3, 64, 10**6])
+def test_threads_and_blocks_give_the_same_result(chunk):
+    _, fast = _pair(2, mul=20, seed=21, dtype=torch.float64)
+    s = _structure(seed=7, n_atoms=6, n_probes=50)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            _set(fast, edge_chunk=chunk)
+            with torch.no_grad():
+                layers, rho, _ = _run(fast, *s, torch.float64)
+            results.append([*layers, rho])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12 * float(a.abs().max()))
+
+
+def test_disabled_kernel_falls_back_with_same_numbers(tmp_path):
+    code = (
+        "import warnings, torch\n"
+        "from cdp.plugins.backbones.chargee3net import native\n"
+        "assert native.load() is None\n"
+        "print('fallback ok')\n"
+    )
+    env = {"CDP_NATIVE": "0", "CDP_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "fallback ok" in proc.stdout
+
+
+def test_missing_compiler_warns_once_and_falls_back(tmp_path):
+    code = (
+        "import warnings\n"
+        "from cdp.plugins.backbones.chargee3net import native\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    assert native.load() is None and native.load() is None\n"
+        "msgs = [str(x.message) for x in w]\n"
+        "assert len(msgs) == 1 and 'PyTorch fast path' in msgs[0], msgs\n"
+        "print('warned once')\n"
+    )
+    env = {"CC": str(tmp_path / "no-such-compiler"), "CDP_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "warned once" in proc.stdout
+    assert not list(tmp_path.glob("kernels/*.so")) and not list(tmp_path.glob("kernels/*.tmp"))
+
+
+def test_compiled_library_is_cached_per_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_state", {})
+    assert native.load() is not None
+    built = list((tmp_path / "kernels").glob("uvu_conv-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(native, "_state", {})
+    assert native.load() is not None  # second load reuses the library, no rebuild
+    assert built[0].stat().st_mtime_ns == stamp
+    assert not list((tmp_path / "kernels").glob("*.tmp"))
