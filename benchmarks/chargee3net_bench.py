@@ -61,8 +61,10 @@ def _rss_mib() -> float:
 def _run_case(case: dict) -> dict:
     import torch
 
+    from cdp.core.malloc import keep_freed_memory
     from cdp.core.types import Batch
 
+    keep_freed_memory()  # as the CLI does
     torch.set_num_threads(int(case["threads"]))
     t_build = time.perf_counter()
     model = _model(case["model"], case.get("backend"))

@@ -70,6 +70,9 @@ def _unavailable(name: str, help_text: str) -> click.Command:
 @click.version_option(__version__, prog_name="cdp")
 def cli() -> None:
     """cdp: machine-learned electron charge density prediction (ChargE3Net, DeepDFT)."""
+    from cdp.core.malloc import keep_freed_memory
+
+    keep_freed_memory()  # reuse per-batch temporaries instead of page-faulting them every batch
 
 
 def main(argv=None) -> int:

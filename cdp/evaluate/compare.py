@@ -88,6 +88,10 @@ def _worker(spec: ModelSpec, out: str, data: Optional[str], steps: Optional[int]
     try:
         import torch
 
+        from cdp.core.malloc import keep_freed_memory
+
+        keep_freed_memory()  # per-batch temporaries reused, as in the CLI
+
         torch.set_num_threads(max(1, threads))
         result = run_one(spec, Path(out), data, steps, time_budget, seed, device)
         result["peak_rss_mb"] = _peak_rss_mb()

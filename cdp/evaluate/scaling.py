@@ -153,6 +153,10 @@ def measure_size(case: dict) -> dict:
     """One supercell in this process: warm up on the unit cell, then time the n×n×n supercell."""
     import torch
 
+    from cdp.core.malloc import keep_freed_memory
+
+    keep_freed_memory()  # per-batch temporaries reused, as in the CLI
+
     torch.set_num_threads(max(1, int(case["threads"])))
     t0 = time.perf_counter()
     net = build_model(case["model"], case.get("backend"), int(case["seed"]))

@@ -263,8 +263,9 @@ class FastE3Convolution(E3Convolution):
             weight = lin.weight[flat : flat + mul_in * mul_out].view(mul_in, mul_out)
             flat += mul_in * mul_out
             d = lin.irreps_in[ins.i_in].ir.dim
-            x = acc.narrow(1, in_slices[ins.i_in].start, mul_in * d).view(rows, d, mul_in)
-            y = torch.matmul(x, weight * (ins.path_weight * scale))  # [rows, d, mul_out]
+            # one 2-D GEMM per block: [rows·d, mul_in] (a compact copy) @ [mul_in, mul_out]
+            x = acc.narrow(1, in_slices[ins.i_in].start, mul_in * d).reshape(rows * d, mul_in)
+            y = torch.mm(x, weight * (ins.path_weight * scale)).view(rows, d, mul_out)
             out.narrow(1, out_slices[ins.i_out].start, mul_out * d).view(rows, mul_out, d).add_(y.transpose(1, 2))
         return out
 
