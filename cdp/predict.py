@@ -109,8 +109,10 @@ class Predictor:
         cell: Optional[np.ndarray] = None,
         origin: Optional[np.ndarray] = None,
         probe_batch: Optional[int] = None,
+        order: str = "C",
     ) -> Iterator[tuple]:
-        """Stream a full grid: yields ``(start, values)`` per probe batch over the C-order flat grid index.
+        """Stream a full grid: yields ``(start, values)`` per probe batch over the flat grid index in
+        ``order`` ("C": z fastest; "F": x fastest, CHGCAR's order).
 
         ``values`` is [k] (or [k, 2] with spin). Atom features are computed once, before the first batch;
         memory stays independent of the grid size, so a caller may reduce or write each slice as it comes.
@@ -120,7 +122,7 @@ class Predictor:
         total = int(np.prod(grid.values.shape))
         step = int(probe_batch or self.batch_for_memory(atoms))
         for start in range(0, total, step):
-            pts = grid.grid_points(start, start + step)
+            pts = grid.grid_points(start, start + step, order)
             chunk = torch.from_numpy(pts).to(self.device, self.model.dtype)
             yield start, self.model.decode(batch, feats, chunk).detach().cpu().double().numpy()
 

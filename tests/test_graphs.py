@@ -216,3 +216,25 @@ def test_degenerate_periodic_cell_is_rejected():
 
 def test_hook_registers_builder():
     assert cdp_components() == {"graph": {"periodic": PeriodicGraphBuilder}}
+
+
+def test_large_cell_many_atoms_is_not_called_thin():
+    # 60,000 atoms × 125 candidate images used to trip the thin-cell guard (and built an [N, I, 3] array)
+    rng = np.random.default_rng(11)
+    cell = np.diag([110.0, 100.0, 105.0])
+    positions = rng.uniform(0, 1, size=(60_000, 3)) @ cell
+    edge_index, offsets = BUILDER.atom_edges(positions, cell, np.ones(3, bool), 2.0)
+    # the cell is much larger than the cutoff, so the minimum image is exact: check a sample by brute force
+    s, r = edge_index
+    for i in rng.integers(0, len(positions), size=25):
+        d = positions - positions[i]
+        d -= np.round(d / np.diag(cell)) * np.diag(cell)
+        dist = np.linalg.norm(d, axis=1)
+        expect = set(np.nonzero((dist <= 2.0) & (np.arange(len(positions)) != i))[0].tolist())
+        assert set(s[r == i].tolist()) == expect
+
+
+def test_absurdly_thin_cell_is_still_refused():
+    cell = np.diag([0.001, 0.01, 3.0])
+    with pytest.raises(CdpError, match="too thin"):
+        BUILDER.atom_edges(np.zeros((2, 3)), cell, np.ones(3, bool), 4.0)

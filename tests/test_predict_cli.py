@@ -181,10 +181,17 @@ def test_interrupt_leaves_no_output(tmp_path, ck, monkeypatch, capsys):
     ase_write(src / "si.traj", bulk("Si", "diamond", a=5.43))
     ase_write(src / "cu.traj", bulk("Cu", "fcc", a=3.6))
 
-    def interrupted(self, *args, **kwargs):
-        raise KeyboardInterrupt
+    real = Predictor.iter_grid
 
-    monkeypatch.setattr(Predictor, "predict_grid", interrupted)
+    def interrupted(self, *args, **kwargs):
+        # the first batch is written to the (temporary) output, then Ctrl-C arrives mid-grid
+        kwargs["probe_batch"] = 50
+        for n, item in enumerate(real(self, *args, **kwargs)):
+            if n == 1:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(Predictor, "iter_grid", interrupted)
     out = tmp_path / "out"
     assert main(["predict", str(src), "--model", str(ck), "-o", str(out), "--spacing", "0.6"]) == 130
     assert not out.exists()

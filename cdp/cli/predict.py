@@ -112,40 +112,22 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_npy_grid(path: Path, grid: DensityGrid, extra: dict) -> None:
-    """(nx, ny, nz) or (nx, ny, nz, 2) array plus ``<file>.json`` with cell, origin and pbc, both atomic."""
+def npy_sidecar(path: Path, cell, origin, pbc, shape, spin: bool, extra: dict) -> None:
+    """``<file>.json`` beside a .npy grid: cell, origin, pbc, shape, units and channels (atomic)."""
     from cdp.core.atomic import atomic_write_bytes
 
-    values = grid.values if grid.spin is None else np.stack([grid.values, grid.spin], axis=-1)
-    pbc = np.broadcast_to(np.asarray(grid.pbc if grid.pbc is not None else True, dtype=bool), (3,))
+    pbc = np.broadcast_to(np.asarray(pbc if pbc is not None else True, dtype=bool), (3,))
     meta = {
-        "cell": np.asarray(grid.cell, dtype=float).tolist(),
-        "origin": np.asarray(grid.origin, dtype=float).tolist(),
+        "cell": np.asarray(cell, dtype=float).tolist(),
+        "origin": np.asarray(origin, dtype=float).tolist(),
         "pbc": [bool(v) for v in pbc],
-        "shape": list(grid.values.shape),
+        "shape": [int(n) for n in shape],
         "units": "e/Angstrom^3",
-        "channels": ["total", "magnetisation"] if grid.spin is not None else ["total"],
+        "channels": ["total", "magnetisation"] if spin else ["total"],
         "grid": "values[i, j, k] at origin + (i/nx, j/ny, k/nz) @ cell",
         **extra,
     }
     atomic_write_bytes(path.with_name(path.name + ".json"), (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
-    atomic_write_bytes(path, _npy_bytes(values))
-
-
-def write_grid(path: Path, fmt: str, atoms, grid: DensityGrid, extra: dict) -> None:
-    """Write one predicted grid in ``fmt`` atomically (a spin channel does not fit a cube: total only)."""
-    from cdp.io import write
-
-    if fmt == "npy":
-        write_npy_grid(path, grid, extra)
-        return
-    if fmt == "cube" and grid.spin is not None:
-        click.echo(f"note: {path}: a cube holds one channel; the magnetisation is not written", err=True)
-        grid = DensityGrid(cell=grid.cell, values=grid.values, origin=grid.origin, pbc=grid.pbc)
-    write(path, atoms, grid, format=fmt)
-
-
-# -- the command ---------------------------------------------------------------------------------------
 
 
 def _grid_for(atoms, spacing: float, reference: Optional[DensityGrid], name: str):
@@ -204,6 +186,7 @@ def parse_bytes(text: str) -> int:
 def command(structures, model, output, spacing, grid_like, probes, fmt, device, probe_batch, max_memory, runtime,
             progress) -> None:
     """Predict the density of STRUCTURE... (files or directories) with MODEL and write it to OUTPUT."""
+    from cdp.io.stream import stream_predicted_grid
     from cdp.predict import DEFAULT_PROBE_BATCH, check_elements, load_model
 
     if spacing is not None and grid_like is not None:
@@ -287,18 +270,26 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
                 from tqdm import tqdm
 
                 bar = tqdm(total=total, desc=name, unit="pt", unit_scale=True, leave=False)
+            target = out / f"{name}{SUFFIX[fmt]}" if to_dir else out
+            spin = bool(getattr(predictor, "spin", False))
+            if fmt == "cube" and spin:
+                click.echo(f"note: {target}: a cube holds one channel; the magnetisation is not written", err=True)
+            aug = spin_aug = None
+            if reference is not None and fmt == "chgcar":
+                aug, spin_aug = reference.augmentation, (reference.spin_augmentation if spin else None)
+            if fmt == "npy":
+                npy_sidecar(target, cell if cell is not None else atoms.cell.array,
+                            origin if origin is not None else np.zeros(3), atoms.pbc, shape, spin,
+                            {"structure": str(f), "model": str(model)})
             try:
-                grid = predictor.predict_grid(atoms, shape, cell, origin, progress=None if bar is None else bar.update)
+                # streamed: one probe batch in memory at a time, written as it comes, renamed at the end
+                electrons = stream_predicted_grid(predictor, target, fmt, atoms, shape, cell, origin,
+                                                  augmentation=aug, spin_augmentation=spin_aug,
+                                                  progress=None if bar is None else bar.update)
             finally:
                 if bar is not None:
                     bar.close()
-            if reference is not None and fmt == "chgcar":
-                grid.augmentation = reference.augmentation
-                if grid.spin is not None:
-                    grid.spin_augmentation = reference.spin_augmentation
-            target = out / f"{name}{SUFFIX[fmt]}" if to_dir else out
-            write_grid(target, fmt, atoms, grid, {"structure": str(f), "model": str(model)})
-            click.echo(f"{name}: grid {shape[0]}x{shape[1]}x{shape[2]}, {grid.electrons:.4f} electrons -> {target}")
+            click.echo(f"{name}: grid {shape[0]}x{shape[1]}x{shape[2]}, {electrons:.4f} electrons -> {target}")
     except BaseException:
         if created and not any(out.iterdir()):
             out.rmdir()

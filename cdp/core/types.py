@@ -164,13 +164,20 @@ class DensityGrid:
         """Number of electrons on the grid (Σρ·dV)."""
         return float(self.values.sum(dtype=np.float64) * self.voxel_volume)
 
-    def grid_points(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
-        """Cartesian positions [K, 3] of flat grid indices ``start:stop`` (C order: z fastest)."""
+    def grid_points(self, start: int = 0, stop: Optional[int] = None, order: str = "C") -> np.ndarray:
+        """Cartesian positions [K, 3] of flat grid indices ``start:stop`` (order "C": z fastest, as
+        ``values``; "F": x fastest, the order CHGCAR files store)."""
         nx, ny, nz = self.values.shape
         total = nx * ny * nz
         stop = total if stop is None else min(stop, total)
         flat = np.arange(start, stop, dtype=np.int64)
-        ix, rem = np.divmod(flat, ny * nz)
-        iy, iz = np.divmod(rem, nz)
+        if order == "C":
+            ix, rem = np.divmod(flat, ny * nz)
+            iy, iz = np.divmod(rem, nz)
+        elif order == "F":
+            iz, rem = np.divmod(flat, nx * ny)
+            iy, ix = np.divmod(rem, nx)
+        else:
+            raise ValueError(f"grid order must be 'C' or 'F', got {order!r}")
         frac = np.stack([ix / nx, iy / ny, iz / nz], axis=1)
         return np.asarray(self.origin, dtype=np.float64) + frac @ np.asarray(self.cell, dtype=np.float64)

@@ -207,6 +207,18 @@ class ExportedPredictor:
         out = list(self._run_chunks(struct, layers, chunks))
         return np.concatenate(out) if out else np.zeros((0, 2) if self.spin else (0,), dtype=np.float64)
 
+    def iter_grid(self, atoms, shape: Sequence[int], cell: Optional[np.ndarray] = None, origin: Optional[np.ndarray] = None,
+                  probe_batch: Optional[int] = None, order: str = "C"):
+        """Yield ``(start, values)`` per probe batch over the flat grid index in ``order`` (as Predictor.iter_grid)."""
+        from cdp.predict import grid_frame
+
+        frame = grid_frame(atoms, shape, cell, origin)
+        struct, layers = self.encode(atoms)
+        step = int(probe_batch or self.probe_batch)
+        starts = list(range(0, int(np.prod(frame.values.shape)), step))
+        chunks = [lambda s=s: frame.grid_points(s, s + step, order) for s in starts]
+        yield from zip(starts, self._run_chunks(struct, layers, chunks))
+
     def predict_grid(self, atoms, shape: Sequence[int], cell: Optional[np.ndarray] = None, origin: Optional[np.ndarray] = None,
                      probe_batch: Optional[int] = None, progress: Optional[Callable[[int], None]] = None) -> DensityGrid:
         """The density on a full grid ``shape`` over ``cell`` (default: the structure's cell), streamed."""

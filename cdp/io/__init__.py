@@ -132,10 +132,16 @@ def write(
         text = format_cube(atoms, grid, name=name, units=units)
     write_file_bytes(path, text.encode("utf-8"))
     if sidecar:
-        pbc = np.asarray(grid.pbc if grid.pbc is not None else atoms.pbc, dtype=bool).reshape(-1)
-        pbc = np.broadcast_to(pbc, (3,)) if pbc.size in (1, 3) else np.ones(3, dtype=bool)
-        if not pbc.all() or any(c.is_file() for c in sidecar_candidates(path)):
-            write_sidecar_pbc(path, pbc)
+        record_pbc(path, grid.pbc if grid.pbc is not None else atoms.pbc)
+
+
+def record_pbc(path, pbc) -> None:
+    """Keep ``<file>.json`` true to a written density file: write it for a non-periodic pbc, update an existing one."""
+    path = Path(path)
+    pbc = np.asarray(pbc, dtype=bool).reshape(-1)
+    pbc = np.broadcast_to(pbc, (3,)) if pbc.size in (1, 3) else np.ones(3, dtype=bool)
+    if not pbc.all() or any(c.is_file() for c in sidecar_candidates(path)):
+        write_sidecar_pbc(path, pbc)
 
 
 def describe(path, format: Optional[str] = None, pbc=None, units: str = "bohr") -> dict:

@@ -259,6 +259,49 @@ def _verbatim(text: Optional[str]) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
+def chgcar_header(atoms: Atoms, cell, origin, shape, name: str = "CHGCAR", comment: Optional[str] = None,
+                  keeps_augmentation: bool = False) -> str:
+    """The CHGCAR text up to and including the grid-dimension line (atoms grouped by species).
+
+    A non-zero grid origin is removed by shifting the atoms (the file's grid starts at 0).
+    """
+    cell = np.asarray(cell, dtype=np.float64)
+    volume = abs(float(np.linalg.det(cell)))
+    if not np.isfinite(volume) or volume < 1e-8:
+        raise CdpError(f"{name}: singular grid cell (volume {volume:.3g} Å³)")
+    numbers = np.asarray(atoms.numbers)
+    order, species, counts = _species_order(numbers)
+    if keeps_augmentation and not np.array_equal(order, np.arange(len(order))):
+        raise CdpError(f"{name}: atoms are not grouped by species, so the per-atom augmentation text cannot be kept")
+    pos = np.asarray(atoms.positions, dtype=np.float64)[order] - np.asarray(origin, dtype=np.float64)
+    frac = np.linalg.solve(cell.T, pos.T).T
+    out = [(comment or atoms.get_chemical_formula(mode="hill") or "cdp").replace("\n", " ") + "\n"]
+    out.append("   1.00000000000000\n")
+    out.extend(" %22.16f %22.16f %22.16f\n" % tuple(row) for row in cell)
+    out.append("".join(" %4s" % chemical_symbols[z] for z in species) + "\n")
+    out.append("".join(" %5d" % c for c in counts) + "\n")
+    out.append("Direct\n")
+    out.extend(" %20.16f %20.16f %20.16f\n" % tuple(row) for row in frac)
+    out.append("\n")
+    out.append(chgcar_dims_line(shape))
+    return "".join(out)
+
+
+def chgcar_dims_line(shape) -> str:
+    """The line announcing a grid block (also repeated before the magnetisation block)."""
+    return " %4d %4d %4d\n" % tuple(shape)
+
+
+def format_chgcar_values(flat: np.ndarray) -> str:
+    """Values (already ρ·V, x fastest) in VASP's layout, five per line."""
+    return _fortran_values(flat)
+
+
+def verbatim_block(text: Optional[str]) -> str:
+    """Augmentation text as written after a grid block (newline-terminated, or nothing)."""
+    return _verbatim(text)
+
+
 def format_chgcar(atoms: Atoms, grid: DensityGrid, name: str = "CHGCAR", comment: Optional[str] = None) -> str:
     """CHGCAR text for ``atoms`` and ``grid``; atoms are grouped by species (first-appearance order).
 
@@ -269,28 +312,10 @@ def format_chgcar(atoms: Atoms, grid: DensityGrid, name: str = "CHGCAR", comment
     values = np.asarray(grid.values, dtype=np.float64)
     if values.ndim != 3 or min(values.shape) < 1:
         raise CdpError(f"{name}: grid values must be a non-empty 3-D array, got shape {values.shape}")
+    out = [chgcar_header(atoms, cell, grid.origin, values.shape, name, comment,
+                         keeps_augmentation=bool(grid.augmentation or grid.spin_augmentation))]
     volume = abs(float(np.linalg.det(cell)))
-    if not np.isfinite(volume) or volume < 1e-8:
-        raise CdpError(f"{name}: singular grid cell (volume {volume:.3g} Å³)")
     check_finite(values, name, "density grid")
-    numbers = np.asarray(atoms.numbers)
-    order, species, counts = _species_order(numbers)
-    reordered = not np.array_equal(order, np.arange(len(order)))
-    if reordered and (grid.augmentation or grid.spin_augmentation):
-        raise CdpError(f"{name}: atoms are not grouped by species, so the per-atom augmentation text cannot be kept")
-    pos = np.asarray(atoms.positions, dtype=np.float64)[order] - np.asarray(grid.origin, dtype=np.float64)
-    frac = np.linalg.solve(cell.T, pos.T).T
-
-    out = [(comment or atoms.get_chemical_formula(mode="hill") or "cdp").replace("\n", " ") + "\n"]
-    out.append("   1.00000000000000\n")
-    out.extend(" %22.16f %22.16f %22.16f\n" % tuple(row) for row in cell)
-    out.append("".join(" %4s" % chemical_symbols[z] for z in species) + "\n")
-    out.append("".join(" %5d" % c for c in counts) + "\n")
-    out.append("Direct\n")
-    out.extend(" %20.16f %20.16f %20.16f\n" % tuple(row) for row in frac)
-    dims_line = " %4d %4d %4d\n" % values.shape
-    out.append("\n")
-    out.append(dims_line)
     out.append(_fortran_values(values.transpose(2, 1, 0).reshape(-1) * volume))
     out.append(_verbatim(grid.augmentation))
     if grid.spin is not None:
@@ -298,7 +323,7 @@ def format_chgcar(atoms: Atoms, grid: DensityGrid, name: str = "CHGCAR", comment
         if spin.shape != values.shape:
             raise CdpError(f"{name}: spin grid shape {spin.shape} differs from the density's {values.shape}")
         check_finite(spin, name, "magnetisation grid")
-        out.append(dims_line)
+        out.append(chgcar_dims_line(values.shape))
         out.append(_fortran_values(spin.transpose(2, 1, 0).reshape(-1) * volume))
         out.append(_verbatim(grid.spin_augmentation))
     return "".join(out)

@@ -126,20 +126,13 @@ def read_cube_bytes(data: bytes, name: str, units: str = "bohr") -> Tuple[Atoms,
     return parse_cube(decode_text(data, name, KIND), name, units=units)
 
 
-def format_cube(
-    atoms: Atoms, grid: DensityGrid, name: str = "cube", units: str = "bohr", comment: Optional[str] = None
-) -> str:
-    """Cube text: Bohr lengths, values in e/Bohr³ (``units="angstrom"``: e/Å³), six per line, z fastest."""
+def cube_header(atoms: Atoms, cell, origin, shape, name: str = "cube", units: str = "bohr",
+                comment: Optional[str] = None) -> str:
+    """Cube text before the values: comment lines, origin, voxel vectors (Bohr) and atoms."""
     units = _check_units(units, name)
-    values = np.asarray(grid.values, dtype=np.float64)
-    if values.ndim != 3 or min(values.shape) < 1:
-        raise CdpError(f"{name}: grid values must be a non-empty 3-D array, got shape {values.shape}")
-    check_finite(values, name, "density grid")
-    if grid.spin is not None:
-        raise CdpError(f"{name}: a cube file cannot hold the spin density; write a CHGCAR instead")
-    nx, ny, nz = values.shape
-    voxels = np.asarray(grid.cell, dtype=np.float64) / np.array([nx, ny, nz], dtype=np.float64)[:, None] / Bohr
-    origin = np.asarray(grid.origin, dtype=np.float64) / Bohr
+    nx, ny, nz = (int(n) for n in shape)
+    voxels = np.asarray(cell, dtype=np.float64) / np.array([nx, ny, nz], dtype=np.float64)[:, None] / Bohr
+    origin = np.asarray(origin, dtype=np.float64) / Bohr
     unit_text = "e/Bohr^3" if units == "bohr" else "e/Angstrom^3"
     out = [
         (comment or f"cdp density {atoms.get_chemical_formula(mode='hill')}, values in {unit_text}")
@@ -151,9 +144,32 @@ def format_cube(
         out.append("%5d %20.12f %20.12f %20.12f\n" % (count, *vec))
     for zz, p in zip(atoms.numbers, np.asarray(atoms.positions, dtype=np.float64) / Bohr):
         out.append("%5d %20.12f %20.12f %20.12f %20.12f\n" % (zz, float(zz), *p))
-    flat = (values * Bohr**3 if units == "bohr" else values).reshape(-1)
+    return "".join(out)
+
+
+def cube_value_scale(units: str) -> float:
+    """Factor from e/Å³ to the file's value unit."""
+    return Bohr**3 if units == "bohr" else 1.0
+
+
+def format_cube_rows(flat: np.ndarray, nz: int) -> str:
+    """Whole z-rows of values (len(flat) a multiple of nz), six per line, each row starting a new line."""
     one = " %15.8E"
     full, rest = divmod(nz, 6)
     row = (one * 6 + "\n") * full + ((one * rest + "\n") if rest else "")
-    out.append((row * (nx * ny)) % tuple(flat.tolist()))
-    return "".join(out)
+    return (row * (flat.size // nz)) % tuple(flat.tolist())
+
+
+def format_cube(
+    atoms: Atoms, grid: DensityGrid, name: str = "cube", units: str = "bohr", comment: Optional[str] = None
+) -> str:
+    """Cube text: Bohr lengths, values in e/Bohr³ (``units="angstrom"``: e/Å³), six per line, z fastest."""
+    units = _check_units(units, name)
+    values = np.asarray(grid.values, dtype=np.float64)
+    if values.ndim != 3 or min(values.shape) < 1:
+        raise CdpError(f"{name}: grid values must be a non-empty 3-D array, got shape {values.shape}")
+    check_finite(values, name, "density grid")
+    if grid.spin is not None:
+        raise CdpError(f"{name}: a cube file cannot hold the spin density; write a CHGCAR instead")
+    header = cube_header(atoms, grid.cell, grid.origin, values.shape, name, units, comment)
+    return header + format_cube_rows((values * cube_value_scale(units)).reshape(-1), values.shape[2])

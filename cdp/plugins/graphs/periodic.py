@@ -109,21 +109,38 @@ class _Lattice:
         ranges = [np.arange(-m, m + 1, dtype=np.int64) for m in self.nimg]
         images = np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3)
         n_atoms = self.wrapped.shape[0]
-        if n_atoms * images.shape[0] > _MAX_REPLICAS:
-            raise CdpError(
-                f"graph: cell heights {np.round(self.height, 4).tolist()} Å are too thin for cutoff "
-                f"{self.cutoff} Å ({n_atoms * images.shape[0]} periodic replicas)"
-            )
         frac_atoms = self.wrapped @ self.inv  # [N, 3], in ~[0, 1) on periodic axes
         reach = self.cutoff / self.height + _FRAC_SLACK
-        # keep (atom, image) pairs whose fractional coordinate lies in [-reach, 1 + reach] on periodic axes
-        frac = frac_atoms[:, None, :] + images[None, :, :]  # [N, I, 3]
-        keep = np.all(~self.pbc | ((frac >= -reach) & (frac <= 1.0 + reach)), axis=-1)
-        atom_idx, img_idx = np.nonzero(keep)
+        limit = max(_MAX_REPLICAS, 27 * n_atoms)  # a large cell keeps ~N(1 + 6·cutoff/height) replicas
+        if images.shape[0] > limit:
+            self._too_thin(n_atoms * images.shape[0])
+        # keep (atom, image) pairs whose fractional coordinate lies in [-reach, 1 + reach] on periodic axes,
+        # a slab of images at a time so that memory stays O(N) for large cells
+        step = max(1, _MAX_REPLICAS // max(n_atoms, 1))
+        atoms_kept, images_kept, kept = [], [], 0
+        for s0 in range(0, images.shape[0], step):
+            frac = frac_atoms[:, None, :] + images[None, s0 : s0 + step, :]  # [N, I', 3]
+            keep = np.all(~self.pbc | ((frac >= -reach) & (frac <= 1.0 + reach)), axis=-1)
+            a, i = np.nonzero(keep)
+            kept += a.size
+            if kept > limit:
+                self._too_thin(kept)
+            atoms_kept.append(a)
+            images_kept.append(i + s0)
+        atom_idx = np.concatenate(atoms_kept) if atoms_kept else np.zeros(0, dtype=np.int64)
+        img_idx = np.concatenate(images_kept) if images_kept else np.zeros(0, dtype=np.int64)
+        order = np.argsort(atom_idx.astype(np.int64) * images.shape[0] + img_idx, kind="stable")  # (atom, image)
+        atom_idx, img_idx = atom_idx[order], img_idx[order]
         self.rep_atom = atom_idx.astype(np.int64)
         self.rep_image = images[img_idx]
         rep_pos = self.wrapped[atom_idx] + _shift(self.rep_image, self.basis)
         self.tree = cKDTree(rep_pos) if rep_pos.shape[0] else None
+
+    def _too_thin(self, replicas: int) -> None:
+        raise CdpError(
+            f"graph: cell heights {np.round(self.height, 4).tolist()} Å are too thin for cutoff "
+            f"{self.cutoff} Å ({replicas} periodic replicas)"
+        )
 
     def pairs(self, queries: np.ndarray, tol: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidate (query index, replica index, tree distance) within ``cutoff + tol``, ordered by

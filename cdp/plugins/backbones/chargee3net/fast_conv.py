@@ -128,6 +128,8 @@ class FastE3Convolution(E3Convolution):
         self._plan_pairs = torch.tensor(pairs_native, dtype=torch.int32).reshape(-1, 4)
         self._plan_mj = torch.tensor(terms_mj, dtype=torch.int32)
         self._plan_c64 = torch.tensor(terms_c, dtype=torch.float64)
+        self._lin2_plan = self._linear_plan(self.lin2)
+        self._lin3_plan = self._linear_plan(self.lin3)
         self.register_buffer("mid_perm", mid_perm, persistent=False)
         self.register_buffer("w_perm", w_perm, persistent=False)
         # coefficients kept in float64 (not buffers, so a float32 round trip cannot truncate them);
@@ -211,8 +213,10 @@ class FastE3Convolution(E3Convolution):
             return None
         if self._plan_paths.numel() == 0 or int(self._plan_paths[:, 0].max()) > native.MAX_MUL:
             return None
-        if any(ins.i_in < 0 for lin in (self.lin2, self.lin3) for ins in lin.instructions):
+        if self._lin2_plan is None or self._lin3_plan is None:
             return None  # biased linears are not folded into the channels-last form
+        if not (isinstance(self.lin2, o3.Linear) and isinstance(self.lin3, o3.Linear)):
+            return None  # e3nn's export compilation replaced them (traced or scripted copies)
         lib = native.load()
         return None if lib is None else native.entry(lib, tensors[0].dtype)
 
@@ -249,24 +253,36 @@ class FastE3Convolution(E3Convolution):
         return acc
 
     @staticmethod
-    def _linear_channels_last(lin: o3.Linear, acc: Tensor, scale: float) -> Tensor:
+    def _linear_plan(lin: o3.Linear):
+        """(output dim, per weighted instruction of an e3nn Linear: (in start, out start, mul_in, mul_out,
+        path_weight, d, flat weight offset)); None when it has biases (not folded into the channels-last form)."""
+        plan = []
+        flat = 0
+        in_slices, out_slices = lin.irreps_in.slices(), lin.irreps_out.slices()
+        for ins in lin.instructions:
+            if ins.i_in < 0:
+                return None
+            mul_in, mul_out = ins.path_shape
+            plan.append((in_slices[ins.i_in].start, out_slices[ins.i_out].start, mul_in, mul_out,
+                         float(ins.path_weight), lin.irreps_in[ins.i_in].ir.dim, flat))
+            flat += mul_in * mul_out
+        return lin.irreps_out.dim, plan
+
+    @staticmethod
+    def _linear_channels_last(lin: o3.Linear, plan, acc: Tensor, scale: float) -> Tensor:
         """``lin(M)`` for M held channels-last per irrep block ([d][mul], as the kernel writes it), times scale.
 
-        The same sum as e3nn's Linear (per instruction path_weight · x @ W) as one matmul per block.
+        The same sum as e3nn's Linear (per instruction path_weight · x @ W) as one 2-D GEMM per block.
         """
         rows = acc.shape[0]
-        out = acc.new_zeros((rows, lin.irreps_out.dim))
-        in_slices, out_slices = lin.irreps_in.slices(), lin.irreps_out.slices()
-        flat = 0
-        for ins in lin.instructions:
-            mul_in, mul_out = ins.path_shape
+        out_dim, entries = plan
+        out = acc.new_zeros((rows, out_dim))
+        for in_start, out_start, mul_in, mul_out, path_weight, d, flat in entries:
             weight = lin.weight[flat : flat + mul_in * mul_out].view(mul_in, mul_out)
-            flat += mul_in * mul_out
-            d = lin.irreps_in[ins.i_in].ir.dim
-            # one 2-D GEMM per block: [rows·d, mul_in] (a compact copy) @ [mul_in, mul_out]
-            x = acc.narrow(1, in_slices[ins.i_in].start, mul_in * d).reshape(rows * d, mul_in)
-            y = torch.mm(x, weight * (ins.path_weight * scale)).view(rows, d, mul_out)
-            out.narrow(1, out_slices[ins.i_out].start, mul_out * d).view(rows, mul_out, d).add_(y.transpose(1, 2))
+            # [rows·d, mul_in] (a compact copy) @ [mul_in, mul_out]
+            x = acc.narrow(1, in_start, mul_in * d).reshape(rows * d, mul_in)
+            y = torch.mm(x, weight * (path_weight * scale)).view(rows, d, mul_out)
+            out.narrow(1, out_start, mul_out * d).view(rows, mul_out, d).add_(y.transpose(1, 2))
         return out
 
     def forward(
@@ -310,8 +326,8 @@ class FastE3Convolution(E3Convolution):
                 local_ptr = [p - e0 for p in ptr[r0 : r1 + 1]]
                 acc = self._aggregate_native(fn, x_packed, src[e0:e1], dst[e0:e1] - r0, edge_sh[e0:e1],
                                              edge_embedding[e0:e1], local_ptr, r1 - r0)
-                conv = self._linear_channels_last(self.lin2, acc, norm)
-                angle = self._linear_channels_last(self.lin3, acc, 0.1 * norm)
+                conv = self._linear_channels_last(self.lin2, self._lin2_plan, acc, norm)
+                angle = self._linear_channels_last(self.lin3, self._lin3_plan, acc, 0.1 * norm)
             else:
                 agg = self._aggregate(h, src[e0:e1], dst[e0:e1] - r0, edge_sh[e0:e1], edge_embedding[e0:e1], r1 - r0) * norm
                 conv = self.lin2(agg)
