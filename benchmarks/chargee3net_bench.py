@@ -1,6 +1,7 @@
 """ChargE3Net (fast vs e3nn backend) and DeepDFT inference speed, peak memory and scaling with system size.
 
     python -m benchmarks chargee3net [--quick] [--threads 1 2] [--skip-scaling] [--json out.json]
+    python -m benchmarks chargee3net --huge [12 24]      # the 10⁵-atom case alone (~10 min)
 
 Every case runs in a fresh Python process (``--case``), so its peak RSS is its own. Models are the published
 sizes with seeded random weights (speed does not depend on training). Cases:
@@ -14,6 +15,9 @@ sizes with seeded random weights (speed does not depend on training). Cases:
 * ``encoder``: atom encoder on Si 4×4×4 (512 atoms), both backends.
 * ``scaling``: Si supercells from 8 atoms upward at a fixed number of probes per atom, fast backend; wall
   time of graph + encoder + decoder and a least-squares exponent of time ∝ N^α over N ≥ 100.
+* ``huge`` (``--huge``): Si 12³ and 24³ supercells (13,824 and 110,592 atoms), one probe per atom decoded
+  in batches of 5,000: times, atom-feature size, RSS after encoding and at peak (the decoder's extra memory
+  should not grow with N).
 """
 
 from __future__ import annotations
@@ -116,6 +120,73 @@ def _run_case(case: dict) -> dict:
                 np.save(case["save"], rho)
     out["peak_rss_mib"] = _rss_mib()
     return out
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _run_huge(case: dict) -> dict:
+    """One large supercell: atom graph, encoder, then probes decoded in batches; memory at each stage."""
+    import torch
+
+    from cdp.core.malloc import keep_freed_memory
+    from cdp.core.types import Batch
+
+    keep_freed_memory()
+    torch.set_num_threads(int(case["threads"]))
+    model = _model("chargee3net", "fast")
+    atoms = _si(case["rep"])
+    batch = Batch.from_atoms([atoms]).to("cpu", torch.float32)
+    m, bs = int(case["probes_per_atom"] * len(atoms)), int(case["batch"])
+    out: dict = dict(case, atoms=len(atoms), probes=m, rss_start_mib=_current_rss_mib())
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        agraph = model.atom_graph(batch)
+        out["atom_graph_s"], out["atom_edges"] = time.perf_counter() - t0, int(agraph.edge_index.shape[1])
+        t0 = time.perf_counter()
+        feats = model.encode(batch, agraph)
+        out["encode_s"] = time.perf_counter() - t0
+        out["atom_feature_mib"] = sum(t.numel() * t.element_size() for t in feats.layers) / 2**20
+        del agraph
+        out["rss_after_encode_mib"] = _current_rss_mib()
+        out["peak_after_encode_mib"] = _rss_mib()
+        graph_s = decode_s = 0.0
+        cell = np.asarray(atoms.cell.array)
+        for s in range(0, m, bs):
+            probes = torch.from_numpy(rng.uniform(0, 1, (min(bs, m - s), 3)) @ cell).to(torch.float32)
+            t0 = time.perf_counter()
+            pgraph = model.probe_graph(batch, probes)
+            graph_s += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            model.decode(batch, feats, probes, graph=pgraph)
+            decode_s += time.perf_counter() - t0
+        out.update(probe_graph_s=graph_s, decode_s=decode_s, decode_probes_per_s=m / decode_s)
+    out["total_s"] = out["atom_graph_s"] + out["encode_s"] + graph_s + decode_s
+    out["peak_rss_mib"] = _rss_mib()
+    out["decoder_extra_mib"] = out["peak_rss_mib"] - out["rss_after_encode_mib"]
+    return out
+
+
+def run_huge(reps=(12, 24), threads: int = 1, probes_per_atom: float = 1.0, batch: int = 5000) -> list:
+    """The large-system case: Si supercells (8·rep³ atoms; rep 24 = 110,592), one process each."""
+    return [_spawn({"kind": "huge", "rep": r, "threads": threads, "probes_per_atom": probes_per_atom, "batch": batch})
+            for r in reps]
+
+
+def _huge_table(rows: list) -> str:
+    lines = [f"{'atoms':>7} {'probes':>7} {'graph s':>8} {'enc s':>7} {'dec s':>7} {'dec p/s':>7} {'feat MiB':>8} "
+             f"{'RSS enc':>8} {'peak':>7} {'dec +MiB':>8}"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"rep {r['rep']}: error: {r['error']}")
+            continue
+        lines.append(f"{r['atoms']:>7} {r['probes']:>7} {r['atom_graph_s'] + r['probe_graph_s']:>8.1f} {r['encode_s']:>7.1f} "
+                     f"{r['decode_s']:>7.1f} {r['decode_probes_per_s']:>7.0f} {r['atom_feature_mib']:>8.0f} "
+                     f"{r['rss_after_encode_mib']:>8.0f} {r['peak_rss_mib']:>7.0f} {r['decoder_extra_mib']:>8.0f}")
+    return "\n".join(lines)
 
 
 # -- parent: spawn cases ------------------------------------------------------------------------------
@@ -228,9 +299,20 @@ def main(argv=None) -> None:
     ap.add_argument("--probes-per-atom", type=int, default=2)
     ap.add_argument("--max-rep", type=int, default=None, help="largest supercell repeat of the 8-atom Si cell")
     ap.add_argument("--json", dest="json_path", help="also write the JSON here")
+    ap.add_argument("--huge", type=int, nargs="*", metavar="REP",
+                    help="only the large-system case: Si supercells of these repeats (default 12 24: 13,824 and "
+                         "110,592 atoms), 1 probe per atom in batches of 5,000, memory after encoding and at peak")
     args = ap.parse_args(argv)
     if args.case:
-        print(json.dumps(_run_case(json.loads(args.case))))
+        case = json.loads(args.case)
+        print(json.dumps(_run_huge(case) if case.get("kind") == "huge" else _run_case(case)))
+        return
+    if args.huge is not None:
+        rows = run_huge(tuple(args.huge or (12, 24)), threads=args.threads[0])
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2))
+        print(_huge_table(rows))
         return
     results = run(args.threads, args.quick, not args.skip_scaling, args.probes_per_atom, args.max_rep)
     text = json.dumps(results, indent=2)

@@ -298,11 +298,16 @@ class FastE3Convolution(E3Convolution):
             return super().forward(sender, receiver, edge_index, edge_sh, edge_embedding)
         num_receivers = receiver.shape[0]
         self_connection = self.sc(receiver)
+        src, dst = edge_index[0], edge_index[1]
+        if 0 < src.numel() < sender.shape[0]:
+            # a probe batch of a large cell: only the atoms it touches go through lin1 and the layout
+            # change, so decoder time and memory per batch do not grow with the number of atoms
+            used, src = torch.unique(src, return_inverse=True)
+            sender = sender.index_select(0, used)
         h = self.lin1(sender)
         # sender irreps channels last, [N, d_i, mul] per block, once per call (node level)
         h = [h[:, start : start + mul * d_i].view(-1, mul, d_i).transpose(1, 2).contiguous()
              for start, mul, d_i, _, _ in self.blocks]
-        src, dst = edge_index[0], edge_index[1]
         fn = self._native_fn(sender, edge_sh, edge_embedding)
         x_packed = None
         if fn is not None:  # the kernel's sender layout: per irrep [m_i][mul padded to 8 with zeros]
