@@ -19,6 +19,7 @@ from cdp.core.hookspec import hookimpl
 from cdp.core.types import CdpError
 
 _MAX_REPLICAS = 5_000_000  # atoms × images kept in the KD-tree; beyond this the cell is absurdly thin
+_SLAB_ELEMENTS = 500_000  # (atom, image) candidates filtered at once: ~40 MB of temporaries at most
 _FRAC_SLACK = 1e-6  # fractional-coordinate margin when pruning replicas (pruning only, never filtering)
 
 
@@ -116,7 +117,7 @@ class _Lattice:
             self._too_thin(n_atoms * images.shape[0])
         # keep (atom, image) pairs whose fractional coordinate lies in [-reach, 1 + reach] on periodic axes,
         # a slab of images at a time so that memory stays O(N) for large cells
-        step = max(1, _MAX_REPLICAS // max(n_atoms, 1))
+        step = max(1, _SLAB_ELEMENTS // max(n_atoms, 1))
         atoms_kept, images_kept, kept = [], [], 0
         for s0 in range(0, images.shape[0], step):
             frac = frac_atoms[:, None, :] + images[None, s0 : s0 + step, :]  # [N, I', 3]
