@@ -196,4 +196,5 @@ def test_interrupt_leaves_no_output(tmp_path, ck, monkeypatch, capsys):
     assert main(["predict", str(src), "--model", str(ck), "-o", str(out), "--spacing", "0.6"]) == 130
     assert not out.exists()
     assert main(["predict", str(src / "si.traj"), "--model", str(ck), "-o", str(tmp_path / "si.cube")]) == 130
+    assert main(["predict", str(src / "si.traj"), "--model", str(ck), "-o", str(tmp_path / "si.npy")]) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.ckpt"]

@@ -277,10 +277,6 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
             aug = spin_aug = None
             if reference is not None and fmt == "chgcar":
                 aug, spin_aug = reference.augmentation, (reference.spin_augmentation if spin else None)
-            if fmt == "npy":
-                npy_sidecar(target, cell if cell is not None else atoms.cell.array,
-                            origin if origin is not None else np.zeros(3), atoms.pbc, shape, spin,
-                            {"structure": str(f), "model": str(model)})
             try:
                 # streamed: one probe batch in memory at a time, written as it comes, renamed at the end
                 electrons = stream_predicted_grid(predictor, target, fmt, atoms, shape, cell, origin,
@@ -289,6 +285,8 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
             finally:
                 if bar is not None:
                     bar.close()
+            if fmt == "npy":  # after the grid file: an interrupted run leaves neither
+                npy_sidecar(target, cell, origin, atoms.pbc, shape, spin, {"structure": str(f), "model": str(model)})
             click.echo(f"{name}: grid {shape[0]}x{shape[1]}x{shape[2]}, {electrons:.4f} electrons -> {target}")
     except BaseException:
         if created and not any(out.iterdir()):

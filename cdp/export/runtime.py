@@ -225,11 +225,8 @@ class ExportedPredictor:
         from cdp.predict import assemble_grid, grid_frame
 
         frame = grid_frame(atoms, shape, cell, origin)
-        struct, layers = self.encode(atoms)
-        step = int(probe_batch or self.probe_batch)
-        starts = list(range(0, int(np.prod(frame.values.shape)), step))
-        chunks = [lambda s=s: frame.grid_points(s, s + step) for s in starts]
-        return assemble_grid(frame, zip(starts, self._run_chunks(struct, layers, chunks)), self.spin, progress)
+        chunks = self.iter_grid(atoms, frame.values.shape, frame.cell, frame.origin, probe_batch)
+        return assemble_grid(frame, chunks, self.spin, progress)
 
 
 def load_exported(model_dir, device: Optional[str] = "cpu", probe_batch: int = DEFAULT_PROBE_BATCH, workers: Optional[int] = None,

@@ -70,6 +70,7 @@ def _progress(progress, k: int) -> None:
 
 def _chgcar(sink: _Sink, name: str, atoms, frame: DensityGrid, chunks: Chunks, spin: bool,
             augmentation: Optional[str], spin_augmentation: Optional[str], progress, directory: Path) -> float:
+    """CHGCAR: header, ρ·V five per line (x fastest), augmentation, then the parked magnetisation; returns Σρ."""
     from cdp.io.chgcar import chgcar_dims_line, chgcar_header, format_chgcar_values, verbatim_block
 
     shape = frame.values.shape
@@ -109,10 +110,11 @@ def _chgcar(sink: _Sink, name: str, atoms, frame: DensityGrid, chunks: Chunks, s
     finally:
         if park is not None:
             park.close()
-    return total * volume / float(np.prod(shape))
+    return total
 
 
 def _cube(sink: _Sink, name: str, atoms, frame: DensityGrid, chunks: Chunks, units: str, progress) -> float:
+    """cube: header, then whole z-rows six values per line (C order); returns Σρ."""
     from cdp.io.cube import cube_header, cube_value_scale, format_cube_rows
 
     shape = frame.values.shape
@@ -130,13 +132,13 @@ def _cube(sink: _Sink, name: str, atoms, frame: DensityGrid, chunks: Chunks, uni
         sink.write(format_cube_rows(pending[:whole], nz))
         pending = pending[whole:]
         _progress(progress, len(rho))
-    volume = abs(float(np.linalg.det(np.asarray(frame.cell, dtype=np.float64))))
-    return total * volume / float(np.prod(shape))
+    return total
 
 
 def _npy(sink: _Sink, name: str, frame: DensityGrid, chunks: Chunks, spin: bool, progress) -> float:
+    """npy: the version 1.0 header, then little-endian float64 in C order; returns Σρ."""
     shape = tuple(frame.values.shape) + ((2,) if spin else ())
-    np.lib.format.write_array_header_1_0(_HeaderAdapter(sink), {"descr": "<f8", "fortran_order": False, "shape": shape})
+    np.lib.format.write_array_header_1_0(sink, {"descr": "<f8", "fortran_order": False, "shape": shape})
     total = 0.0
     for _, out in chunks("C"):
         out = np.asarray(out, dtype=np.float64)
@@ -144,18 +146,7 @@ def _npy(sink: _Sink, name: str, frame: DensityGrid, chunks: Chunks, spin: bool,
         total += float((out[:, 0] if spin else out).sum())
         sink.write(np.ascontiguousarray(out, dtype="<f8").tobytes())
         _progress(progress, len(out))
-    volume = abs(float(np.linalg.det(np.asarray(frame.cell, dtype=np.float64))))
-    return total * volume / float(np.prod(frame.values.shape))
-
-
-class _HeaderAdapter:
-    """File-like enough for numpy's header writer."""
-
-    def __init__(self, sink: _Sink):
-        self.sink = sink
-
-    def write(self, data) -> None:
-        self.sink.write(data)
+    return total
 
 
 def stream_grid(path, fmt: str, atoms, frame: DensityGrid, chunks: Chunks, spin: bool = False,
@@ -205,7 +196,8 @@ def stream_grid(path, fmt: str, atoms, frame: DensityGrid, chunks: Chunks, spin:
     atomic_write(path, write)
     if fmt != "npy":  # npy grids carry their own sidecar (cdp predict writes it)
         record_pbc(path, frame.pbc if frame.pbc is not None else atoms.pbc)
-    return result[0]
+    voxel = abs(float(np.linalg.det(np.asarray(frame.cell, dtype=np.float64)))) / expected
+    return result[0] * voxel
 
 
 def stream_predicted_grid(predictor, path, fmt: str, atoms, shape, cell=None, origin=None,

@@ -128,8 +128,7 @@ class _Lattice:
                 self._too_thin(kept)
             atoms_kept.append(a)
             images_kept.append(i + s0)
-        atom_idx = np.concatenate(atoms_kept) if atoms_kept else np.zeros(0, dtype=np.int64)
-        img_idx = np.concatenate(images_kept) if images_kept else np.zeros(0, dtype=np.int64)
+        atom_idx, img_idx = np.concatenate(atoms_kept), np.concatenate(images_kept)  # ≥ 1 image, ≥ 1 slab
         order = np.argsort(atom_idx.astype(np.int64) * images.shape[0] + img_idx, kind="stable")  # (atom, image)
         atom_idx, img_idx = atom_idx[order], img_idx[order]
         self.rep_atom = atom_idx.astype(np.int64)

@@ -173,7 +173,7 @@ class FastE3Convolution(E3Convolution):
             return cached[1]
         w = last.weight.index_select(1, self.w_perm) / (last.h_in * last.var_in / last.var_out) ** 0.5
         if slack:
-            w = torch.nn.functional.pad(w, (0, -(-(w.shape[1] + slack) // 16) * 16 - w.shape[1]))
+            w = torch.nn.functional.pad(w, (0, native.round_up(w.shape[1] + slack, 16) - w.shape[1]))
         if not torch.is_grad_enabled():
             self._cg_cache[("radial", slack)] = (key, w)
         return w
@@ -226,7 +226,7 @@ class FastE3Convolution(E3Convolution):
         weight = self._radial_weights(emb, slack=native.ACC_SLACK)
         sh = sh.contiguous()
         # row slack for the kernel's whole-vector tails, rows a multiple of 64 bytes for the lin2 matmuls
-        acc = weight.new_zeros((num_receivers, -(-(self.agg_dim + native.ACC_SLACK) // 16) * 16))
+        acc = weight.new_zeros((num_receivers, native.round_up(self.agg_dim + native.ACC_SLACK, 16)))
         paths, pairs, mj, coeff = self._plan(weight)
         src = src.contiguous()
         dst = dst.contiguous()

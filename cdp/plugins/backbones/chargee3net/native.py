@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -24,17 +23,26 @@ from typing import Optional
 
 import torch
 
+from cdp.core.atomic import atomic_write
+
 SOURCE = Path(__file__).with_name("kernels") / "uvu_conv.c"
 ABI_VERSION = 4
 ACC_SLACK = 8  # columns after each weight and accumulator row that the vector kernel may touch
 
 
-def padded(mul: int) -> int:
-    """Channels of one irrep in the kernel's sender layout: mul rounded up to whole 8-float vectors."""
-    return -(-mul // 8) * 8
 MAX_MUL = 1024  # CDP_MAX_MUL of the C source: the per-path channel buffer
 _lock = threading.Lock()
 _state: dict = {}
+
+
+def round_up(n: int, k: int) -> int:
+    """``n`` rounded up to a multiple of ``k``."""
+    return -(-n // k) * k
+
+
+def padded(mul: int) -> int:
+    """Channels of one irrep in the kernel's sender layout: mul rounded up to whole 8-float vectors."""
+    return round_up(mul, 8)
 
 
 def cache_dir() -> Path:
@@ -55,18 +63,15 @@ def _cpu_signature() -> str:
 
 
 def _compile(compiler: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    """Build the library into a temporary file beside ``target``, renamed only when the compiler succeeded."""
+
+    def build(tmp: str) -> None:
         cmd = [compiler, "-O3", "-march=native", "-fPIC", "-shared", "-std=c99", str(SOURCE), "-o", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(target, build)
 
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
