@@ -158,6 +158,24 @@ def test_time_budget_stops_and_records(dataset, tmp_path):
     assert Path(result.best_checkpoint).is_file()
 
 
+@pytest.mark.parametrize("budget", [0.25, 0.45, 0.65, 0.85])
+def test_time_budget_elapsed_is_the_time_compared(dataset, tmp_path, monkeypatch, budget):
+    # a clock that ticks 0.1 s per reading: wherever between two steps the budget is crossed, the recorded
+    # elapsed must be the reading that stopped training, never an earlier one below the budget
+    import types
+
+    import cdp.train.trainer as trainer_mod
+
+    ticks = iter(range(10**6))
+    fake = types.SimpleNamespace(perf_counter=lambda: 0.1 * next(ticks), strftime=trainer_mod.time.strftime)
+    monkeypatch.setattr(trainer_mod, "time", fake)
+    cfg = tiny_config(dataset, steps=None, time_budget=budget, validate_every=1000)
+    result = train_run(cfg, run_dir=tmp_path / "run")
+    assert result.stopped_by == "time_budget"
+    assert result.elapsed_seconds >= budget
+    assert read_checkpoint(result.last_checkpoint)["train_state"]["elapsed"] == result.elapsed_seconds
+
+
 def test_training_reduces_loss(dataset, tmp_path):
     # one structure, train = validation: 25 Adam steps at lr 1e-2 must lower the validation error
     cfg = tiny_config(dataset, split={"train": ["h2o"], "validation": ["h2o"]}, steps=25, lr=1e-2,

@@ -454,14 +454,14 @@ class Trainer:
             with open(self.run_dir / LOG_FILE, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
-    def _should_stop(self, start_wall: float, start_elapsed: float) -> Optional[str]:
+    def _should_stop(self) -> Optional[str]:
+        """Why training stops now, judged on ``self.elapsed`` so the recorded time is the one compared."""
         cfg = self.cfg
         if cfg["steps"] is not None and self.step >= cfg["steps"]:
             return "steps"
         over = False
         if cfg["time_budget"] is not None:
-            over = start_elapsed + (time.perf_counter() - start_wall) >= cfg["time_budget"]
-            over = ddp.any_rank(self.info, over and self.main)
+            over = ddp.any_rank(self.info, self.elapsed >= cfg["time_budget"] and self.main)
         return "time_budget" if over else None
 
     def _progress_bar(self):
@@ -504,7 +504,8 @@ class Trainer:
         last_saved = self.step
         try:
             while True:
-                stopped = self._should_stop(start_wall, start_elapsed)
+                self.elapsed = start_elapsed + (time.perf_counter() - start_wall)
+                stopped = self._should_stop()
                 if stopped:
                     break
                 lr = self.optimizer.param_groups[0]["lr"]
