@@ -146,6 +146,39 @@ def test_chunked_probes_equal_single_pass():
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
+def test_replica_tree_built_once_per_structure(monkeypatch):
+    """Streaming probe batches reuses the structure's replica tree; any change to the structure rebuilds it."""
+    import cdp.plugins.graphs.periodic as periodic
+
+    built = []
+    original = periodic._Lattice
+    monkeypatch.setattr(periodic, "_Lattice", lambda *a: built.append(1) or original(*a))
+    rng = np.random.default_rng(3)
+    cell = np.array([[3.0, 0.2, 0.0], [0.5, 2.8, 0.0], [0.3, -0.4, 3.5]])
+    positions = rng.uniform(0, 1, size=(6, 3)) @ cell
+    pbc = np.array([True, True, True])
+    builder = PeriodicGraphBuilder()
+    builder.atom_edges(positions, cell, pbc, 2.5)
+    for _ in range(3):
+        probes = rng.uniform(-0.5, 1.5, size=(50, 3)) @ cell
+        got = builder.probe_edges(positions, cell, pbc, probes, 2.5)
+        _compare(*got, positions, probes, cell, pbc, 2.5, drop_self=False)
+    assert len(built) == 1
+    # every ingredient of the structure invalidates the cached tree, including in-place edits
+    changes = [
+        lambda p, c, b, r: (p.__setitem__((2, 0), p[2, 0] + 0.3), (p, c, b, r))[1],
+        lambda p, c, b, r: (p, c * 1.1, b, r),
+        lambda p, c, b, r: (p, c, np.array([True, False, True]), r),
+        lambda p, c, b, r: (p, c, b, 1.7),
+    ]
+    probes = rng.uniform(-0.5, 1.5, size=(50, 3)) @ cell
+    for k, change in enumerate(changes):
+        p, c, b, r = change(positions, cell, pbc, 2.5)
+        got = builder.probe_edges(p, c, b, probes, r)
+        assert len(built) == 2 + k
+        _compare(*got, p, probes, c, b, r, drop_self=False)
+
+
 def test_inclusive_cutoff_simple_cubic():
     # one atom in a cubic cell of side 2: its six face images lie exactly at the cutoff
     cell = 2.0 * np.eye(3)
