@@ -297,7 +297,6 @@ class FastE3Convolution(E3Convolution):
             # graph capture (export, tracing) records the plain e3nn form: same parameters, same function
             return super().forward(sender, receiver, edge_index, edge_sh, edge_embedding)
         num_receivers = receiver.shape[0]
-        self_connection = self.sc(receiver)
         src, dst = edge_index[0], edge_index[1]
         if 0 < src.numel() < sender.shape[0]:
             # a probe batch of a large cell: only the atoms it touches go through lin1 and the layout
@@ -313,14 +312,19 @@ class FastE3Convolution(E3Convolution):
         if fn is not None:  # the kernel's sender layout: per irrep [m_i][mul padded to 8 with zeros]
             x_packed = torch.cat([torch.nn.functional.pad(t, (0, native.padded(t.shape[2]) - t.shape[2])).reshape(t.shape[0], -1)
                                   for t in h], dim=1).contiguous()
+            h = []  # the packed copy is all the kernel reads: free the per-irrep one before the loop
         if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):
             order = torch.argsort(dst, stable=True)
             src, dst = src[order], dst[order]
             edge_sh, edge_embedding = edge_sh[order], edge_embedding[order]
         ptr = torch.searchsorted(dst, torch.arange(num_receivers + 1, device=dst.device)).tolist()
         norm = 1.0 / self.num_neighbors**0.5
-        mask = self.sc_mask.to(self_connection.dtype)
-        outs = []
+        mask = self.sc_mask.to(sender.dtype)
+        # inference writes block by block into the output, so no other per-receiver tensor exists for all
+        # receivers at once; under autograd the blocks are concatenated (out= does not differentiate)
+        track = torch.is_grad_enabled()
+        out = sender.new_empty((0 if track else num_receivers, self.irreps_out.dim))
+        blocks: List[Tensor] = []
         r0 = 0
         while r0 < num_receivers:
             # the largest run of whole receivers holding at most edge_chunk edges (at least one receiver)
@@ -338,8 +342,11 @@ class FastE3Convolution(E3Convolution):
                 conv = self.lin2(agg)
                 angle = 0.1 * self.lin3(agg)
             sin = (1.0 - mask) + angle.sin() * mask
-            outs.append(angle.cos() * self_connection[r0:r1] + sin * conv)
+            if track:
+                blocks.append(torch.addcmul(sin * conv, angle.cos(), self.sc(receiver[r0:r1])))
+            else:
+                torch.addcmul(sin * conv, angle.cos(), self.sc(receiver[r0:r1]), out=out[r0:r1])
             r0 = r1
-        if not outs:
-            return self_connection.new_zeros((0, self.irreps_out.dim))
-        return torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
+        if track and blocks:
+            return torch.cat(blocks, dim=0) if len(blocks) > 1 else blocks[0]
+        return out
