@@ -141,6 +141,24 @@ def test_edge_chunking_equals_unchunked():
             assert (x - y).abs().max() <= 1e-12 * x.abs().max()
 
 
+def test_gating_in_row_blocks_equals_whole(monkeypatch):
+    import cdp.plugins.backbones.chargee3net.backbone as backbone_mod
+
+    ref, fast = _pair(2, seed=9)
+    s = _structure(seed=9, n_atoms=7, n_probes=25)
+    results = []
+    for rows in (10**9, 3):
+        monkeypatch.setattr(backbone_mod, "_GATE_ROWS", rows)
+        for model in (ref, fast):
+            with torch.no_grad():
+                layers, out, _ = _run(model, *s, torch.float64)
+            results.append([*layers, out])
+    for other in results[1:]:
+        for x, y in zip(results[0], other):
+            assert x.shape == y.shape
+            assert (x - y).abs().max() <= 1e-9 * x.abs().max()
+
+
 def test_unsorted_and_permuted_edges():
     _, fast = _pair(1, seed=7)
     numbers, pos, cell, pbc, probes = _structure(seed=7)

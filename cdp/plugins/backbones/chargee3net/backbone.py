@@ -18,6 +18,7 @@ from cdp.plugins.backbones.chargee3net.irreps import gate_layout, get_irreps
 from cdp.plugins.backbones.chargee3net.radial import RadialBasis
 
 NUM_ELEMENTS = 119
+_GATE_ROWS = 4096  # rows gated at once in inference: a few MB of temporaries instead of several [N, dim] copies
 _ACT = {1: torch.nn.functional.silu, -1: torch.tanh}
 _ACT_GATE = {1: torch.sigmoid, -1: torch.tanh}
 
@@ -31,6 +32,23 @@ def _make_gate(irreps_in, irreps_sh, irreps_hidden) -> Gate:
         [_ACT_GATE[ir.p] for _, ir in gates],
         gated,
     )
+
+
+def _gate_rows(gate: Gate, x: Tensor) -> Tensor:
+    """``gate(x)``, in blocks of rows under inference so that the gate's own temporaries stay small.
+
+    The gate acts row by row; autograd and graph capture (tracing, export) get the plain call.
+    """
+    rows = _GATE_ROWS
+    capturing = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+    if capturing or torch.is_grad_enabled() or x.shape[0] <= rows:
+        return gate(x)
+    first = gate(x[:rows])
+    out = first.new_empty((x.shape[0], first.shape[1]))
+    out[:rows] = first
+    for r0 in range(rows, x.shape[0], rows):
+        out[r0 : r0 + rows] = gate(x[r0 : r0 + rows])
+    return out
 
 
 class ChargE3NetBackbone(Backbone):
@@ -130,7 +148,7 @@ class ChargE3NetBackbone(Backbone):
         layers: List[Tensor] = []
         h = x
         for conv, gate in zip(self.atom_convs, self.atom_gates):
-            h = gate(conv(h, h, edge_index, sh, emb))
+            h = _gate_rows(gate, conv(h, h, edge_index, sh, emb))
             layers.append(h)
         return layers
 
@@ -139,7 +157,7 @@ class ChargE3NetBackbone(Backbone):
         sh, emb = self._edge_features(self.probe_basis, edge_vec)
         p = edge_vec.new_zeros((num_probes, 1))
         for i, (conv, gate) in enumerate(zip(self.probe_convs, self.probe_gates)):
-            p = gate(conv(atom_layers[i], p, edge_index, sh, emb))
+            p = _gate_rows(gate, conv(atom_layers[i], p, edge_index, sh, emb))
         return p
 
     def probe_memory(self, itemsize: int = 4, edges_per_probe: float = 30.0):

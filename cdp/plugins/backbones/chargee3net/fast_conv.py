@@ -285,6 +285,19 @@ class FastE3Convolution(E3Convolution):
             out.narrow(1, out_start, mul_out * d).view(rows, mul_out, d).add_(y.transpose(1, 2))
         return out
 
+    def _packed_senders(self, lin1: Tensor) -> Tensor:
+        """The kernel's sender layout, per irrep [m_i][mul padded to 8 with zeros], copied straight from
+        lin1's output (no per-irrep intermediate: one extra [N, dim] tensor at most)."""
+        n = lin1.shape[0]
+        widths = [d_i * native.padded(mul) for _, mul, d_i, _, _ in self.blocks]
+        packed = lin1.new_zeros((n, sum(widths)))
+        col = 0
+        for (start, mul, d_i, _, _), width in zip(self.blocks, widths):
+            target = packed[:, col : col + width].view(n, d_i, width // d_i)[:, :, :mul]
+            target.copy_(lin1[:, start : start + mul * d_i].view(n, mul, d_i).transpose(1, 2))
+            col += width
+        return packed
+
     def forward(
         self,
         sender: Tensor,
@@ -303,16 +316,16 @@ class FastE3Convolution(E3Convolution):
             # change, so decoder time and memory per batch do not grow with the number of atoms
             used, src = torch.unique(src, return_inverse=True)
             sender = sender.index_select(0, used)
-        h = self.lin1(sender)
-        # sender irreps channels last, [N, d_i, mul] per block, once per call (node level)
-        h = [h[:, start : start + mul * d_i].view(-1, mul, d_i).transpose(1, 2).contiguous()
-             for start, mul, d_i, _, _ in self.blocks]
         fn = self._native_fn(sender, edge_sh, edge_embedding)
-        x_packed = None
-        if fn is not None:  # the kernel's sender layout: per irrep [m_i][mul padded to 8 with zeros]
-            x_packed = torch.cat([torch.nn.functional.pad(t, (0, native.padded(t.shape[2]) - t.shape[2])).reshape(t.shape[0], -1)
-                                  for t in h], dim=1).contiguous()
-            h = []  # the packed copy is all the kernel reads: free the per-irrep one before the loop
+        x_packed, h = None, []
+        if fn is not None:
+            x_packed = self._packed_senders(self.lin1(sender))
+        else:
+            lin1 = self.lin1(sender)
+            # sender irreps channels last, [N, d_i, mul] per block, once per call (node level)
+            h = [lin1[:, start : start + mul * d_i].view(-1, mul, d_i).transpose(1, 2).contiguous()
+                 for start, mul, d_i, _, _ in self.blocks]
+            del lin1
         if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):
             order = torch.argsort(dst, stable=True)
             src, dst = src[order], dst[order]
