@@ -159,6 +159,29 @@ def test_gating_in_row_blocks_equals_whole(monkeypatch):
             assert (x - y).abs().max() <= 1e-9 * x.abs().max()
 
 
+def test_encoder_edge_features_in_windows(monkeypatch):
+    """Inference computes atom-edge harmonics/embeddings a window at a time, with unchanged results."""
+    import cdp.plugins.backbones.chargee3net.fast_conv as fast_mod
+
+    ref, fast = _pair(2, seed=10)
+    s = _structure(seed=10, n_atoms=7, n_probes=20)
+    with torch.no_grad():
+        want = _run(ref, *s, torch.float64)
+    sizes = []
+    original = fast._edge_features
+    monkeypatch.setattr(fast, "_edge_features", lambda basis, vec: sizes.append(vec.shape[0]) or original(basis, vec))
+    for m in fast.modules():
+        if isinstance(m, FastE3Convolution):
+            m.edge_chunk = 4
+    monkeypatch.setattr(fast_mod, "FEATURE_WINDOW", 5)
+    with torch.no_grad():
+        got = _run(fast, *s, torch.float64)
+    for x, y in zip([*want[0], want[1]], [*got[0], got[1]]):
+        assert (x - y).abs().max() <= 1e-9 * x.abs().max()
+    num_atom_edges = sum(sizes[:-1]) // len(fast.atom_convs)  # the last call is the probe edges' (decoder)
+    assert len(sizes) > 2 * len(fast.atom_convs) and max(sizes[:-1]) < num_atom_edges
+
+
 def test_unsorted_and_permuted_edges():
     _, fast = _pair(1, seed=7)
     numbers, pos, cell, pbc, probes = _structure(seed=7)

@@ -13,7 +13,7 @@ from cdp.core.components import Backbone, Spec
 from cdp.core.types import CdpError
 from cdp.plugins.backbones.chargee3net._build_cache import memoized_activation_moments
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
-from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution
+from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, capturing
 from cdp.plugins.backbones.chargee3net.irreps import gate_layout, get_irreps
 from cdp.plugins.backbones.chargee3net.radial import RadialBasis
 
@@ -40,8 +40,7 @@ def _gate_rows(gate: Gate, x: Tensor) -> Tensor:
     The gate acts row by row; autograd and graph capture (tracing, export) get the plain call.
     """
     rows = _GATE_ROWS
-    capturing = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-    if capturing or torch.is_grad_enabled() or x.shape[0] <= rows:
+    if capturing() or torch.is_grad_enabled() or x.shape[0] <= rows:
         return gate(x)
     first = gate(x[:rows])
     out = first.new_empty((x.shape[0], first.shape[1]))
@@ -144,9 +143,17 @@ class ChargE3NetBackbone(Backbone):
 
     def encode(self, x: Tensor, edge_index: Tensor, edge_vec: Tensor) -> List[Tensor]:
         """Atom features after every interaction layer."""
-        sh, emb = self._edge_features(self.atom_basis, edge_vec)
         layers: List[Tensor] = []
         h = x
+        if self.backend == "fast" and not (capturing() or torch.is_grad_enabled()):
+            # inference: edge harmonics and embedding computed a window of edges at a time in every layer
+            # (cheap next to the convolution) instead of held for all atom edges
+            features = lambda vec: self._edge_features(self.atom_basis, vec)  # noqa: E731
+            for conv, gate in zip(self.atom_convs, self.atom_gates):
+                h = _gate_rows(gate, conv.forward_from_vectors(h, h, edge_index, edge_vec, features))
+                layers.append(h)
+            return layers
+        sh, emb = self._edge_features(self.atom_basis, edge_vec)
         for conv, gate in zip(self.atom_convs, self.atom_gates):
             h = _gate_rows(gate, conv(h, h, edge_index, sh, emb))
             layers.append(h)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 from e3nn import o3
@@ -28,7 +28,41 @@ from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 
 DEFAULT_EDGE_CHUNK = 512
+FEATURE_WINDOW = 65_536  # edges whose harmonics and embedding exist at once when computed from vectors
+EdgeFeatures = Callable[[Tensor], Tuple[Tensor, Tensor]]
 _pools: dict = {}
+
+
+def capturing() -> bool:
+    """True while TorchScript, tracing or torch.export/compile records the module."""
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+class _EdgeSlices:
+    """(sh, embedding) of edges [e0, e1) from precomputed tensors."""
+
+    def __init__(self, sh: Tensor, emb: Tensor):
+        self.sh, self.emb = sh, emb
+
+    def __call__(self, e0: int, e1: int) -> Tuple[Tensor, Tensor]:
+        return self.sh[e0:e1], self.emb[e0:e1]
+
+
+class _EdgeWindow:
+    """(sh, embedding) of edges [e0, e1) computed from the edge vectors ``FEATURE_WINDOW`` edges at a time
+    (blocks arrive in increasing order, so each edge's features are computed once)."""
+
+    def __init__(self, vec: Tensor, features: EdgeFeatures):
+        self.vec, self.features = vec, features
+        self.start, self.stop = 0, -1  # no window yet: the first block always computes one
+        self.sh = self.emb = vec
+
+    def __call__(self, e0: int, e1: int) -> Tuple[Tensor, Tensor]:
+        if not (self.start <= e0 and e1 <= self.stop):
+            stop = min(self.vec.shape[0], e0 + max(FEATURE_WINDOW, e1 - e0))
+            self.sh, self.emb = self.features(self.vec[e0:stop])
+            self.start, self.stop = e0, stop
+        return self.sh[e0 - self.start : e1 - self.start], self.emb[e0 - self.start : e1 - self.start]
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
@@ -306,9 +340,25 @@ class FastE3Convolution(E3Convolution):
         edge_sh: Tensor,
         edge_embedding: Tensor,
     ) -> Tensor:
-        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if capturing():
             # graph capture (export, tracing) records the plain e3nn form: same parameters, same function
             return super().forward(sender, receiver, edge_index, edge_sh, edge_embedding)
+        return self._blocks(sender, receiver, edge_index, (edge_sh, edge_embedding), None)
+
+    def forward_from_vectors(
+        self, sender: Tensor, receiver: Tensor, edge_index: Tensor, edge_vec: Tensor, features: EdgeFeatures
+    ) -> Tensor:
+        """:meth:`forward` with ``(edge_sh, edge_embedding) = features(edge_vec)`` computed a window of edges
+        at a time: in inference the encoder never holds them for every atom edge.  Autograd and graph
+        capture compute them once for all edges and take the plain path."""
+        if capturing() or torch.is_grad_enabled():
+            return self.forward(sender, receiver, edge_index, *features(edge_vec))
+        return self._blocks(sender, receiver, edge_index, (edge_vec,), features)
+
+    def _blocks(self, sender: Tensor, receiver: Tensor, edge_index: Tensor, edge_data: Tuple[Tensor, ...],
+                features) -> Tensor:
+        """The convolution in blocks of whole receivers; ``edge_data`` is (sh, embedding), or (vectors,)
+        with ``features`` turning vectors into (sh, embedding)."""
         num_receivers = receiver.shape[0]
         src, dst = edge_index[0], edge_index[1]
         if 0 < src.numel() < sender.shape[0]:
@@ -316,7 +366,7 @@ class FastE3Convolution(E3Convolution):
             # change, so decoder time and memory per batch do not grow with the number of atoms
             used, src = torch.unique(src, return_inverse=True)
             sender = sender.index_select(0, used)
-        fn = self._native_fn(sender, edge_sh, edge_embedding)
+        fn = self._native_fn(sender, *edge_data)
         x_packed, h = None, []
         if fn is not None:
             x_packed = self._packed_senders(self.lin1(sender))
@@ -329,7 +379,8 @@ class FastE3Convolution(E3Convolution):
         if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):
             order = torch.argsort(dst, stable=True)
             src, dst = src[order], dst[order]
-            edge_sh, edge_embedding = edge_sh[order], edge_embedding[order]
+            edge_data = tuple(t[order] for t in edge_data)
+        edge_block = _EdgeWindow(edge_data[0], features) if features is not None else _EdgeSlices(*edge_data)
         ptr = torch.searchsorted(dst, torch.arange(num_receivers + 1, device=dst.device)).tolist()
         norm = 1.0 / self.num_neighbors**0.5
         mask = self.sc_mask.to(sender.dtype)
@@ -344,14 +395,14 @@ class FastE3Convolution(E3Convolution):
             r1 = max(r0 + 1, bisect.bisect_right(ptr, ptr[r0] + self.edge_chunk, lo=r0 + 1) - 1)
             r1 = min(r1, r0 + self.edge_chunk)  # receivers without edges count too (bounded aggregate)
             e0, e1 = ptr[r0], ptr[r1]
+            sh, emb = edge_block(e0, e1)
             if fn is not None:
                 local_ptr = [p - e0 for p in ptr[r0 : r1 + 1]]
-                acc = self._aggregate_native(fn, x_packed, src[e0:e1], dst[e0:e1] - r0, edge_sh[e0:e1],
-                                             edge_embedding[e0:e1], local_ptr, r1 - r0)
+                acc = self._aggregate_native(fn, x_packed, src[e0:e1], dst[e0:e1] - r0, sh, emb, local_ptr, r1 - r0)
                 conv = self._linear_channels_last(self.lin2, self._lin2_plan, acc, norm)
                 angle = self._linear_channels_last(self.lin3, self._lin3_plan, acc, 0.1 * norm)
             else:
-                agg = self._aggregate(h, src[e0:e1], dst[e0:e1] - r0, edge_sh[e0:e1], edge_embedding[e0:e1], r1 - r0) * norm
+                agg = self._aggregate(h, src[e0:e1], dst[e0:e1] - r0, sh, emb, r1 - r0) * norm
                 conv = self.lin2(agg)
                 angle = 0.1 * self.lin3(agg)
             sin = (1.0 - mask) + angle.sin() * mask
