@@ -182,6 +182,25 @@ def test_encoder_edge_features_in_windows(monkeypatch):
     assert len(sizes) > 2 * len(fast.atom_convs) and max(sizes[:-1]) < num_atom_edges
 
 
+def test_sender_packing_in_row_blocks(monkeypatch):
+    """lin1 + kernel layout in blocks of rows, also for a probe batch touching a subset of the atoms."""
+    import cdp.plugins.backbones.chargee3net.fast_conv as fast_mod
+
+    ref, fast = _pair(2, seed=11)
+    rng = np.random.default_rng(11)
+    cell = np.diag([12.0, 11.0, 13.0])
+    pos = rng.uniform(0, 1, (20, 3)) @ cell
+    probes = pos[:2] + 0.3  # two probes: fewer probe edges than atoms, so only the touched atoms are packed
+    s = (rng.choice([1, 6, 8], 20), pos, cell, np.array([True, True, True]), probes)
+    assert 0 < graphs(pos, cell, s[3], probes, fast.cutoff)[2].shape[1] < len(pos)
+    monkeypatch.setattr(fast_mod, "LIN1_ROWS", 3)
+    with torch.no_grad():
+        want = _run(ref, *s, torch.float64)
+        got = _run(fast, *s, torch.float64)
+    for x, y in zip([*want[0], want[1]], [*got[0], got[1]]):
+        assert (x - y).abs().max() <= 1e-9 * x.abs().max()
+
+
 def test_unsorted_and_permuted_edges():
     _, fast = _pair(1, seed=7)
     numbers, pos, cell, pbc, probes = _structure(seed=7)

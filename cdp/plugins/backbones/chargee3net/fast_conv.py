@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -28,6 +28,7 @@ from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 
 DEFAULT_EDGE_CHUNK = 512
+LIN1_ROWS = 4096  # sender rows through lin1 at once when packing for the kernel
 FEATURE_WINDOW = 65_536  # edges whose harmonics and embedding exist at once when computed from vectors
 EdgeFeatures = Callable[[Tensor], Tuple[Tensor, Tensor]]
 _pools: dict = {}
@@ -319,17 +320,20 @@ class FastE3Convolution(E3Convolution):
             out.narrow(1, out_start, mul_out * d).view(rows, mul_out, d).add_(y.transpose(1, 2))
         return out
 
-    def _packed_senders(self, lin1: Tensor) -> Tensor:
-        """The kernel's sender layout, per irrep [m_i][mul padded to 8 with zeros], copied straight from
-        lin1's output (no per-irrep intermediate: one extra [N, dim] tensor at most)."""
-        n = lin1.shape[0]
+    def _packed_senders(self, sender: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        """lin1 of the sender rows (``rows``: a subset, in that order) in the kernel's layout, per irrep
+        [m_i][mul padded to 8 with zeros]; computed in row blocks, so only the packed tensor is ever whole."""
+        n = sender.shape[0] if rows is None else rows.shape[0]
         widths = [d_i * native.padded(mul) for _, mul, d_i, _, _ in self.blocks]
-        packed = lin1.new_zeros((n, sum(widths)))
-        col = 0
-        for (start, mul, d_i, _, _), width in zip(self.blocks, widths):
-            target = packed[:, col : col + width].view(n, d_i, width // d_i)[:, :, :mul]
-            target.copy_(lin1[:, start : start + mul * d_i].view(n, mul, d_i).transpose(1, 2))
-            col += width
+        packed = sender.new_zeros((n, sum(widths)))
+        for r0 in range(0, n, LIN1_ROWS):
+            r1 = min(n, r0 + LIN1_ROWS)
+            lin1 = self.lin1(sender[r0:r1] if rows is None else sender.index_select(0, rows[r0:r1]))
+            col = 0
+            for (start, mul, d_i, _, _), width in zip(self.blocks, widths):
+                target = packed[r0:r1, col : col + width].view(r1 - r0, d_i, width // d_i)[:, :, :mul]
+                target.copy_(lin1[:, start : start + mul * d_i].view(r1 - r0, mul, d_i).transpose(1, 2))
+                col += width
         return packed
 
     def forward(
@@ -361,16 +365,18 @@ class FastE3Convolution(E3Convolution):
         with ``features`` turning vectors into (sh, embedding)."""
         num_receivers = receiver.shape[0]
         src, dst = edge_index[0], edge_index[1]
+        used = None
         if 0 < src.numel() < sender.shape[0]:
             # a probe batch of a large cell: only the atoms it touches go through lin1 and the layout
             # change, so decoder time and memory per batch do not grow with the number of atoms
             used, src = torch.unique(src, return_inverse=True)
-            sender = sender.index_select(0, used)
         fn = self._native_fn(sender, *edge_data)
         x_packed, h = None, []
         if fn is not None:
-            x_packed = self._packed_senders(self.lin1(sender))
+            x_packed = self._packed_senders(sender, used)
         else:
+            if used is not None:
+                sender = sender.index_select(0, used)
             lin1 = self.lin1(sender)
             # sender irreps channels last, [N, d_i, mul] per block, once per call (node level)
             h = [lin1[:, start : start + mul * d_i].view(-1, mul, d_i).transpose(1, 2).contiguous()
