@@ -173,6 +173,10 @@ def test_encoder_edge_features_in_windows(monkeypatch):
     for m in fast.modules():
         if isinstance(m, FastE3Convolution):
             m.edge_chunk = 4
+    with torch.no_grad():
+        _run(fast, *s, torch.float64)
+    assert len(sizes) == 2  # fewer edges than a window: atom-edge features computed once, then the probes'
+    sizes.clear()
     monkeypatch.setattr(fast_mod, "FEATURE_WINDOW", 5)
     with torch.no_grad():
         got = _run(fast, *s, torch.float64)

@@ -13,6 +13,7 @@ from cdp.core.components import Backbone, Spec
 from cdp.core.types import CdpError
 from cdp.plugins.backbones.chargee3net._build_cache import memoized_activation_moments
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
+from cdp.plugins.backbones.chargee3net import fast_conv
 from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, capturing
 from cdp.plugins.backbones.chargee3net.irreps import gate_layout, get_irreps
 from cdp.plugins.backbones.chargee3net.radial import RadialBasis
@@ -145,9 +146,10 @@ class ChargE3NetBackbone(Backbone):
         """Atom features after every interaction layer."""
         layers: List[Tensor] = []
         h = x
-        if self.backend == "fast" and not (capturing() or torch.is_grad_enabled()):
-            # inference: edge harmonics and embedding computed a window of edges at a time in every layer
-            # (cheap next to the convolution) instead of held for all atom edges
+        windowed = edge_vec.shape[0] > fast_conv.FEATURE_WINDOW  # fewer edges: compute once, a few MB at most
+        if windowed and self.backend == "fast" and not (capturing() or torch.is_grad_enabled()):
+            # inference on many edges: harmonics and embedding computed a window of edges at a time in every
+            # layer (cheap next to the convolution) instead of held for all atom edges
             features = lambda vec: self._edge_features(self.atom_basis, vec)  # noqa: E731
             for conv, gate in zip(self.atom_convs, self.atom_gates):
                 h = _gate_rows(gate, conv.forward_from_vectors(h, h, edge_index, edge_vec, features))
