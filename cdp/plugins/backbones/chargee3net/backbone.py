@@ -146,8 +146,9 @@ class ChargE3NetBackbone(Backbone):
         """Atom features after every interaction layer."""
         layers: List[Tensor] = []
         h = x
-        windowed = edge_vec.shape[0] > fast_conv.FEATURE_WINDOW  # fewer edges: compute once, a few MB at most
-        if windowed and self.backend == "fast" and not (capturing() or torch.is_grad_enabled()):
+        # capture first: under torch.export a test on the edge count would specialise the dynamic size
+        inference = self.backend == "fast" and not (capturing() or torch.is_grad_enabled())
+        if inference and edge_vec.shape[0] > fast_conv.FEATURE_WINDOW:  # fewer edges: computed once, ≤ 12 MB
             # inference on many edges: harmonics and embedding computed a window of edges at a time in every
             # layer (cheap next to the convolution) instead of held for all atom edges
             features = lambda vec: self._edge_features(self.atom_basis, vec)  # noqa: E731
