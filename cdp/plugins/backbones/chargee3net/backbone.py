@@ -144,21 +144,20 @@ class ChargE3NetBackbone(Backbone):
 
     def encode(self, x: Tensor, edge_index: Tensor, edge_vec: Tensor) -> List[Tensor]:
         """Atom features after every interaction layer."""
-        layers: List[Tensor] = []
-        h = x
         # capture first: under torch.export a test on the edge count would specialise the dynamic size
         inference = self.backend == "fast" and not (capturing() or torch.is_grad_enabled())
         if inference and edge_vec.shape[0] > fast_conv.FEATURE_WINDOW:  # fewer edges: computed once, ≤ 12 MB
-            # inference on many edges: harmonics and embedding computed a window of edges at a time in every
-            # layer (cheap next to the convolution) instead of held for all atom edges
+            # harmonics and embedding computed a window of edges at a time in every layer (cheap next to the
+            # convolution) instead of held for all atom edges
             features = lambda vec: self._edge_features(self.atom_basis, vec)  # noqa: E731
-            for conv, gate in zip(self.atom_convs, self.atom_gates):
-                h = _gate_rows(gate, conv.forward_from_vectors(h, h, edge_index, edge_vec, features))
-                layers.append(h)
-            return layers
-        sh, emb = self._edge_features(self.atom_basis, edge_vec)
+            step = lambda conv, h: conv.forward_from_vectors(h, h, edge_index, edge_vec, features)  # noqa: E731
+        else:
+            sh, emb = self._edge_features(self.atom_basis, edge_vec)
+            step = lambda conv, h: conv(h, h, edge_index, sh, emb)  # noqa: E731
+        layers: List[Tensor] = []
+        h = x
         for conv, gate in zip(self.atom_convs, self.atom_gates):
-            h = _gate_rows(gate, conv(h, h, edge_index, sh, emb))
+            h = _gate_rows(gate, step(conv, h))
             layers.append(h)
         return layers
 
