@@ -3,7 +3,7 @@
 ``cdp.load_model(...)`` returns a :class:`cdp.predict.Predictor`; see the README for the CLI.
 """
 
-__version__ = "0.1.0"
+from cdp._version import __version__
 
 __all__ = ["__version__", "load_model", "Predictor"]
 

@@ -17,19 +17,11 @@ from cdp.core.checkpoint import load_checkpoint
 from cdp.core.model import DensityModel
 from cdp.core.types import AtomFeatures, Batch, CdpError, DensityGrid
 from cdp.core.validate import validate_atoms, validate_probes
+from cdp.core.device import resolve_device  # noqa: F401  (re-exported: cdp.predict.resolve_device)
+from cdp.core.grid import assemble_grid, grid_frame  # noqa: F401  (re-exported)
 
 DEFAULT_PROBE_BATCH = 2500
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def resolve_device(device: Optional[str]) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or None (cuda when available, else cpu); a missing GPU is a clear error."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CdpError(f"device '{device}' requested but no CUDA device is available")
-    return dev
 
 
 class Predictor:
@@ -140,39 +132,6 @@ class Predictor:
         frame = grid_frame(atoms, shape, cell, origin)
         chunks = self.iter_grid(atoms, frame.values.shape, frame.cell, frame.origin, probe_batch)
         return assemble_grid(frame, chunks, self.spin, progress)
-
-
-def grid_frame(atoms, shape: Sequence[int], cell=None, origin=None) -> DensityGrid:
-    """An empty-valued DensityGrid (broadcast zeros) giving the geometry of a grid to predict; checks it."""
-    cell = np.asarray(atoms.cell.array if cell is None else cell, dtype=np.float64)
-    origin = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64)
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise CdpError(f"grid shape must be three positive integers, got {shape}")
-    if abs(np.linalg.det(cell)) < 1e-12:
-        raise CdpError("the grid cell is singular (a molecule needs a box: see cdp.predict.molecule_box)")
-    return DensityGrid(cell=cell, values=np.broadcast_to(np.zeros(1), shape), origin=origin, pbc=np.asarray(atoms.pbc))
-
-
-def assemble_grid(frame: DensityGrid, chunks: Iterable[tuple], spin: bool,
-                  progress: Optional[Callable[[int], None]] = None) -> DensityGrid:
-    """Fill ``frame``'s grid from streamed ``(start, values)`` chunks ([k] or [k, 2] with spin)."""
-    shape = frame.values.shape
-    total = int(np.prod(shape))
-    flat = np.zeros(total, dtype=np.float64)
-    mag = np.zeros(total, dtype=np.float64) if spin else None
-    for start, out in chunks:
-        k = len(out)
-        if spin:
-            flat[start : start + k], mag[start : start + k] = out[:, 0], out[:, 1]
-        else:
-            flat[start : start + k] = out
-        if progress is not None:
-            progress(k)
-    grid = DensityGrid(cell=frame.cell, values=flat.reshape(shape), origin=frame.origin, pbc=frame.pbc)
-    if mag is not None:
-        grid.spin = mag.reshape(shape)
-    return grid
 
 
 def molecule_box(atoms, vacuum: float = 3.0):

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 import click
 
-from cdp import __version__
+from cdp._version import __version__
 from cdp.core.types import CdpError
 
 # command name -> (module, one-line help shown in `cdp --help`)

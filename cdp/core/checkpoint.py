@@ -27,7 +27,7 @@ def atomic_save(obj, path) -> None:
 
 def save_checkpoint(path, model, metadata: Optional[dict] = None, train_state: Optional[dict] = None) -> None:
     """Write ``model`` (a DensityModel) with its config and optional metadata/training state."""
-    from cdp import __version__
+    from cdp._version import __version__
 
     payload = {
         "format": FORMAT,

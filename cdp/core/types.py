@@ -14,9 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
-class CdpError(Exception):
-    """An error caused by user input (a file, a config, a structure); printed as one line by the CLI."""
+from cdp.core.errors import CdpError  # noqa: F401  (re-exported: cdp.core.types.CdpError)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cdp.core.types import CdpError
+from cdp.core.errors import CdpError
 
 MAX_Z = 118
 

@@ -3,12 +3,7 @@ generators (PySCF molecules, GPAW crystals) and the embedded default dataset."""
 
 from __future__ import annotations
 
-import os
-
-
-def embedded_path() -> str:
-    """Directory of the small QM9 dataset shipped inside the package (used when no dataset is given)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
+from cdp.data.paths import embedded_path  # noqa: F401  (re-exported)
 
 
 def load_dataset(path=None):

@@ -347,7 +347,7 @@ def list_dataset(path: str) -> Dataset:
 def load_dataset(path: Optional[str] = None) -> Dataset:
     """Open a dataset: None → the embedded one; a directory, ``.tar``, ``.txt`` list or single density file."""
     if path is None:
-        from cdp.data import embedded_path
+        from cdp.data.paths import embedded_path
 
         path = embedded_path()
     path = os.fspath(path)
@@ -370,7 +370,7 @@ def load_dataset(path: Optional[str] = None) -> Dataset:
 def load_split(path: Optional[str] = None) -> Dict[str, List]:
     """``{train, validation, test}`` lists from a split JSON (None → the embedded dataset's split)."""
     if path is None:
-        from cdp.data import embedded_path
+        from cdp.data.paths import embedded_path
 
         path = os.path.join(embedded_path(), SPLIT_FILE)
     try:

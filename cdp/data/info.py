@@ -38,7 +38,7 @@ def dataset_info(path: Optional[str] = None, split: Optional[str] = None, read_a
     Uses the generator manifest when it has per-structure metadata; otherwise (or with
     ``read_all=True``) reads every item.  Unreadable items are counted, not fatal.
     """
-    from cdp.data import embedded_path
+    from cdp.data.paths import embedded_path
     from cdp.data.datasets import load_dataset, load_split
 
     path = embedded_path() if path is None else os.fspath(path)

@@ -6,12 +6,8 @@ backbone or readout, with its class and the source line) and the exporter's reas
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import inspect
 import os
-import traceback
-import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -19,6 +15,7 @@ import torch
 
 from cdp.core.types import CdpError
 from cdp.export import metadata as md
+from cdp.export.context import blame, export_context  # noqa: F401  (re-exported)
 from cdp.export.examples import EXAMPLE_SIZES, decoder_example, encoder_example
 from cdp.export.wrappers import DECODER_EDGE_INPUTS, ENCODER_INPUTS, layer_names, split_model
 
@@ -37,57 +34,6 @@ def model_elements(model, info: Optional[dict] = None) -> List[int]:
     return list(range(1, min(int(n), 119)))
 
 
-def _component_files(model) -> Dict[str, str]:
-    """Source file of each component class (and of the modules it is built from) → component label."""
-    out: Dict[str, str] = {}
-    for role in ("featurizer", "backbone", "readout"):
-        comp = getattr(model, role)
-        label = f"{role} '{type(comp).__name__}'"
-        for sub in comp.modules():
-            mod = type(sub).__module__
-            if mod.startswith("torch.") or mod.startswith("e3nn."):
-                continue
-            try:
-                out.setdefault(os.path.realpath(inspect.getfile(type(sub))), label)
-            except (TypeError, OSError):
-                pass
-    return out
-
-
-def blame(exc: BaseException, model, stage: str) -> CdpError:
-    """A one-line CdpError naming the component whose code raised ``exc`` (deepest matching frame)."""
-    files = _component_files(model)
-    where = None
-    seen = set()
-    e: Optional[BaseException] = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        for frame in traceback.extract_tb(e.__traceback__):
-            label = files.get(os.path.realpath(frame.filename))
-            if label is not None:
-                where = f"{label} ({os.path.basename(frame.filename)}:{frame.lineno})"
-        e = e.__cause__ or e.__context__
-    reason = " ".join(str(exc).strip().split())
-    for marker in ("For more information", "The error above occurred"):
-        reason = reason.split(marker)[0].strip()
-    reason = (reason[:300] + "…") if len(reason) > 300 else reason
-    who = where or f"the model's {stage}"
-    return CdpError(f"cannot export {stage}: {who} is not exportable: {type(exc).__name__}: {reason}")
-
-
-@contextlib.contextmanager
-def export_context():
-    """Settings every exporter needs: eval mode numerics, no opt_einsum path search (it specialises sizes)."""
-    prev = torch.backends.opt_einsum.enabled
-    torch.backends.opt_einsum.enabled = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        torch.backends.opt_einsum.enabled = prev
-
-
 def export_model(
     model,
     out_dir,
@@ -98,7 +44,7 @@ def export_model(
     log: Callable[[str], None] = lambda s: None,
 ) -> dict:
     """Write the encoder/decoder of ``model`` in ``fmt`` (onnx, torchscript, pt2) to ``out_dir``; returns the metadata."""
-    from cdp import __version__
+    from cdp._version import __version__
     from cdp.core.checkpoint import file_sha256
 
     if fmt not in md.ARTIFACTS:

@@ -16,7 +16,7 @@ import torch
 
 from cdp.core.types import CdpError
 from cdp.export import metadata as md
-from cdp.export.exporter import blame, export_context
+from cdp.export.context import blame, export_context
 from cdp.export.wrappers import DECODER_EDGE_INPUTS, ENCODER_INPUTS
 
 MIN_OPSET = 18

@@ -7,7 +7,7 @@ from typing import Tuple
 import torch
 from torch.export import Dim
 
-from cdp.export.exporter import blame, export_context
+from cdp.export.context import blame, export_context
 
 
 def dims():

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from cdp.export import metadata as md
-from cdp.export.exporter import blame, export_context
+from cdp.export.context import blame, export_context
 
 
 def export_pt2(model, enc, dec, enc_args, dec_args, out: Path, meta: dict, log: Callable[[str], None] = lambda s: None) -> dict:

@@ -90,7 +90,7 @@ class TorchBackend:
     def __init__(self, model_dir: Path, meta: dict, device: Optional[str] = "cpu"):
         import torch
 
-        from cdp.predict import resolve_device
+        from cdp.core.device import resolve_device
 
         self.torch = torch
         self.device = resolve_device(device)
@@ -133,16 +133,28 @@ class TorchBackend:
         return out.cpu().numpy()
 
 
+def _graph_builder(meta: dict):
+    """The exported model's own graph builder, built through the registry (graph construction stays outside
+    the exported programs); a builder that is not installed here is refused by name."""
+    from cdp.core.registry import get_registry
+
+    spec = (meta.get("model_config") or {}).get("graph") or {"name": "periodic"}
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise CdpError(f"cdp_export.json: model_config.graph must be a component mapping, got {spec!r}")
+    try:
+        return get_registry().build("graph", spec)
+    except CdpError as exc:
+        raise CdpError(f"cannot run this export: its graph builder is unavailable here ({exc})") from None
+
+
 class ExportedPredictor:
     """Densities from an export directory; same ``predict`` / ``predict_grid`` as cdp.predict.Predictor."""
 
     def __init__(self, model_dir, meta: dict, backend, probe_batch: int = DEFAULT_PROBE_BATCH, workers: Optional[int] = None):
-        from cdp.plugins.graphs.periodic import PeriodicGraphBuilder
-
         self.model_dir = Path(model_dir)
         self.meta = meta
         self.backend = backend
-        self.graph = PeriodicGraphBuilder()
+        self.graph = _graph_builder(meta)
         self.probe_batch = int(probe_batch)
         if self.probe_batch < 1:
             raise CdpError("probe batch size must be at least 1")
@@ -210,7 +222,7 @@ class ExportedPredictor:
     def iter_grid(self, atoms, shape: Sequence[int], cell: Optional[np.ndarray] = None, origin: Optional[np.ndarray] = None,
                   probe_batch: Optional[int] = None, order: str = "C"):
         """Yield ``(start, values)`` per probe batch over the flat grid index in ``order`` (as Predictor.iter_grid)."""
-        from cdp.predict import grid_frame
+        from cdp.core.grid import grid_frame
 
         frame = grid_frame(atoms, shape, cell, origin)
         struct, layers = self.encode(atoms)
@@ -222,7 +234,7 @@ class ExportedPredictor:
     def predict_grid(self, atoms, shape: Sequence[int], cell: Optional[np.ndarray] = None, origin: Optional[np.ndarray] = None,
                      probe_batch: Optional[int] = None, progress: Optional[Callable[[int], None]] = None) -> DensityGrid:
         """The density on a full grid ``shape`` over ``cell`` (default: the structure's cell), streamed."""
-        from cdp.predict import assemble_grid, grid_frame
+        from cdp.core.grid import assemble_grid, grid_frame
 
         frame = grid_frame(atoms, shape, cell, origin)
         chunks = self.iter_grid(atoms, frame.values.shape, frame.cell, frame.origin, probe_batch)

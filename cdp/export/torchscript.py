@@ -16,7 +16,7 @@ import torch
 
 from cdp.export import metadata as md
 from cdp.export.examples import decoder_example, encoder_example
-from cdp.export.exporter import blame, export_context
+from cdp.export.context import blame, export_context
 
 
 def export_torchscript(model, enc, dec, enc_args, dec_args, out: Path, meta: dict, log: Callable[[str], None] = lambda s: None) -> dict:

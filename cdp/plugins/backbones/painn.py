@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from cdp.core.components import Backbone, Spec
 from cdp.core.hookspec import hookimpl
 from cdp.core.types import CdpError
-from cdp.plugins.backbones.deepdft_common import (
+from cdp.nn.blocks import (
     cosine_cutoff,
     edge_length,
     safe_norm,

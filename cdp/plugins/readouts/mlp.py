@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from cdp.core.components import Readout, Spec
 from cdp.core.hookspec import hookimpl
 from cdp.core.types import CdpError
-from cdp.plugins.backbones.deepdft_common import ShiftedSoftplus
+from cdp.nn.blocks import ShiftedSoftplus
 
 ACTIVATIONS = {"ssp": ShiftedSoftplus, "silu": nn.SiLU}
 

@@ -1,4 +1,5 @@
-"""Small math shared by the DeepDFT backbones: activations, distance bases, cutoffs, zero-safe norms.
+"""Small math shared by the DeepDFT plugins (backbones and the mlp readout): activations, distance bases, cutoffs,
+zero-safe norms.
 
 A helper module, not a plugin: it registers nothing.  Every guard leaves non-degenerate values
 bit-for-bit as the published DeepDFT code computes them, and gives finite values and gradients for

@@ -1,0 +1,69 @@
+"""What every export format shares: the export settings and the error that names the failing component.
+
+A leaf of ``cdp.export``: the format modules (onnx, torchscript, pt2, programs) import it, and
+``exporter`` dispatches to them, so no format module imports the dispatcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import traceback
+import warnings
+from typing import Dict, Optional
+
+import torch
+
+from cdp.core.errors import CdpError
+
+
+def _component_files(model) -> Dict[str, str]:
+    """Source file of each component class (and of the modules it is built from) → component label."""
+    out: Dict[str, str] = {}
+    for role in ("featurizer", "backbone", "readout"):
+        comp = getattr(model, role)
+        label = f"{role} '{type(comp).__name__}'"
+        for sub in comp.modules():
+            mod = type(sub).__module__
+            if mod.startswith("torch.") or mod.startswith("e3nn."):
+                continue
+            try:
+                out.setdefault(os.path.realpath(inspect.getfile(type(sub))), label)
+            except (TypeError, OSError):
+                pass
+    return out
+
+
+def blame(exc: BaseException, model, stage: str) -> CdpError:
+    """A one-line CdpError naming the component whose code raised ``exc`` (deepest matching frame)."""
+    files = _component_files(model)
+    where = None
+    seen = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for frame in traceback.extract_tb(e.__traceback__):
+            label = files.get(os.path.realpath(frame.filename))
+            if label is not None:
+                where = f"{label} ({os.path.basename(frame.filename)}:{frame.lineno})"
+        e = e.__cause__ or e.__context__
+    reason = " ".join(str(exc).strip().split())
+    for marker in ("For more information", "The error above occurred"):
+        reason = reason.split(marker)[0].strip()
+    reason = (reason[:300] + "…") if len(reason) > 300 else reason
+    who = where or f"the model's {stage}"
+    return CdpError(f"cannot export {stage}: {who} is not exportable: {type(exc).__name__}: {reason}")
+
+
+@contextlib.contextmanager
+def export_context():
+    """Settings every exporter needs: eval mode numerics, no opt_einsum path search (it specialises sizes)."""
+    prev = torch.backends.opt_einsum.enabled
+    torch.backends.opt_einsum.enabled = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.backends.opt_einsum.enabled = prev
