@@ -1,9 +1,21 @@
-"""cdp's core: data containers, component contracts, plugin registry, model assembly, checkpoints."""
+"""cdp's core: data containers, component contracts, plugin registry, model assembly, checkpoints.
 
-from cdp.core.types import AtomFeatures, AtomGraph, Batch, CdpError, DensityGrid, ProbeGraph, edge_vectors
-from cdp.core.components import Backbone, Featurizer, GraphBuilder, Readout, Spec
+Names are loaded on first use, so that torch-free parts (``cdp.core.errors``, ``cdp.core.grid``, and
+through them ``cdp.io``) do not import torch.
+"""
 
-__all__ = [
-    "AtomFeatures", "AtomGraph", "Batch", "CdpError", "DensityGrid", "ProbeGraph", "edge_vectors",
-    "Backbone", "Featurizer", "GraphBuilder", "Readout", "Spec",
-]
+_NAMES = {
+    "AtomFeatures": "types", "AtomGraph": "types", "Batch": "types", "ProbeGraph": "types", "edge_vectors": "types",
+    "CdpError": "errors", "DensityGrid": "grid",
+    "Backbone": "components", "Featurizer": "components", "GraphBuilder": "components", "Readout": "components",
+    "Spec": "components",
+}
+__all__ = list(_NAMES)
+
+
+def __getattr__(name):
+    if name in _NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(f"cdp.core.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'cdp.core' has no attribute {name!r}")

@@ -7,7 +7,7 @@ with integer periodic image offsets of the sender, so that an edge vector is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from cdp.core.errors import CdpError  # noqa: F401  (re-exported: cdp.core.types.CdpError)
+from cdp.core.grid import DensityGrid  # noqa: F401  (re-exported: cdp.core.types.DensityGrid)
 
 
 @dataclass
@@ -131,51 +132,3 @@ class AtomFeatures:
     """Per-layer atom features from ``Backbone.encode`` (one tensor per interaction layer)."""
 
     layers: List[Tensor]
-
-
-@dataclass
-class DensityGrid:
-    """A density on a regular grid: ``values[ix, iy, iz]`` in e/Å³ at ``origin + (i/nx, j/ny, k/nz)·cell``.
-
-    ``spin`` (same shape) is the magnetisation density for collinear spin data; ``augmentation`` is the
-    verbatim PAW augmentation-occupancy text of a CHGCAR (kept so that a written CHGCAR can restart VASP).
-    """
-
-    cell: np.ndarray
-    values: np.ndarray
-    origin: np.ndarray = field(default_factory=lambda: np.zeros(3))
-    spin: Optional[np.ndarray] = None
-    augmentation: Optional[str] = None
-    spin_augmentation: Optional[str] = None
-    pbc: Optional[np.ndarray] = None
-
-    @property
-    def shape(self) -> tuple:
-        return tuple(self.values.shape)
-
-    @property
-    def voxel_volume(self) -> float:
-        return abs(float(np.linalg.det(self.cell))) / float(np.prod(self.values.shape))
-
-    @property
-    def electrons(self) -> float:
-        """Number of electrons on the grid (Σρ·dV)."""
-        return float(self.values.sum(dtype=np.float64) * self.voxel_volume)
-
-    def grid_points(self, start: int = 0, stop: Optional[int] = None, order: str = "C") -> np.ndarray:
-        """Cartesian positions [K, 3] of flat grid indices ``start:stop`` (order "C": z fastest, as
-        ``values``; "F": x fastest, the order CHGCAR files store)."""
-        nx, ny, nz = self.values.shape
-        total = nx * ny * nz
-        stop = total if stop is None else min(stop, total)
-        flat = np.arange(start, stop, dtype=np.int64)
-        if order == "C":
-            ix, rem = np.divmod(flat, ny * nz)
-            iy, iz = np.divmod(rem, nz)
-        elif order == "F":
-            iz, rem = np.divmod(flat, nx * ny)
-            iy, ix = np.divmod(rem, nx)
-        else:
-            raise ValueError(f"grid order must be 'C' or 'F', got {order!r}")
-        frac = np.stack([ix / nx, iy / ny, iz / nz], axis=1)
-        return np.asarray(self.origin, dtype=np.float64) + frac @ np.asarray(self.cell, dtype=np.float64)

@@ -18,7 +18,8 @@ from typing import Optional, Tuple
 import numpy as np
 from ase import Atoms
 
-from cdp.core.types import CdpError, DensityGrid
+from cdp.core.errors import CdpError
+from cdp.core.grid import DensityGrid
 from cdp.core.validate import validate_atoms
 from cdp.io.chgcar import format_chgcar, parse_chgcar, read_chgcar_bytes
 from cdp.io.compression import read_file_bytes, split_compression, write_file_bytes

@@ -7,7 +7,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from cdp.core.types import CdpError
+from cdp.core.errors import CdpError
 from cdp.io.compression import sniff_codec
 
 _FORTRAN_EXP = re.compile(r"(?<=[0-9.])([+-][0-9]{3})(?![0-9])")

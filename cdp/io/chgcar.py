@@ -16,7 +16,8 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 
-from cdp.core.types import CdpError, DensityGrid
+from cdp.core.errors import CdpError
+from cdp.core.grid import DensityGrid
 from cdp.io._text import Lines, check_finite, check_room, decode_text, parse_ints, parse_numbers, snippet
 
 KIND = "CHGCAR"

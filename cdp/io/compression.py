@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from cdp.core.atomic import atomic_write_bytes  # noqa: F401  (re-exported)
-from cdp.core.types import CdpError
+from cdp.core.errors import CdpError
 
 #: compression suffix -> codec name (DeepDFT datasets compress members individually with these)
 SUFFIXES = {".gz": "gzip", ".lz4": "lz4", ".zz": "zlib"}

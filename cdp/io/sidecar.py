@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from cdp.core.types import CdpError
+from cdp.core.errors import CdpError
 from cdp.core.atomic import atomic_write_bytes
 from cdp.io.compression import split_compression
 

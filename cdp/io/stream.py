@@ -18,7 +18,8 @@ from typing import Callable, Iterable, Iterator, Optional, Tuple
 import numpy as np
 
 from cdp.core.atomic import atomic_write
-from cdp.core.types import CdpError, DensityGrid
+from cdp.core.errors import CdpError
+from cdp.core.grid import DensityGrid
 from cdp.io._text import check_finite
 from cdp.io.compression import split_compression
 
@@ -208,7 +209,7 @@ def stream_predicted_grid(predictor, path, fmt: str, atoms, shape, cell=None, or
 
     Memory holds the atom features and one probe batch, whatever the grid size.  Returns the electrons.
     """
-    from cdp.predict import grid_frame
+    from cdp.core.grid import grid_frame
 
     frame = grid_frame(atoms, shape, cell, origin)
     spin = bool(getattr(predictor, "spin", False))
