@@ -95,8 +95,14 @@ def train_run(config: Union[dict, str, Path, None] = None, run_dir=None, resume=
             saved_path = run / CONFIG_FILE
             if not saved_path.is_file() or not (run / LAST).is_file():
                 raise CdpError(f"{run}: not a training run directory (needs {CONFIG_FILE} and {LAST})")
-            saved = resolve_config(load_config_file(saved_path))
+            raw = load_config_file(saved_path)
+            legacy = isinstance(raw.get("model"), dict) and "prior" not in raw["model"]
+            if legacy:  # a run started before model priors existed trained without one
+                raw["model"]["prior"] = None
+            saved = resolve_config(raw)
             given = resolve_config(config) if config is not None else None
+            if legacy and given is not None:
+                given["model"]["prior"] = None
             cfg = resume_config(saved, given, str(config) if isinstance(config, (str, Path)) else "config")
         else:
             if config is None:
@@ -263,6 +269,8 @@ class Trainer:
 
         # model first (its init consumes the torch RNG right after seeding)
         model_cfg = {k: cfg["model"][k] for k in PRESET_KEYS}
+        if cfg["model"].get("prior") is not None:
+            model_cfg["prior"] = cfg["model"]["prior"]
         self.model = DensityModel.from_config(model_cfg).to(dtype=self.dtype, device=device)
         self.spin = self.model.spin
 
@@ -290,13 +298,18 @@ class Trainer:
         self.train_seconds = 0.0
         self.probes_seen = 0
         self.window = {"loss": 0.0, "count": 0, "probes": 0, "seconds": 0.0}
+        prior_record = None
         if resume:
             self._restore()
+        elif self.model.prior is not None:
+            prior_record = self._fit_prior()
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(cfg))
             if not resume:
                 atomic_write_text(self.run_dir / LOG_FILE, "")
+            if prior_record is not None:
+                self._log({"step": 0, "prior": prior_record})
 
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -347,12 +360,40 @@ class Trainer:
         self.scheduler.step()
         return float(loss.detach())
 
-    # -- validation ------------------------------------------------------------------------------
+    # -- the atomic prior --------------------------------------------------------------------------
+    def _fit_prior(self) -> dict:
+        """Fit the model's atomic reference densities on the training grids (before step 0); its log record."""
+        from cdp.train.prior_fit import fit_prior, fit_record
+
+        fit = fit_prior(self.model, self.train_sampler.cache, self.train_items, self.cfg["seed"], self.dataset_source)
+        self.model.to(dtype=self.dtype, device=self.device)
+        record = fit_record(fit)
+        record["val_nmape"] = self._prior_val_nmape()
+        if self.main:
+            counts = ", ".join(f"Z={z}: {v:g}" for z, v in sorted(fit.electrons.items()))
+            val = record["val_nmape"]
+            print(f"prior: atomic reference densities fitted on {fit.structures} structures, {fit.points} points "
+                  f"in {record['seconds']:.1f} s; n_Z ({fit.electrons_source}) {counts}; residual "
+                  f"{100 * fit.relative_l2:.2f} % (L2)" + (f"; prior alone val_nmape {val:.3f} %" if val is not None else ""),
+                  file=sys.stderr, flush=True)
+        return record
+
     @torch.no_grad()
-    def validate(self) -> Optional[dict]:
-        """Loss, MAE, RMSE and NMAPE (100·Σ|ρ−ρ̂|/Σ|ρ| of the total density) on the fixed validation probes."""
+    def _prior_val_nmape(self) -> Optional[float]:
+        """100·Σ|ρ⁰−ρ|/Σ|ρ| of the prior alone on the fixed validation probes (None without validation data)."""
         if not self.val_items:
             return None
+        abs_sum = ref_sum = 0.0
+        for batch, probes, target in self._validation_data():
+            total_t = target[:, 0] if target.ndim == 2 else target
+            pred = self.model.prior_density(batch, probes).to(total_t.dtype)
+            abs_sum += float((pred - total_t).abs().sum())
+            ref_sum += float(total_t.abs().sum())
+        return 100.0 * abs_sum / ref_sum if ref_sum > 0 else float("nan")
+
+    # -- validation ------------------------------------------------------------------------------
+    def _validation_data(self) -> list:
+        """(batch, probes, targets) of each validation structure, drawn once and kept."""
         if self._val_cache is None:
             self._val_cache = []
             for item in self.val_items:
@@ -362,12 +403,19 @@ class Trainer:
                     torch.from_numpy(s.probes).to(self.device, self.dtype),
                     torch.from_numpy(self._targets(s.targets)).to(self.device, self.dtype),
                 ))
+        return self._val_cache
+
+    @torch.no_grad()
+    def validate(self) -> Optional[dict]:
+        """Loss, MAE, RMSE and NMAPE (100·Σ|ρ−ρ̂|/Σ|ρ| of the total density, the prior included) on the fixed validation probes."""
+        if not self.val_items:
+            return None
         model = self.model
         was_training = model.training
         model.eval()
         loss_sum = abs_sum = sq_sum = ref_sum = 0.0
         count = 0
-        for batch, probes, target in self._val_cache:
+        for batch, probes, target in self._validation_data():
             feats = model.encode(batch)
             pred = torch.cat([model.decode(batch, feats, probes[k:k + VALIDATION_CHUNK])
                               for k in range(0, len(probes), VALIDATION_CHUNK)])
