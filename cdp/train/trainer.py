@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -65,6 +66,8 @@ class TrainResult:
     num_parameters: int
     skipped: List[str] = field(default_factory=list)
     ddp_weight_spread: Optional[float] = None
+    prior: Optional[dict] = None  # the atomic prior's fit record (None: the model has no prior)
+    load_average: Optional[List[float]] = None  # os.getloadavg() when training stopped
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -303,6 +306,7 @@ class Trainer:
             self._restore()
         elif self.model.prior is not None:
             prior_record = self._fit_prior()
+        self.prior_record = prior_record if prior_record is not None else _logged_prior(self.run_dir, resume)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(cfg))
@@ -369,13 +373,6 @@ class Trainer:
         self.model.to(dtype=self.dtype, device=self.device)
         record = fit_record(fit)
         record["val_nmape"] = self._prior_val_nmape()
-        if self.main:
-            counts = ", ".join(f"Z={z}: {v:g}" for z, v in sorted(fit.electrons.items()))
-            val = record["val_nmape"]
-            print(f"prior: atomic reference densities fitted on {fit.structures} structures, {fit.points} points "
-                  f"in {record['seconds']:.1f} s; n_Z ({fit.electrons_source}) {counts}; residual "
-                  f"{100 * fit.relative_l2:.2f} % (L2)" + (f"; prior alone val_nmape {val:.3f} %" if val is not None else ""),
-                  file=sys.stderr, flush=True)
         return record
 
     @torch.no_grad()
@@ -612,6 +609,8 @@ class Trainer:
             num_parameters=self.model.num_parameters(),
             skipped=list(self.skipped),
             ddp_weight_spread=spread,
+            prior=self.prior_record,
+            load_average=_load_average(),
         )
         if self.main:
             atomic_write_text(self.run_dir / SUMMARY, json.dumps(result.to_dict(), indent=1) + "\n")
@@ -630,6 +629,29 @@ def _concat_batches(batches: List[Batch]) -> Batch:
         pbc=torch.cat([b.pbc for b in batches]),
         atom_batch=torch.cat(owner),
     )
+
+
+def _load_average() -> Optional[List[float]]:
+    """The 1, 5 and 15 minute load averages (None where the platform has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _logged_prior(run_dir: Path, resume: bool) -> Optional[dict]:
+    """The prior fit record a resumed run logged at its start (None when there is none)."""
+    path = Path(run_dir) / LOG_FILE
+    if not resume or not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("prior"), dict):
+            return rec["prior"]
+    return None
 
 
 def _truncate_log(path: Path, step: int) -> None:
