@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cdp.evaluate.compare import DEFAULT_MODELS, DEFAULT_TIME_BUDGET
+from cdp.evaluate.compare import DEFAULT_MODELS, DEFAULT_STEPS, DEFAULT_TIME_BUDGET
 
 
 @click.command("compare")
@@ -13,9 +13,12 @@ from cdp.evaluate.compare import DEFAULT_MODELS, DEFAULT_TIME_BUDGET
 @click.option("--size", type=click.Choice(["cpu", "paper"]), default=None,
               help="Preset size: the -cpu variants or the published sizes (default: cpu, or paper on a GPU).")
 @click.option("--data", default=None, help="Dataset directory or list file (default: the embedded dataset).")
-@click.option("--steps", type=int, default=None, help="Training steps per model.")
+@click.option("--steps", type=int, default=None,
+              help="Training steps per model (default: each -cpu preset's calibrated count, "
+                   + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ").")
 @click.option("--time-budget", type=float, default=None,
-              help=f"Training seconds per model (default {DEFAULT_TIME_BUDGET:.0f} when --steps is not given).")
+              help=f"Training seconds per model instead of steps (default {DEFAULT_TIME_BUDGET:.0f} for models "
+                   "without calibrated steps).")
 @click.option("--out", type=click.Path(), default=None, help="Report directory (default: a new cdp-compare-<timestamp>/).")
 @click.option("--force", is_flag=True, help="Overwrite a report that already exists in --out.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -49,5 +49,22 @@ def command(config: Optional[str], run_dir: Optional[str], resume: Optional[str]
         raise SystemExit(130) from None  # the trainer has printed the one line saying how to resume
     if int(os.environ.get("RANK", "0")) == 0:
         best = f", best {result.best_metric:.4g}% val NMAPE at step {result.best_step}" if result.best_metric is not None else ""
+        if result.prior is not None:
+            click.echo(prior_line(result.prior))
+        load = f", load average {result.load_average[0]:.2f}" if result.load_average else ""
         click.echo(f"trained {result.steps} steps in {result.train_seconds:.1f} s "
-                   f"({result.probes_per_second:.0f} probes/s){best}; run: {result.run_dir}")
+                   f"({result.probes_per_second:.0f} probes/s{load}){best}; run: {result.run_dir}")
+
+
+def prior_line(record: dict) -> str:
+    """One line describing a fitted atomic prior (from its training-log record)."""
+    counts = ", ".join(f"{_symbol(z)} {v:g}" for z, v in record["electrons"].items())
+    val = record.get("val_nmape")
+    return (f"prior: atomic reference densities, n_Z {counts} ({record['electrons_source']}), fit residual "
+            f"{100 * record['relative_l2']:.2f} % (L2)" + (f", prior alone {val:.2f} % val NMAPE" if val is not None else ""))
+
+
+def _symbol(z) -> str:
+    from ase.data import chemical_symbols
+
+    return chemical_symbols[int(z)]

@@ -1,8 +1,10 @@
 """cdp's own checkpoint format: a torch zip file of plain containers and tensors, loaded with weights_only.
 
-``{"format": "cdp-checkpoint", "format_version": 1, "cdp_version", "config": model config,
+``{"format": "cdp-checkpoint", "format_version": 2, "cdp_version", "config": model config,
 "state_dict", "metadata": {...}, "train_state": optional}``.  Nothing in it needs pickled code, so
-loading never executes any.
+loading never executes any.  Version 2 added the optional ``config["prior"]`` (atomic reference
+densities, their fitted coefficients as ``prior.*`` buffers in the state_dict); version-1 files have no
+prior and load unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from cdp.core.atomic import atomic_write
 from cdp.core.types import CdpError
 
 FORMAT = "cdp-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def atomic_save(obj, path) -> None:

@@ -14,11 +14,17 @@ import torch
 from torch import Tensor, nn
 
 from cdp.core.components import Backbone, Featurizer, GraphBuilder, Readout
+from cdp.core.prior import AtomicDensityPrior, check_prior_config
 from cdp.core.types import AtomFeatures, AtomGraph, Batch, CdpError, ProbeGraph, edge_vectors
 
 
 class DensityModel(nn.Module):
-    """ρ(r) = readout(backbone.decode(probe graph, backbone.encode(atom graph, featurizer(Z))))."""
+    """ρ(r) = readout(backbone.decode(probe graph, backbone.encode(atom graph, featurizer(Z)))) [+ ρ⁰(r)].
+
+    With a ``prior`` (:class:`~cdp.core.prior.AtomicDensityPrior`) the decoded density is the network
+    output plus the superposition of fitted atomic densities, evaluated on the same atom→probe edges;
+    the network then learns the residual.  For spin models the prior adds to the total density only.
+    """
 
     def __init__(
         self,
@@ -27,6 +33,7 @@ class DensityModel(nn.Module):
         readout: Readout,
         graph: GraphBuilder,
         config: Optional[dict] = None,
+        prior: Optional[AtomicDensityPrior] = None,
     ):
         super().__init__()
         check_fit(featurizer, backbone, readout)
@@ -34,22 +41,31 @@ class DensityModel(nn.Module):
         self.backbone = backbone
         self.readout = readout
         self.graph = graph
+        if prior is not None and float(prior.cutoff) > float(backbone.cutoff) + 1e-12:
+            raise CdpError(f"prior cutoff {float(prior.cutoff)} Å exceeds the model cutoff {float(backbone.cutoff)} Å")
+        self.prior = prior
         self.config = copy.deepcopy(config) if config is not None else {}
 
     # -- assembly --------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: dict, registry=None) -> "DensityModel":
-        """Build from ``{"featurizer": {...}, "graph": {...}, "backbone": {...}, "readout": {...}}``."""
+        """Build from ``{"featurizer": {...}, "graph": {...}, "backbone": {...}, "readout": {...}}`` and an
+        optional ``"prior": {kind: atomic, n_basis: ...}`` (absent or null: no prior; an unfitted prior is zero)."""
         from cdp.core.registry import get_registry, validate_preset
 
         registry = registry or get_registry()
         validate_preset(config, "model config")
+        prior_cfg = check_prior_config(config.get("prior"))
         featurizer = registry.build("featurizer", config["featurizer"])
         backbone = registry.build("backbone", config["backbone"])
         readout = registry.build("readout", config["readout"], in_spec=backbone.out_spec)
         graph = registry.build("graph", config["graph"])
         model_config = {k: copy.deepcopy(config[k]) for k in ("featurizer", "graph", "backbone", "readout")}
-        return cls(featurizer, backbone, readout, graph, model_config)
+        prior = None
+        if prior_cfg is not None:
+            prior = AtomicDensityPrior.from_config(prior_cfg, float(backbone.cutoff))
+            model_config["prior"] = prior_cfg
+        return cls(featurizer, backbone, readout, graph, model_config, prior)
 
     @property
     def cutoff(self) -> float:
@@ -147,11 +163,36 @@ class DensityModel(nn.Module):
         graph = graph if graph is not None else self.probe_graph(batch, probes, probe_batch)
         vec = edge_vectors(batch.positions, probes, graph.edge_index, graph.offsets, batch.cell, batch.atom_batch)
         h = self.backbone.decode(features.layers, graph.edge_index, vec, graph.num_probes)
-        return self.readout(h)
+        out = self.readout(h)
+        if self.prior is not None:
+            out = add_prior(out, self.prior(batch.numbers, graph.edge_index, vec, graph.num_probes))
+        return out
+
+    def prior_density(
+        self,
+        batch: Batch,
+        probes: Tensor,
+        probe_batch: Optional[Tensor] = None,
+        graph: Optional[ProbeGraph] = None,
+    ) -> Tensor:
+        """The prior alone, ρ⁰ [M] (e/Å³) at ``probes`` [M, 3]; zeros when the model has no prior."""
+        graph = graph if graph is not None else self.probe_graph(batch, probes, probe_batch)
+        if self.prior is None:
+            return torch.zeros(graph.num_probes, dtype=probes.dtype, device=probes.device)
+        vec = edge_vectors(batch.positions, probes, graph.edge_index, graph.offsets, batch.cell, batch.atom_batch)
+        return self.prior(batch.numbers, graph.edge_index, vec, graph.num_probes)
 
     def forward(self, batch: Batch, probes: Tensor, probe_batch: Optional[Tensor] = None) -> Tensor:
         """Encode then decode in one call (training path)."""
         return self.decode(batch, self.encode(batch), probes, probe_batch)
+
+
+def add_prior(network: Tensor, prior: Tensor) -> Tensor:
+    """Network output [M] or [M, 2] (total, magnetisation) plus the prior density [M] on the total."""
+    prior = prior.to(network.dtype)
+    if network.ndim == 2:
+        return torch.cat([network[:, :1] + prior.unsqueeze(1), network[:, 1:]], dim=1)
+    return network + prior
 
 
 def check_fit(featurizer: Featurizer, backbone: Backbone, readout: Readout) -> None:

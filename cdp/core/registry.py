@@ -71,7 +71,7 @@ def load_registry_yaml(path: Path) -> dict:
 
 
 def validate_preset(preset: Any, where: str) -> None:
-    """Check a model config ``{featurizer, graph, backbone, readout[, train, description]}``."""
+    """Check a model config ``{featurizer, graph, backbone, readout[, prior, train, description]}``."""
     if not isinstance(preset, dict):
         raise CdpError(f"{where}: must be a mapping")
     for key in PRESET_KEYS:
@@ -83,9 +83,13 @@ def validate_preset(preset: Any, where: str) -> None:
     train = preset.get("train", {})
     if not isinstance(train, dict):
         raise CdpError(f"{where}.train: must be a mapping")
-    unknown = set(preset) - set(PRESET_KEYS) - {"train", "description"}
+    unknown = set(preset) - set(PRESET_KEYS) - {"prior", "train", "description"}
     if unknown:
         raise CdpError(f"{where}: unknown key '{sorted(unknown)[0]}'")
+    if "prior" in preset:
+        from cdp.core.prior import check_prior_config
+
+        check_prior_config(preset["prior"], f"{where}.prior")
 
 
 class Registry:

@@ -14,14 +14,20 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from cdp.core.types import CdpError
 
 DEFAULT_MODELS = ("chargee3net", "equideepdft", "invdeepdft")
-DEFAULT_TIME_BUDGET = 110.0  # seconds of training per model: three models + evaluation in <= 10 min on 2 cores
+# Training steps per -cpu preset when neither --steps nor --time-budget is given: about 150 s of training
+# each on one idle core (CPU time per step measured with OMP_NUM_THREADS=1 on the embedded data: chargee3net-cpu
+# 133 ms, invdeepdft-cpu 57 ms, equideepdft-cpu 41 ms), so the three models, their evaluation and process
+# start-up stay within 10 minutes on an idle 2-core machine.  Steps, unlike seconds, give the same models on
+# a busy machine as on an idle one.
+DEFAULT_STEPS = {"chargee3net-cpu": 1100, "invdeepdft-cpu": 2500, "equideepdft-cpu": 3500}
+DEFAULT_TIME_BUDGET = 110.0  # seconds of training for a model without calibrated steps (paper sizes, plugins)
 REPORT_FILES = ("report.md", "report.json")
 
 
@@ -62,6 +68,23 @@ def parse_models(text: str, size: str = "cpu") -> List[ModelSpec]:
     if not specs:
         raise CdpError("--models: no model named")
     return specs
+
+
+def model_budget(spec: ModelSpec, steps: Optional[int], time_budget: Optional[float]) -> Tuple[Optional[int], Optional[float]]:
+    """(steps, time budget in s) for one model: ``--steps`` or ``--time-budget`` when given, else the
+    preset's calibrated step count (:data:`DEFAULT_STEPS`), else :data:`DEFAULT_TIME_BUDGET` seconds."""
+    if steps is not None or time_budget is not None:
+        return steps, time_budget
+    if spec.preset in DEFAULT_STEPS:
+        return DEFAULT_STEPS[spec.preset], None
+    return None, DEFAULT_TIME_BUDGET
+
+
+def _load_average() -> Optional[List[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def default_out_dir() -> Path:
@@ -106,7 +129,7 @@ def run_one(spec: ModelSpec, out: Path, data: Optional[str], steps: Optional[int
             seed: int, device: Optional[str]) -> dict:
     """Train and evaluate one model in this process; returns its report entry."""
     from cdp.core.registry import get_registry
-    from cdp.evaluate.evaluate import evaluate
+    from cdp.evaluate.evaluate import evaluate, evaluate_prior
     from cdp.predict import load_model
 
     ckpt_path = out / "models" / f"{spec.name}.ckpt"
@@ -133,6 +156,8 @@ def run_one(spec: ModelSpec, out: Path, data: Optional[str], steps: Optional[int
             train_probes_per_s=float(result.probes_per_second),
             best_validation_nmape=result.best_metric,
             train_defaults=get_registry().preset(spec.preset).get("train", {}),
+            load_average=result.load_average,
+            prior_fit=result.prior,
         )
     else:
         shutil.copyfile(spec.checkpoint, ckpt_path)
@@ -147,6 +172,8 @@ def run_one(spec: ModelSpec, out: Path, data: Optional[str], steps: Optional[int
     entry["evaluation_seconds"] = seconds
     entry["inference_probes_per_s"] = probes / seconds if seconds > 0 else None
     entry["evaluate"] = ev
+    prior = evaluate_prior(predictor.model, data=data, split="test")
+    entry["prior"] = None if prior is None else {"eps_mae": prior["eps_mae"], "structures": prior["structures"]}
     if dataset:
         name, atoms, grid = dataset[0]
         np.savez(out / "work" / f"slice-{spec.name}.npz", name=name, **density_slice(predictor, atoms, grid))
@@ -202,18 +229,29 @@ def compare(
         raise CdpError("--threads must be at least 1")
     ctx = mp.get_context("spawn")
     results, errors = [], {}
+    budget: dict = {}
     for spec in specs:
+        spec_steps, spec_time = model_budget(spec, steps, time_budget)
+        if spec.checkpoint is None:
+            budget[spec.name] = {"steps": spec_steps} if spec_steps is not None else {"time_budget_s": spec_time}
         what = f"training {spec.preset}" if spec.checkpoint is None else f"evaluating {spec.checkpoint}"
+        if spec.checkpoint is None:
+            what += f" for {spec_steps} steps" if spec_steps is not None else f" for {spec_time:g} s"
         echo(f"[{spec.name}] {what} ...")
         queue = ctx.Queue()
-        proc = ctx.Process(target=_worker, args=(spec, str(outdir), data, steps, time_budget, seed, device, threads, queue))
+        proc = ctx.Process(target=_worker, args=(spec, str(outdir), data, spec_steps, spec_time, seed, device, threads, queue))
         proc.start()
         status, name, payload = queue.get()
         proc.join()
         if status == "ok":
             results.append(payload)
             ev = payload["evaluate"]["eps_mae"]
-            echo(f"[{spec.name}] eps_mae {ev['mean']:.3f} % after {payload['steps']} steps")
+            prior = payload.get("prior")
+            extra = f" (atomic prior alone: {prior['eps_mae']['mean']:.3f} %)" if prior else " (no atomic prior)"
+            rate = f", {payload['train_probes_per_s']:.0f} probes/s" if payload.get("steps") else ""
+            load = payload.get("load_average")
+            load = f", load average {load[0]:.2f}" if load else ""
+            echo(f"[{spec.name}] eps_mae {ev['mean']:.3f} % after {payload['steps']} steps{rate}{load}{extra}")
         else:
             errors[name] = payload
             echo(f"[{spec.name}] failed: {payload.splitlines()[0]}")
@@ -225,7 +263,8 @@ def compare(
         "data": data or "embedded",
         "seed": seed,
         "size": size,
-        "budget": {"steps": steps} if steps is not None else {"time_budget_s": time_budget or DEFAULT_TIME_BUDGET},
+        "budget": budget,
+        "load_average": _load_average(),
     }
     table = write_report(outdir, report)
     echo(table)

@@ -17,14 +17,18 @@ def _fmt(x, spec: str = ".3f") -> str:
 
 def table(report: dict) -> str:
     """The side-by-side table (markdown, also printed on the terminal)."""
-    head = "| model | preset | parameters | steps | train s | train probes/s | ε_mae mean % | ± stderr | median | max | inference probes/s | peak RSS MB |"
+    head = ("| model | preset | parameters | steps | train s | train probes/s | load avg | ε_mae mean % | ± stderr | median | max "
+            "| prior alone ε_mae % | inference probes/s | peak RSS MB |")
     rows = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for m in report["models"]:
         e = m["evaluate"]["eps_mae"]
+        prior = (m.get("prior") or {}).get("eps_mae", {}).get("mean")
+        load = (m.get("load_average") or [None])[0]
         rows.append(
             f"| {m['name']} | {m.get('preset') or 'checkpoint'} | {m['parameters']:,} | {m['steps']} | "
-            f"{m['train_seconds']:.0f} | {_fmt(m['train_probes_per_s'], '.0f')} | {_fmt(e['mean'])} | {_fmt(e.get('stderr'))} | "
-            f"{_fmt(e.get('median'))} | {_fmt(e.get('max'))} | {_fmt(m.get('inference_probes_per_s'), '.0f')} | "
+            f"{m['train_seconds']:.0f} | {_fmt(m['train_probes_per_s'], '.0f')} | {_fmt(load, '.2f')} | {_fmt(e['mean'])} | "
+            f"{_fmt(e.get('stderr'))} | {_fmt(e.get('median'))} | {_fmt(e.get('max'))} | {_fmt(prior)} | "
+            f"{_fmt(m.get('inference_probes_per_s'), '.0f')} | "
             f"{_fmt(m.get('peak_rss_mb'), '.0f')} |"
         )
     return "\n".join(rows)
@@ -40,10 +44,12 @@ def write_report(outdir: Path, report: dict) -> str:
     md = [
         "# cdp compare",
         "",
-        f"Data: {report['data']} (test split) · seed {report['seed']} · size {report['size']} · budget "
-        + ", ".join(f"{k} = {v}" for k, v in report["budget"].items()) + " per model",
+        f"Data: {report['data']} (test split) · seed {report['seed']} · size {report['size']} · budget: "
+        + _budget_text(report["budget"]) + _load_text(report.get("load_average")),
         "",
         text,
+        "",
+        _prior_text(report["models"]),
         "",
         "ε_mae = 100·Σ|ρ−ρ̂|/Σ|ρ| over each full test grid (paper Eq. 5); mean ± standard error over structures.",
         "Each model trained with its own preset's training defaults on the same data, seed and budget,",
@@ -55,6 +61,31 @@ def write_report(outdir: Path, report: dict) -> str:
     md += [f"![{f}]({f})" for f in figures]
     atomic_write_text(outdir / "report.md", "\n".join(md) + "\n")
     return text
+
+
+def _budget_text(budget: dict) -> str:
+    if not budget:
+        return "none (given checkpoints)"
+    if all(isinstance(v, dict) for v in budget.values()):  # per model
+        return ", ".join(f"{k} " + (f"{v['steps']} steps" if "steps" in v else f"{v['time_budget_s']:g} s")
+                         for k, v in budget.items())
+    return ", ".join(f"{k} = {v}" for k, v in budget.items()) + " per model"
+
+
+def _load_text(load) -> str:
+    return f" · load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)" if load else ""
+
+
+def _prior_text(models: List[dict]) -> str:
+    """Which models add atomic reference densities, and what those alone score."""
+    on = [m for m in models if m.get("prior")]
+    if not on:
+        return "Atomic prior: off for every model (the network predicts the whole density)."
+    parts = [f"{m['name']} (prior alone ε_mae {m['prior']['eps_mae']['mean']:.3f} %)" for m in on]
+    off = [m["name"] for m in models if not m.get("prior")]
+    return ("Atomic prior: on for " + ", ".join(parts) + (f"; off for {', '.join(off)}" if off else "")
+            + ". These models predict ρ = Σ_a ρ⁰_Z(|r − R_a|) + network(r), the per-element profiles ρ⁰_Z fitted "
+            "on the training grids with ∫ρ⁰_Z = n_Z; every ε_mae is of the total density.")
 
 
 def _json_default(obj):

@@ -17,7 +17,7 @@ from cdp.core.types import CdpError
 from cdp.export import metadata as md
 from cdp.export.context import blame, export_context  # noqa: F401  (re-exported)
 from cdp.export.examples import EXAMPLE_SIZES, decoder_example, encoder_example
-from cdp.export.wrappers import DECODER_EDGE_INPUTS, ENCODER_INPUTS, layer_names, split_model
+from cdp.export.wrappers import DECODER_EDGE_INPUTS, ENCODER_INPUTS, atom_output_names, split_model
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 
@@ -72,7 +72,9 @@ def export_model(
             dec(*dec_args)
         except Exception as exc:
             raise blame(exc, model, "decoder") from None
-    names = layer_names(len(layers))
+    prior = getattr(model, "prior", None)
+    num_net = len(layers) - (1 if prior is not None else 0)
+    names = atom_output_names(num_net, prior is not None)
     dname = DTYPE_NAMES[dtype]
     widths = [int(t.shape[1]) for t in layers]
     spin = bool(model.spin)
@@ -88,7 +90,10 @@ def export_model(
         "elements": elements,
         "dtype": dname,
         "spin": spin,
-        "num_layers": len(layers),
+        "num_layers": num_net,
+        "prior": None if prior is None else {"kind": "atomic", "input": names[-1], "n_basis": int(prior.n_basis),
+                                              "cutoff": float(prior.cutoff), "elements": prior.elements(),
+                                              "note": "the decoder adds the prior: its density output is the total"},
         "model_config": getattr(model, "config", {}),
         "edge_convention": "edge_index [2,E] int64 = [sender, receiver]; edge_vec = r_receiver - (r_sender + n @ cell); probe edges are [atom, probe]; distance <= cutoff",
         "encoder": {

@@ -5,17 +5,22 @@ batch (atom features + atom→probe edges → densities).  Graph construction st
 as ``edge_index`` [2, E] int64 and ``edge_vec`` [E, 3] (``r_receiver − r_sender − n·cell``).  The number
 of probes enters as the length of ``probe_slots`` [M] (values unused), so that every size is a tensor
 dimension that the exporters keep dynamic.
+
+A model with an atomic prior (:mod:`cdp.core.prior`) exports one more encoder output, ``atom_prior``
+[N, n_basis] (each atom's radial coefficients), which the decoder takes after the layers and turns into
+ρ⁰ on the same probe edges, adding it to the network's density: the exported density is the total.
 """
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 ENCODER_INPUTS = ("numbers", "edge_index", "edge_vec")
 DECODER_EDGE_INPUTS = ("probe_edge_index", "probe_edge_vec", "probe_slots")
+PRIOR_NAME = "atom_prior"
 
 
 def layer_names(num_layers: int) -> List[str]:
@@ -23,41 +28,60 @@ def layer_names(num_layers: int) -> List[str]:
     return [f"atom_layer_{i}" for i in range(num_layers)]
 
 
-class Encoder(nn.Module):
-    """(numbers [N], edge_index [2, E], edge_vec [E, 3]) → one atom feature tensor per layer."""
+def atom_output_names(num_layers: int, prior: bool) -> List[str]:
+    """Names of every encoder output (= the decoder's atom-side inputs): the layers, then ``atom_prior``."""
+    return layer_names(num_layers) + ([PRIOR_NAME] if prior else [])
 
-    def __init__(self, featurizer: nn.Module, backbone: nn.Module):
+
+class Encoder(nn.Module):
+    """(numbers [N], edge_index [2, E], edge_vec [E, 3]) → one atom feature tensor per layer
+    [, atom_prior [N, n_basis] when the model has a prior]."""
+
+    def __init__(self, featurizer: nn.Module, backbone: nn.Module, prior: Optional[nn.Module] = None):
         super().__init__()
         self.featurizer = featurizer
         self.backbone = backbone
+        self.prior = prior
 
     def forward(self, numbers: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tuple[Tensor, ...]:
         x = self.featurizer(numbers)
-        return tuple(self.backbone.encode(x, edge_index, edge_vec))
+        layers = tuple(self.backbone.encode(x, edge_index, edge_vec))
+        if self.prior is not None:
+            layers = layers + (self.prior.atom_coefficients(numbers).to(edge_vec.dtype),)
+        return layers
 
 
 class Decoder(nn.Module):
-    """(atom_layer_0 … atom_layer_{L−1}, probe_edge_index [2, Ep], probe_edge_vec [Ep, 3], probe_slots [M]) → ρ [M] or [M, 2]."""
+    """(atom_layer_0 … atom_layer_{L−1}[, atom_prior], probe_edge_index [2, Ep], probe_edge_vec [Ep, 3],
+    probe_slots [M]) → ρ [M] or [M, 2] (the prior, if any, added to the total density)."""
 
-    def __init__(self, backbone: nn.Module, readout: nn.Module, num_layers: int):
+    def __init__(self, backbone: nn.Module, readout: nn.Module, num_layers: int, prior: Optional[nn.Module] = None):
         super().__init__()
         self.backbone = backbone
         self.readout = readout
+        self.prior = prior
         self.num_layers = int(num_layers)
 
     def forward(self, *inputs: Tensor) -> Tensor:
         layers = list(inputs[: self.num_layers])
-        edge_index, edge_vec, slots = inputs[self.num_layers], inputs[self.num_layers + 1], inputs[self.num_layers + 2]
+        k = self.num_layers + (1 if self.prior is not None else 0)
+        edge_index, edge_vec, slots = inputs[k], inputs[k + 1], inputs[k + 2]
         h = self.backbone.decode(layers, edge_index, edge_vec, slots.shape[0])
-        return self.readout(h)
+        out = self.readout(h)
+        if self.prior is not None:
+            from cdp.core.model import add_prior
+
+            out = add_prior(out, self.prior.density(inputs[self.num_layers], edge_index, edge_vec, slots.shape[0]))
+        return out
 
 
 def split_model(model) -> Tuple[Encoder, Decoder]:
-    """Encoder and decoder sharing the parameters of a DensityModel (in eval mode)."""
+    """Encoder and decoder sharing the parameters (and prior) of a DensityModel (in eval mode)."""
     model.eval()
-    enc = Encoder(model.featurizer, model.backbone).eval()
+    prior = getattr(model, "prior", None)
+    enc = Encoder(model.featurizer, model.backbone, prior).eval()
     num_layers = count_layers(model)
-    dec = Decoder(model.backbone, model.readout, num_layers).eval()
+    dec = Decoder(model.backbone, model.readout, num_layers, prior).eval()
     return enc, dec
 
 

@@ -54,10 +54,11 @@ def load_config_file(path) -> dict:
 
 
 def resolve_model(model: Any, where: str, registry=None) -> dict:
-    """``{"preset": name|None, featurizer, graph, backbone, readout}`` from a preset name or mapping.
+    """``{"preset": name|None, featurizer, graph, backbone, readout, prior}`` from a preset name or mapping.
 
     A mapping may name ``preset`` and override any component's parameters (merged into the preset's),
-    or give all four components in full.
+    or give all four components in full.  ``prior`` (the atomic reference densities, see
+    :mod:`cdp.core.prior`) comes from the preset unless given; ``prior: null`` turns it off.
     """
     from cdp.core.registry import get_registry, validate_preset
 
@@ -65,9 +66,9 @@ def resolve_model(model: Any, where: str, registry=None) -> dict:
         model = {"preset": model}
     if not isinstance(model, dict):
         raise CdpError(f"{where}: 'model' must be a preset name or a mapping of components")
-    unknown = set(model) - set(PRESET_KEYS) - {"preset"}
+    unknown = set(model) - set(PRESET_KEYS) - {"preset", "prior"}
     if unknown:
-        raise CdpError(f"{where}: unknown key 'model.{sorted(unknown)[0]}' (expected preset, {', '.join(PRESET_KEYS)})")
+        raise CdpError(f"{where}: unknown key 'model.{sorted(unknown)[0]}' (expected preset, {', '.join(PRESET_KEYS)}, prior)")
     name = model.get("preset")
     base: dict = {}
     if name is not None:
@@ -88,6 +89,15 @@ def resolve_model(model: Any, where: str, registry=None) -> dict:
         if not comp:
             raise CdpError(f"{where}: 'model.{key}' is missing (name a model preset or give all components)")
         out[key] = comp
+    from cdp.core.prior import check_prior_config
+
+    if "prior" in model:
+        prior = model["prior"]
+        if isinstance(prior, dict) and isinstance(base.get("prior"), dict):
+            prior = {**base["prior"], **prior}
+    else:
+        prior = base.get("prior")
+    out["prior"] = check_prior_config(copy.deepcopy(prior), f"{where}: model.prior")
     validate_preset({k: out[k] for k in PRESET_KEYS}, f"{where}: model")
     return out
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -65,6 +66,8 @@ class TrainResult:
     num_parameters: int
     skipped: List[str] = field(default_factory=list)
     ddp_weight_spread: Optional[float] = None
+    prior: Optional[dict] = None  # the atomic prior's fit record (None: the model has no prior)
+    load_average: Optional[List[float]] = None  # os.getloadavg() when training stopped
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,8 +98,14 @@ def train_run(config: Union[dict, str, Path, None] = None, run_dir=None, resume=
             saved_path = run / CONFIG_FILE
             if not saved_path.is_file() or not (run / LAST).is_file():
                 raise CdpError(f"{run}: not a training run directory (needs {CONFIG_FILE} and {LAST})")
-            saved = resolve_config(load_config_file(saved_path))
+            raw = load_config_file(saved_path)
+            legacy = isinstance(raw.get("model"), dict) and "prior" not in raw["model"]
+            if legacy:  # a run started before model priors existed trained without one
+                raw["model"]["prior"] = None
+            saved = resolve_config(raw)
             given = resolve_config(config) if config is not None else None
+            if legacy and given is not None:
+                given["model"]["prior"] = None
             cfg = resume_config(saved, given, str(config) if isinstance(config, (str, Path)) else "config")
         else:
             if config is None:
@@ -263,6 +272,8 @@ class Trainer:
 
         # model first (its init consumes the torch RNG right after seeding)
         model_cfg = {k: cfg["model"][k] for k in PRESET_KEYS}
+        if cfg["model"].get("prior") is not None:
+            model_cfg["prior"] = cfg["model"]["prior"]
         self.model = DensityModel.from_config(model_cfg).to(dtype=self.dtype, device=device)
         self.spin = self.model.spin
 
@@ -290,13 +301,19 @@ class Trainer:
         self.train_seconds = 0.0
         self.probes_seen = 0
         self.window = {"loss": 0.0, "count": 0, "probes": 0, "seconds": 0.0}
+        prior_record = None
         if resume:
             self._restore()
+        elif self.model.prior is not None:
+            prior_record = self._fit_prior()
+        self.prior_record = prior_record if prior_record is not None else _logged_prior(self.run_dir, resume)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(cfg))
             if not resume:
                 atomic_write_text(self.run_dir / LOG_FILE, "")
+            if prior_record is not None:
+                self._log({"step": 0, "prior": prior_record})
 
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -347,12 +364,33 @@ class Trainer:
         self.scheduler.step()
         return float(loss.detach())
 
-    # -- validation ------------------------------------------------------------------------------
+    # -- the atomic prior --------------------------------------------------------------------------
+    def _fit_prior(self) -> dict:
+        """Fit the model's atomic reference densities on the training grids (before step 0); its log record."""
+        from cdp.train.prior_fit import fit_prior, fit_record
+
+        fit = fit_prior(self.model, self.train_sampler.cache, self.train_items, self.cfg["seed"], self.dataset_source)
+        self.model.to(dtype=self.dtype, device=self.device)
+        record = fit_record(fit)
+        record["val_nmape"] = self._prior_val_nmape()
+        return record
+
     @torch.no_grad()
-    def validate(self) -> Optional[dict]:
-        """Loss, MAE, RMSE and NMAPE (100·Σ|ρ−ρ̂|/Σ|ρ| of the total density) on the fixed validation probes."""
+    def _prior_val_nmape(self) -> Optional[float]:
+        """100·Σ|ρ⁰−ρ|/Σ|ρ| of the prior alone on the fixed validation probes (None without validation data)."""
         if not self.val_items:
             return None
+        abs_sum = ref_sum = 0.0
+        for batch, probes, target in self._validation_data():
+            total_t = target[:, 0] if target.ndim == 2 else target
+            pred = self.model.prior_density(batch, probes).to(total_t.dtype)
+            abs_sum += float((pred - total_t).abs().sum())
+            ref_sum += float(total_t.abs().sum())
+        return 100.0 * abs_sum / ref_sum if ref_sum > 0 else float("nan")
+
+    # -- validation ------------------------------------------------------------------------------
+    def _validation_data(self) -> list:
+        """(batch, probes, targets) of each validation structure, drawn once and kept."""
         if self._val_cache is None:
             self._val_cache = []
             for item in self.val_items:
@@ -362,12 +400,19 @@ class Trainer:
                     torch.from_numpy(s.probes).to(self.device, self.dtype),
                     torch.from_numpy(self._targets(s.targets)).to(self.device, self.dtype),
                 ))
+        return self._val_cache
+
+    @torch.no_grad()
+    def validate(self) -> Optional[dict]:
+        """Loss, MAE, RMSE and NMAPE (100·Σ|ρ−ρ̂|/Σ|ρ| of the total density, the prior included) on the fixed validation probes."""
+        if not self.val_items:
+            return None
         model = self.model
         was_training = model.training
         model.eval()
         loss_sum = abs_sum = sq_sum = ref_sum = 0.0
         count = 0
-        for batch, probes, target in self._val_cache:
+        for batch, probes, target in self._validation_data():
             feats = model.encode(batch)
             pred = torch.cat([model.decode(batch, feats, probes[k:k + VALIDATION_CHUNK])
                               for k in range(0, len(probes), VALIDATION_CHUNK)])
@@ -564,6 +609,8 @@ class Trainer:
             num_parameters=self.model.num_parameters(),
             skipped=list(self.skipped),
             ddp_weight_spread=spread,
+            prior=self.prior_record,
+            load_average=_load_average(),
         )
         if self.main:
             atomic_write_text(self.run_dir / SUMMARY, json.dumps(result.to_dict(), indent=1) + "\n")
@@ -582,6 +629,29 @@ def _concat_batches(batches: List[Batch]) -> Batch:
         pbc=torch.cat([b.pbc for b in batches]),
         atom_batch=torch.cat(owner),
     )
+
+
+def _load_average() -> Optional[List[float]]:
+    """The 1, 5 and 15 minute load averages (None where the platform has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _logged_prior(run_dir: Path, resume: bool) -> Optional[dict]:
+    """The prior fit record a resumed run logged at its start (None when there is none)."""
+    path = Path(run_dir) / LOG_FILE
+    if not resume or not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("prior"), dict):
+            return rec["prior"]
+    return None
 
 
 def _truncate_log(path: Path, step: int) -> None:
