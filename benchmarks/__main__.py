@@ -10,6 +10,7 @@ BENCHMARKS = {
     "graph": "benchmarks.graph_bench",
     "compare": "benchmarks.compare_bench",
     "export": "benchmarks.export_bench",
+    "model_card": "benchmarks.model_card",
 }
 
 

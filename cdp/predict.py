@@ -238,8 +238,7 @@ def check_elements(predictor, atoms, name: str = "structure") -> None:
 
 
 def _named_models() -> dict:
-    """Checkpoints shipped with the package, by name (e.g. ``demo``)."""
-    import importlib.resources
+    """Checkpoints shipped with the package, by name (``demo``, ``qm9``)."""
+    from cdp.shipped import shipped_checkpoints
 
-    root = Path(str(importlib.resources.files("cdp").joinpath("assets")))
-    return {p.stem: p for p in root.glob("*.ckpt")} if root.is_dir() else {}
+    return shipped_checkpoints()

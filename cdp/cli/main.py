@@ -26,6 +26,7 @@ COMMANDS: Dict[str, tuple] = {
     "evaluate": ("cdp.cli.evaluate", "Evaluate a model on full reference grids."),
     "compare": ("cdp.cli.compare", "Train and evaluate several models side by side."),
     "export": ("cdp.cli.export", "Export a model to ONNX, TorchScript or pt2."),
+    "models": ("cdp.cli.models", "List the pretrained models shipped with cdp and their model cards."),
     "bench": ("cdp.cli.bench", "Run the performance benchmarks."),
     "experiment": ("cdp.cli.experiment", "Run the paper's experiments: L-sweep, scaling."),
 }
