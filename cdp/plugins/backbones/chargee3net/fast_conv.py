@@ -23,6 +23,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from e3nn import o3
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
@@ -71,6 +72,46 @@ def _pool(n: int) -> ThreadPoolExecutor:
     if n not in _pools:
         _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cdp-uvu")
     return _pools[n]
+
+
+def _receiver_bounds(ptr: List[int], num_edges: int, num_receivers: int) -> List[Tuple[int, int]]:
+    """Edge ranges [a, b) for the kernel threads, cut at receiver boundaries (each owns whole rows of acc)."""
+    threads = max(1, min(torch.get_num_threads(), num_receivers, num_edges // 32))
+    if threads == 1:
+        return [(0, num_edges)]
+    cuts = [0]
+    for t in range(1, threads):
+        r = bisect.bisect_left(ptr, t * num_edges // threads)
+        cuts.append(max(cuts[-1], ptr[min(r, len(ptr) - 1)]))
+    cuts.append(num_edges)
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+class FusedConvolution(torch.autograd.Function):
+    """The fused kernel as an autograd function: (packed senders x, harmonics Y, radial weights w) → aggregate.
+
+    Forward is :meth:`FastE3Convolution._kernel_forward`; backward is one pass of the backward kernel
+    (``cdp_uvu_conv_backward_*``), giving dL/dx, dL/dY and dL/dw without per-edge tensor-product outputs.
+    float32 and float64; the slack columns of w and of the aggregate carry zero gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, sh, weight, conv, src, dst, ptr, num_receivers):
+        x, sh, weight = x.contiguous(), sh.contiguous(), weight.contiguous()
+        src, dst = src.contiguous(), dst.contiguous()
+        fn = native.entry(native.load(), weight.dtype)
+        acc = conv._kernel_forward(fn, x, src, dst, sh, weight, ptr, num_receivers)
+        ctx.save_for_backward(x, sh, weight, src, dst)
+        ctx.conv, ctx.ptr = conv, ptr
+        return acc
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, sh, weight, src, dst = ctx.saved_tensors
+        gx, gsh, gw = ctx.conv._kernel_backward(grad, x, src, dst, sh, weight, ctx.ptr,
+                                                ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return gx, gsh, gw, None, None, None, None, None
 
 
 class FastE3Convolution(E3Convolution):
@@ -240,11 +281,9 @@ class FastE3Convolution(E3Convolution):
         return self._cg_cache[key]
 
     def _native_fn(self, *tensors: Tensor):
-        """The fused kernel entry for these inputs, or None (autograd, non-CPU, other dtype, no compiler)."""
+        """The fused kernel entry for these inputs, or None (non-CPU, other dtype, no compiler); under autograd
+        the kernel runs through :class:`FusedConvolution`, whose backward is a fused kernel too."""
         if not self.use_native or tensors[0].device.type != "cpu":
-            return None
-        if torch.is_grad_enabled() and (any(t.requires_grad for t in tensors)
-                                        or any(p.requires_grad for p in self.fc.parameters())):
             return None
         if self._plan_paths.numel() == 0 or int(self._plan_paths[:, 0].max()) > native.MAX_MUL:
             return None
@@ -257,8 +296,18 @@ class FastE3Convolution(E3Convolution):
 
     def _aggregate_native(self, fn, x: Tensor, src: Tensor, dst: Tensor, sh: Tensor, emb: Tensor,
                           ptr: List[int], num_receivers: int) -> Tensor:
-        """:meth:`_aggregate` through the fused C kernel: no per-edge tensor-product output is written."""
+        """:meth:`_aggregate` through the fused C kernel: no per-edge tensor-product output is written.
+
+        Under autograd the kernel runs as :class:`FusedConvolution` (gradients for the packed senders,
+        the harmonics and the radial weights from the backward kernel)."""
         weight = self._radial_weights(emb, slack=native.ACC_SLACK)
+        if torch.is_grad_enabled() and (x.requires_grad or sh.requires_grad or weight.requires_grad):
+            return FusedConvolution.apply(x, sh, weight, self, src, dst, ptr, num_receivers)
+        return self._kernel_forward(fn, x, src, dst, sh, weight, ptr, num_receivers)
+
+    def _kernel_forward(self, fn, x: Tensor, src: Tensor, dst: Tensor, sh: Tensor, weight: Tensor,
+                        ptr: List[int], num_receivers: int) -> Tensor:
+        """The fused kernel's aggregate [R, agg_dim + slack], channels-last per mid block (see module doc)."""
         sh = sh.contiguous()
         # row slack for the kernel's whole-vector tails, rows a multiple of 64 bytes for the lin2 matmuls
         acc = weight.new_zeros((num_receivers, native.round_up(self.agg_dim + native.ACC_SLACK, 16)))
@@ -268,17 +317,7 @@ class FastE3Convolution(E3Convolution):
         args = (src.data_ptr(), dst.data_ptr(), sh.data_ptr(), sh.shape[1], weight.data_ptr(), weight.shape[1],
                 x.data_ptr(), x.shape[1], acc.data_ptr(), acc.shape[1], paths.shape[0], paths.data_ptr(),
                 pairs.data_ptr(), mj.data_ptr(), coeff.data_ptr())
-        num_edges = src.shape[0]
-        threads = max(1, min(torch.get_num_threads(), num_receivers, num_edges // 32))
-        if threads == 1:
-            bounds = [(0, num_edges)]
-        else:  # split at receiver boundaries: every thread owns whole rows of acc
-            cuts = [0]
-            for t in range(1, threads):
-                r = bisect.bisect_left(ptr, t * num_edges // threads)
-                cuts.append(max(cuts[-1], ptr[min(r, len(ptr) - 1)]))
-            cuts.append(num_edges)
-            bounds = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+        bounds = _receiver_bounds(ptr, src.shape[0], num_receivers)
         if len(bounds) == 1:
             status = [fn(bounds[0][0], bounds[0][1], *args)]
         else:
@@ -286,6 +325,39 @@ class FastE3Convolution(E3Convolution):
         if any(status):
             raise RuntimeError("fused ChargE3Net kernel: multiplicity above its limit")
         return acc
+
+    def _kernel_backward(self, grad: Tensor, x: Tensor, src: Tensor, dst: Tensor, sh: Tensor, weight: Tensor,
+                         ptr: List[int], need_x: bool, need_sh: bool):
+        """(dL/dx or None, dL/dsh or None, dL/dweight) of :meth:`_kernel_forward` from dL/dacc, by the
+        backward kernel: one pass over the edges; each thread owns whole receivers and its own dL/dx."""
+        fn = native.entry_backward(native.load(), weight.dtype)
+        grad = grad.contiguous()
+        gw = torch.zeros_like(weight)
+        gsh = torch.zeros_like(sh) if need_sh else None
+        paths, pairs, mj, coeff = self._plan(weight)
+        bounds = _receiver_bounds(ptr, src.shape[0], grad.shape[0])
+        gxs = [torch.zeros_like(x) for _ in bounds] if need_x else []
+
+        def call(k: int) -> int:
+            a, b = bounds[k]
+            return fn(a, b, src.data_ptr(), dst.data_ptr(), sh.data_ptr(), sh.shape[1], weight.data_ptr(),
+                      weight.shape[1], x.data_ptr(), x.shape[1], grad.data_ptr(), grad.shape[1],
+                      gxs[k].data_ptr() if need_x else None, gw.data_ptr(),
+                      gsh.data_ptr() if need_sh else None, paths.shape[0], paths.data_ptr(), pairs.data_ptr(),
+                      mj.data_ptr(), coeff.data_ptr())
+
+        if len(bounds) == 1:
+            status = [call(0)]
+        else:
+            status = list(_pool(len(bounds)).map(call, range(len(bounds))))
+        if any(status):
+            raise RuntimeError("fused ChargE3Net backward kernel: multiplicity above its limit")
+        gx = None
+        if need_x:
+            gx = gxs[0]
+            for other in gxs[1:]:
+                gx.add_(other)
+        return gx, gsh, gw
 
     @staticmethod
     def _linear_plan(lin: o3.Linear):
@@ -395,11 +467,14 @@ class FastE3Convolution(E3Convolution):
         track = torch.is_grad_enabled()
         out = sender.new_empty((0 if track else num_receivers, self.irreps_out.dim))
         blocks: List[Tensor] = []
+        # training through the kernels keeps the radial weights and the aggregate for the backward pass
+        # anyway, so blocking would save no memory: all receivers at once (fewer, larger operations)
+        chunk = max(self.edge_chunk, src.shape[0], num_receivers) if track and fn is not None else self.edge_chunk
         r0 = 0
         while r0 < num_receivers:
             # the largest run of whole receivers holding at most edge_chunk edges (at least one receiver)
-            r1 = max(r0 + 1, bisect.bisect_right(ptr, ptr[r0] + self.edge_chunk, lo=r0 + 1) - 1)
-            r1 = min(r1, r0 + self.edge_chunk)  # receivers without edges count too (bounded aggregate)
+            r1 = max(r0 + 1, bisect.bisect_right(ptr, ptr[r0] + chunk, lo=r0 + 1) - 1)
+            r1 = min(r1, r0 + chunk)  # receivers without edges count too (bounded aggregate)
             e0, e1 = ptr[r0], ptr[r1]
             sh, emb = edge_block(e0, e1)
             if fn is not None:
