@@ -286,80 +286,80 @@ int cdp_uvu_conv_backward_f32(int64_t e0, int64_t e1, const int64_t *restrict sr
                               int64_t n_paths, const int32_t *restrict path_info, const int32_t *restrict pair_info,
                               const int32_t *restrict term_mj, const float *restrict term_c)
 {
-    __m256 gwv[CDP_MAX_MUL / 8], tmp[CDP_MAX_MUL / 8];
     int64_t n_pairs = 0;
     for (int64_t p = 0; p < n_paths; ++p) {
         if (path_info[8 * p] > CDP_MAX_MUL) return 1;
         if (path_info[8 * p + 7] > n_pairs) n_pairs = path_info[8 * p + 7];
     }
     if (e1 <= e0) return 0;
-    float *a = (float *)malloc(sizeof(float) * (size_t)(n_pairs + 1));
-    if (!a) return 2;
-    for (int64_t e = e0; e < e1; ++e) {
-        const float *ye = y + e * y_stride;
-        const float *we = w + e * w_stride;
-        const float *xe = x + src[e] * x_stride;
-        const float *ge = g + dst[e] * g_stride;
-        float *gxe = gx ? gx + src[e] * x_stride : NULL;
-        float *gwe = gw + e * w_stride;
-        float *gye = gy ? gy + e * y_stride : NULL;
-        for (int64_t q = 0; q < n_pairs; ++q) {
+    float *a = (float *)malloc(sizeof(float) * (size_t)(4 * n_pairs + 4));   /* A of four edges: a[4q + g] */
+    float *da = (float *)malloc(sizeof(float) * (size_t)(n_pairs + 1));      /* dL/dA of one edge */
+    float *yt = (float *)malloc(sizeof(float) * (size_t)(4 * y_stride + 4));
+    if (!a || !da || !yt) { free(a); free(da); free(yt); return 2; }
+    for (int64_t eg = e0; eg < e1; eg += 4) {
+        const int g_n = e1 - eg < 4 ? (int)(e1 - eg) : 4;
+        for (int64_t j = 0; j < y_stride; ++j)  /* harmonics of the four edges, transposed: yt[j][g] */
+            for (int k = 0; k < 4; ++k) yt[4 * j + k] = k < g_n ? y[(eg + k) * y_stride + j] : 0.f;
+        for (int64_t q = 0; q < n_pairs; ++q) {  /* A_p(e)[m_k, m_i] of the four edges at once */
             const int32_t *qi = pair_info + 4 * q;
-            float s = 0.f;
-            for (int t = qi[2]; t < qi[3]; ++t) s += term_c[t] * ye[term_mj[t]];
-            a[q] = s;
+            __m128 s = _mm_setzero_ps();
+            for (int t = qi[2]; t < qi[3]; ++t)
+                s = _mm_fmadd_ps(_mm_set1_ps(term_c[t]), _mm_loadu_ps(yt + 4 * term_mj[t]), s);
+            _mm_storeu_ps(a + 4 * q, s);
         }
-        for (int64_t p = 0; p < n_paths; ++p) {
-            const int32_t *pi = path_info + 8 * p;
-            const int d_k = pi[1], n_vec = (pi[0] + 7) / 8;
-            const float *xp = xe + pi[2];
-            const float *wp = we + pi[3];
-            const float *gp = ge + pi[4];
-            float *gwp = gwe + pi[3];
-            int q0 = pi[6];
-            const int q_end = pi[7];
-            for (int mk = 0; mk < d_k && q0 < q_end; ++mk) {
-                int q1 = q0;
-                while (q1 < q_end && pair_info[4 * q1] == mk) ++q1;
-                if (q1 == q0) continue;
-                const float *gr = gp + mk * pi[5];
-                for (int v = 0; v < n_vec; ++v) {
-                    gwv[v] = _mm256_mul_ps(_mm256_loadu_ps(gr + 8 * v), _mm256_loadu_ps(wp + 8 * v));
-                    tmp[v] = _mm256_setzero_ps();
-                }
-                for (int q = q0; q < q1; ++q) {
-                    const int32_t *qi = pair_info + 4 * q;
-                    const float *xr = xp + qi[1];
-                    const __m256 aq = _mm256_set1_ps(a[q]);
-                    __m256 d = _mm256_setzero_ps();
-                    if (gxe) {
-                        float *gxr = gxe + pi[2] + qi[1];
-                        for (int v = 0; v < n_vec; ++v) {
-                            const __m256 xv = _mm256_loadu_ps(xr + 8 * v);
-                            tmp[v] = _mm256_fmadd_ps(aq, xv, tmp[v]);
-                            d = _mm256_fmadd_ps(gwv[v], xv, d);
-                            _mm256_storeu_ps(gxr + 8 * v, _mm256_fmadd_ps(aq, gwv[v], _mm256_loadu_ps(gxr + 8 * v)));
+        for (int k = 0; k < g_n; ++k) {
+            const int64_t e = eg + k;
+            const float *we = w + e * w_stride;
+            const float *xe = x + src[e] * x_stride;
+            const float *ge = g + dst[e] * g_stride;
+            float *gxe = gx ? gx + src[e] * x_stride : NULL;
+            float *gwe = gw + e * w_stride;
+            for (int64_t p = 0; p < n_paths; ++p) {
+                const int32_t *pi = path_info + 8 * p;
+                const int d_k = pi[1], n_vec = (pi[0] + 7) / 8;
+                const float *xp = xe + pi[2];
+                const float *wp = we + pi[3];
+                const float *gp = ge + pi[4];
+                float *gwp = gwe + pi[3];
+                float *gxp = gxe ? gxe + pi[2] : NULL;
+                int q0 = pi[6];
+                const int q_end = pi[7];
+                for (int mk = 0; mk < d_k && q0 < q_end; ++mk) {
+                    int q1 = q0;
+                    while (q1 < q_end && pair_info[4 * q1] == mk) ++q1;
+                    if (q1 == q0) continue;
+                    const float *gr = gp + mk * pi[5];
+                    if (gy) for (int q = q0; q < q1; ++q) da[q] = 0.f;
+                    for (int v = 0; v < n_vec; ++v) {
+                        const int off = 8 * v;
+                        const __m256 gv = _mm256_loadu_ps(gr + off);
+                        const __m256 gwv = _mm256_mul_ps(gv, _mm256_loadu_ps(wp + off));
+                        __m256 tmp = _mm256_setzero_ps();
+                        for (int q = q0; q < q1; ++q) {
+                            const int xo = pair_info[4 * q + 1] + off;
+                            const __m256 aq = _mm256_broadcast_ss(a + 4 * q + k);
+                            const __m256 xv = _mm256_loadu_ps(xp + xo);
+                            tmp = _mm256_fmadd_ps(aq, xv, tmp);
+                            if (gxp) _mm256_storeu_ps(gxp + xo, _mm256_fmadd_ps(aq, gwv, _mm256_loadu_ps(gxp + xo)));
+                            if (gy) da[q] += cdp_hsum(_mm256_mul_ps(gwv, xv));
                         }
-                    } else {
-                        for (int v = 0; v < n_vec; ++v) {
-                            const __m256 xv = _mm256_loadu_ps(xr + 8 * v);
-                            tmp[v] = _mm256_fmadd_ps(aq, xv, tmp[v]);
-                            d = _mm256_fmadd_ps(gwv[v], xv, d);
+                        _mm256_storeu_ps(gwp + off, _mm256_fmadd_ps(gv, tmp, _mm256_loadu_ps(gwp + off)));
+                    }
+                    if (gy) {
+                        float *gye = gy + e * y_stride;
+                        for (int q = q0; q < q1; ++q) {
+                            const int32_t *qi = pair_info + 4 * q;
+                            for (int t = qi[2]; t < qi[3]; ++t) gye[term_mj[t]] += term_c[t] * da[q];
                         }
                     }
-                    if (gye) {
-                        const float ds = cdp_hsum(d);
-                        for (int t = qi[2]; t < qi[3]; ++t) gye[term_mj[t]] += term_c[t] * ds;
-                    }
+                    q0 = q1;
                 }
-                for (int v = 0; v < n_vec; ++v)
-                    _mm256_storeu_ps(gwp + 8 * v, _mm256_fmadd_ps(_mm256_loadu_ps(gr + 8 * v), tmp[v],
-                                                                  _mm256_loadu_ps(gwp + 8 * v)));
-                q0 = q1;
             }
         }
     }
     free(a);
+    free(da);
+    free(yt);
     return 0;
 }
 #else
