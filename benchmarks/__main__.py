@@ -1,4 +1,5 @@
-"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``)."""
+"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``,
+``train_throughput``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ BENCHMARKS = {
     "graph": "benchmarks.graph_bench",
     "compare": "benchmarks.compare_bench",
     "export": "benchmarks.export_bench",
+    "train_throughput": "benchmarks.train_throughput",
 }
 
 

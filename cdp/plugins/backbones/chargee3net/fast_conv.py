@@ -392,6 +392,29 @@ class FastE3Convolution(E3Convolution):
             out.narrow(1, out_start, mul_out * d).view(rows, mul_out, d).add_(y.transpose(1, 2))
         return out
 
+    def _mix_channels_last(self, acc: Tensor, norm: float) -> Tuple[Tensor, Tensor]:
+        """(lin2(M)·norm, lin3(M)·0.1·norm) of a channels-last aggregate, for autograd: ``acc`` is split once
+        into its irrep blocks (one gradient concatenation instead of a zero-filled full-size gradient per
+        narrowed block) and each output is assembled by concatenation instead of in-place writes."""
+        rows = acc.shape[0]
+        in_slices = self.lin2.irreps_in.slices()
+        widths = [sl.stop - sl.start for sl in in_slices]
+        widths.append(acc.shape[1] - sum(widths))  # the kernel's slack columns
+        pieces = {sl.start: piece for sl, piece in zip(in_slices, torch.split(acc, widths, dim=1))}
+        outs = []
+        for lin, (out_dim, entries), scale in ((self.lin2, self._lin2_plan, norm), (self.lin3, self._lin3_plan, 0.1 * norm)):
+            by_out = {}
+            for in_start, out_start, mul_in, mul_out, path_weight, d, flat in entries:
+                weight = lin.weight[flat : flat + mul_in * mul_out].view(mul_in, mul_out)
+                y = torch.mm(pieces[in_start].reshape(rows * d, mul_in), weight * (path_weight * scale))
+                y = y.view(rows, d, mul_out).transpose(1, 2).reshape(rows, mul_out * d)
+                by_out[out_start] = by_out[out_start] + y if out_start in by_out else y
+            blocks = [by_out.get(sl.start) for sl in lin.irreps_out.slices()]
+            blocks = [acc.new_zeros((rows, sl.stop - sl.start)) if b is None else b
+                      for b, sl in zip(blocks, lin.irreps_out.slices())]
+            outs.append(torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0])
+        return outs[0], outs[1]
+
     def _packed_senders(self, sender: Tensor, rows: Optional[Tensor] = None) -> Tensor:
         """lin1 of the sender rows (``rows``: a subset, in that order) in the kernel's layout, per irrep
         [m_i][mul padded to 8 with zeros]; computed in row blocks, so only the packed tensor is ever whole."""
@@ -480,8 +503,11 @@ class FastE3Convolution(E3Convolution):
             if fn is not None:
                 local_ptr = [p - e0 for p in ptr[r0 : r1 + 1]]
                 acc = self._aggregate_native(fn, x_packed, src[e0:e1], dst[e0:e1] - r0, sh, emb, local_ptr, r1 - r0)
-                conv = self._linear_channels_last(self.lin2, self._lin2_plan, acc, norm)
-                angle = self._linear_channels_last(self.lin3, self._lin3_plan, acc, 0.1 * norm)
+                if track:
+                    conv, angle = self._mix_channels_last(acc, norm)
+                else:
+                    conv = self._linear_channels_last(self.lin2, self._lin2_plan, acc, norm)
+                    angle = self._linear_channels_last(self.lin3, self._lin3_plan, acc, 0.1 * norm)
             else:
                 agg = self._aggregate(h, src[e0:e1], dst[e0:e1] - r0, sh, emb, r1 - r0) * norm
                 conv = self.lin2(agg)
