@@ -31,6 +31,7 @@ from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 DEFAULT_EDGE_CHUNK = 512
 LIN1_ROWS = 4096  # sender rows through lin1 at once when packing for the kernel
 FEATURE_WINDOW = 65_536  # edges whose harmonics and embedding exist at once when computed from vectors
+DENSE_MAX = 1 << 16  # training: an equivariant linear map with at most this many matrix entries runs as one GEMM
 EdgeFeatures = Callable[[Tensor], Tuple[Tensor, Tensor]]
 _pools: dict = {}
 
@@ -85,6 +86,60 @@ def _receiver_bounds(ptr: List[int], num_edges: int, num_receivers: int) -> List
         cuts.append(max(cuts[-1], ptr[min(r, len(ptr) - 1)]))
     cuts.append(num_edges)
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+class DenseMap:
+    """A linear map between irrep layouts whose matrix is built from a module's flat weight each call:
+    ``D = (cat(weight, 0)[index] · coef).view(rows, cols)``, so ``x @ D`` is one GEMM with an ordinary
+    autograd graph (the weight's gradient gathers back through ``index``).  For small maps under training,
+    where the per-block operations of e3nn's Linear cost more in dispatch than in arithmetic.
+    """
+
+    def __init__(self, rows: int, cols: int, entries: List[Tuple[Tensor, Tensor, Tensor, Tensor]], numel: int):
+        index = torch.full((rows * cols,), numel, dtype=torch.long)
+        coef = torch.zeros(rows * cols, dtype=torch.float64)
+        for r, c, w, k in entries:
+            pos = r * cols + c
+            if bool((index[pos] != numel).any()) or pos.unique().numel() != pos.numel():
+                raise ValueError("overlapping entries")
+            index[pos], coef[pos] = w, k
+        self.rows, self.cols, self.index, self.coef64 = rows, cols, index, coef
+        self._coef: dict = {}
+
+    def matrix(self, weight: Tensor) -> Tensor:
+        key = (weight.dtype, weight.device)
+        if key not in self._coef:
+            self._coef[key] = (self.index.to(weight.device), self.coef64.to(weight.device, weight.dtype))
+        index, coef = self._coef[key]
+        return (torch.cat([weight, weight.new_zeros(1)])[index] * coef).view(self.rows, self.cols)
+
+
+def _linear_entries(lin: o3.Linear, scale: float = 1.0, channels_last_in: bool = False, col_map=None,
+                    col_offset: int = 0):
+    """(row, col, flat weight index, coefficient) per matrix entry of an e3nn Linear without biases, or None.
+
+    Rows index the input in e3nn layout ([mul][d] per block) or channels-last ([d][mul]); columns index
+    its output, remapped by ``col_map`` (output column → column, -1: dropped) and shifted by ``col_offset``."""
+    entries = []
+    flat = 0
+    in_slices, out_slices = lin.irreps_in.slices(), lin.irreps_out.slices()
+    for ins in lin.instructions:
+        if ins.i_in < 0:
+            return None
+        mul_in, mul_out = ins.path_shape
+        d = lin.irreps_in[ins.i_in].ir.dim
+        u, w, m = torch.meshgrid(torch.arange(mul_in), torch.arange(mul_out), torch.arange(d), indexing="ij")
+        u, w, m = u.reshape(-1), w.reshape(-1), m.reshape(-1)
+        rows = in_slices[ins.i_in].start + (m * mul_in + u if channels_last_in else u * d + m)
+        cols = out_slices[ins.i_out].start + w * d + m
+        if col_map is not None:
+            cols = col_map[cols]
+            keep = cols >= 0
+            u, w, rows, cols = u[keep], w[keep], rows[keep], cols[keep]
+        entries.append((rows, cols + col_offset, flat + u * mul_out + w,
+                        torch.full((rows.numel(),), float(ins.path_weight) * scale, dtype=torch.float64)))
+        flat += mul_in * mul_out
+    return entries
 
 
 class FusedConvolution(torch.autograd.Function):
@@ -212,6 +267,38 @@ class FastE3Convolution(E3Convolution):
         # cast once per (dtype, device) on first use
         self._cg64 = cgs
         self._cg_cache: dict = {}
+        self._dense = self._dense_maps()
+
+    def _dense_maps(self) -> dict:
+        """Single-GEMM forms of lin1 + kernel packing, sc, and lin2/lin3 of the aggregate, where small
+        (``DENSE_MAX`` entries); used under training only (inference keeps its own, unchanged, arithmetic)."""
+        maps: dict = {}
+        packed_width = sum(d_i * native.padded(mul) for _, mul, d_i, _, _ in self.blocks)
+        col_map = torch.full((self.lin1.irreps_out.dim,), -1, dtype=torch.long)
+        col = 0
+        for start, mul, d_i, _, _ in self.blocks:
+            u, m = torch.meshgrid(torch.arange(mul), torch.arange(d_i), indexing="ij")
+            col_map[start + u * d_i + m] = col + m * native.padded(mul) + u
+            col += d_i * native.padded(mul)
+        acc_width = native.round_up(self.agg_dim + native.ACC_SLACK, 16)
+        lin2_dim = self.lin2.irreps_out.dim
+        specs = {
+            "lin1": (self.lin1, self.lin1.irreps_in.dim, packed_width, lambda: _linear_entries(self.lin1, col_map=col_map)),
+            "sc": (self.sc, self.sc.irreps_in.dim, self.sc.irreps_out.dim, lambda: _linear_entries(self.sc)),
+        }
+        for name, (lin, rows, cols, entries) in specs.items():
+            if rows * cols <= DENSE_MAX:
+                found = entries()
+                if found is not None:
+                    maps[name] = DenseMap(rows, cols, found, lin.weight.numel())
+        if acc_width * (lin2_dim + 1) <= DENSE_MAX and self._lin2_plan is not None and self._lin3_plan is not None:
+            # [lin2 | lin3] of the channels-last aggregate; the scales (1/√n, 0.1/√n) are applied to the product
+            e2 = _linear_entries(self.lin2, channels_last_in=True)
+            e3 = _linear_entries(self.lin3, channels_last_in=True, col_offset=lin2_dim)
+            n2 = self.lin2.weight.numel()
+            e3 = [(r, c, w + n2, k) for r, c, w, k in e3]
+            maps["mix"] = DenseMap(acc_width, lin2_dim + 1, e2 + e3, n2 + self.lin3.weight.numel())
+        return maps
 
     def _cg(self, like: Tensor) -> List[Tensor]:
         key = (like.dtype, like.device)
@@ -228,14 +315,23 @@ class FastE3Convolution(E3Convolution):
         """Bytes of the per-receiver aggregate (held for one block)."""
         return itemsize * (2 * self.agg_dim + self.irreps_out.dim)
 
-    def _radial_weights(self, emb: Tensor, slack: int = 0) -> Tensor:
+    def _radial_weights(self, emb: Tensor, slack: int = 0, fold: bool = False) -> Tensor:
         """MLP(R_e) with the last layer's columns in block order (the same numbers as ``self.fc``).
 
         ``slack`` > 0 appends at least that many zero columns, up to a multiple of 16 (the kernel reads whole
         vectors past a row's last weight; MKL's GEMM runs ~1.7x faster on 64-byte multiple rows here).
+        ``fold`` (training through the kernels): see below.
         """
         layers = list(self.fc)
         x = emb
+        if fold and torch.is_grad_enabled() and all(hasattr(layer.act, "cst") for layer in layers[:-1]):
+            # training: each hidden layer's output scale (the activation's normalising constant times
+            # √var_out) moved into the next layer's weight, so no scaling pass over [E, hidden] either way
+            scale = 1.0
+            for layer in layers[:-1]:
+                x = layer.act.f(x @ (layer.weight * (scale / (layer.h_in * layer.var_in) ** 0.5)))
+                scale = (1.0 if layer.act._is_id else layer.act.cst) * layer.var_out**0.5
+            return x @ (self._last_layer(x.dtype, slack) * scale)
         for layer in layers[:-1]:
             x = layer(x)
         return x @ self._last_layer(x.dtype, slack)
@@ -300,7 +396,7 @@ class FastE3Convolution(E3Convolution):
 
         Under autograd the kernel runs as :class:`FusedConvolution` (gradients for the packed senders,
         the harmonics and the radial weights from the backward kernel)."""
-        weight = self._radial_weights(emb, slack=native.ACC_SLACK)
+        weight = self._radial_weights(emb, slack=native.ACC_SLACK, fold=True)
         if torch.is_grad_enabled() and (x.requires_grad or sh.requires_grad or weight.requires_grad):
             return FusedConvolution.apply(x, sh, weight, self, src, dst, ptr, num_receivers)
         return self._kernel_forward(fn, x, src, dst, sh, weight, ptr, num_receivers)
@@ -467,7 +563,10 @@ class FastE3Convolution(E3Convolution):
             used, src = torch.unique(src, return_inverse=True)
         fn = self._native_fn(sender, *edge_data)
         x_packed, h = None, []
-        if fn is not None:
+        dense = self._dense if torch.is_grad_enabled() and fn is not None else {}
+        if "lin1" in dense:
+            x_packed = (sender if used is None else sender.index_select(0, used)) @ dense["lin1"].matrix(self.lin1.weight)
+        elif fn is not None:
             x_packed = self._packed_senders(sender, used)
         else:
             if used is not None:
@@ -503,7 +602,11 @@ class FastE3Convolution(E3Convolution):
             if fn is not None:
                 local_ptr = [p - e0 for p in ptr[r0 : r1 + 1]]
                 acc = self._aggregate_native(fn, x_packed, src[e0:e1], dst[e0:e1] - r0, sh, emb, local_ptr, r1 - r0)
-                if track:
+                if "mix" in dense:
+                    weight = torch.cat([self.lin2.weight, self.lin3.weight])
+                    mixed = acc @ dense["mix"].matrix(weight)
+                    conv, angle = mixed[:, :-1] * norm, mixed[:, -1:] * (0.1 * norm)
+                elif track:
                     conv, angle = self._mix_channels_last(acc, norm)
                 else:
                     conv = self._linear_channels_last(self.lin2, self._lin2_plan, acc, norm)
@@ -514,7 +617,8 @@ class FastE3Convolution(E3Convolution):
                 angle = 0.1 * self.lin3(agg)
             sin = (1.0 - mask) + angle.sin() * mask
             if track:
-                blocks.append(torch.addcmul(sin * conv, angle.cos(), self.sc(receiver[r0:r1])))
+                sc = receiver[r0:r1] @ dense["sc"].matrix(self.sc.weight) if "sc" in dense else self.sc(receiver[r0:r1])
+                blocks.append(torch.addcmul(sin * conv, angle.cos(), sc))
             else:
                 torch.addcmul(sin * conv, angle.cos(), self.sc(receiver[r0:r1]), out=out[r0:r1])
             r0 = r1
