@@ -1,4 +1,5 @@
-"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``)."""
+"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``,
+``train_throughput``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ BENCHMARKS = {
     "compare": "benchmarks.compare_bench",
     "export": "benchmarks.export_bench",
     "model_card": "benchmarks.model_card",
+    "train_throughput": "benchmarks.train_throughput",
 }
 
 

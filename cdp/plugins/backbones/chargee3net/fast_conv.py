@@ -23,6 +23,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from e3nn import o3
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
@@ -30,6 +31,7 @@ from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 DEFAULT_EDGE_CHUNK = 512
 LIN1_ROWS = 4096  # sender rows through lin1 at once when packing for the kernel
 FEATURE_WINDOW = 65_536  # edges whose harmonics and embedding exist at once when computed from vectors
+DENSE_MAX = 1 << 16  # training: an equivariant linear map with at most this many matrix entries runs as one GEMM
 EdgeFeatures = Callable[[Tensor], Tuple[Tensor, Tensor]]
 _pools: dict = {}
 
@@ -71,6 +73,100 @@ def _pool(n: int) -> ThreadPoolExecutor:
     if n not in _pools:
         _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cdp-uvu")
     return _pools[n]
+
+
+def _receiver_bounds(ptr: List[int], num_edges: int, num_receivers: int) -> List[Tuple[int, int]]:
+    """Edge ranges [a, b) for the kernel threads, cut at receiver boundaries (each owns whole rows of acc)."""
+    threads = max(1, min(torch.get_num_threads(), num_receivers, num_edges // 32))
+    if threads == 1:
+        return [(0, num_edges)]
+    cuts = [0]
+    for t in range(1, threads):
+        r = bisect.bisect_left(ptr, t * num_edges // threads)
+        cuts.append(max(cuts[-1], ptr[min(r, len(ptr) - 1)]))
+    cuts.append(num_edges)
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+class DenseMap:
+    """A linear map between irrep layouts whose matrix is built from a module's flat weight each call:
+    ``D = (cat(weight, 0)[index] · coef).view(rows, cols)``, so ``x @ D`` is one GEMM with an ordinary
+    autograd graph (the weight's gradient gathers back through ``index``).  For small maps under training,
+    where the per-block operations of e3nn's Linear cost more in dispatch than in arithmetic.
+    """
+
+    def __init__(self, rows: int, cols: int, entries: List[Tuple[Tensor, Tensor, Tensor, Tensor]], numel: int):
+        index = torch.full((rows * cols,), numel, dtype=torch.long)
+        coef = torch.zeros(rows * cols, dtype=torch.float64)
+        for r, c, w, k in entries:
+            pos = r * cols + c
+            if bool((index[pos] != numel).any()) or pos.unique().numel() != pos.numel():
+                raise ValueError("overlapping entries")
+            index[pos], coef[pos] = w, k
+        self.rows, self.cols, self.index, self.coef64 = rows, cols, index, coef
+        self._coef: dict = {}
+
+    def matrix(self, weight: Tensor) -> Tensor:
+        key = (weight.dtype, weight.device)
+        if key not in self._coef:
+            self._coef[key] = (self.index.to(weight.device), self.coef64.to(weight.device, weight.dtype))
+        index, coef = self._coef[key]
+        return (torch.cat([weight, weight.new_zeros(1)])[index] * coef).view(self.rows, self.cols)
+
+
+def _linear_entries(lin: o3.Linear, scale: float = 1.0, channels_last_in: bool = False, col_map=None,
+                    col_offset: int = 0):
+    """(row, col, flat weight index, coefficient) per matrix entry of an e3nn Linear without biases, or None.
+
+    Rows index the input in e3nn layout ([mul][d] per block) or channels-last ([d][mul]); columns index
+    its output, remapped by ``col_map`` (output column → column, -1: dropped) and shifted by ``col_offset``."""
+    entries = []
+    flat = 0
+    in_slices, out_slices = lin.irreps_in.slices(), lin.irreps_out.slices()
+    for ins in lin.instructions:
+        if ins.i_in < 0:
+            return None
+        mul_in, mul_out = ins.path_shape
+        d = lin.irreps_in[ins.i_in].ir.dim
+        u, w, m = torch.meshgrid(torch.arange(mul_in), torch.arange(mul_out), torch.arange(d), indexing="ij")
+        u, w, m = u.reshape(-1), w.reshape(-1), m.reshape(-1)
+        rows = in_slices[ins.i_in].start + (m * mul_in + u if channels_last_in else u * d + m)
+        cols = out_slices[ins.i_out].start + w * d + m
+        if col_map is not None:
+            cols = col_map[cols]
+            keep = cols >= 0
+            u, w, rows, cols = u[keep], w[keep], rows[keep], cols[keep]
+        entries.append((rows, cols + col_offset, flat + u * mul_out + w,
+                        torch.full((rows.numel(),), float(ins.path_weight) * scale, dtype=torch.float64)))
+        flat += mul_in * mul_out
+    return entries
+
+
+class FusedConvolution(torch.autograd.Function):
+    """The fused kernel as an autograd function: (packed senders x, harmonics Y, radial weights w) → aggregate.
+
+    Forward is :meth:`FastE3Convolution._kernel_forward`; backward is one pass of the backward kernel
+    (``cdp_uvu_conv_backward_*``), giving dL/dx, dL/dY and dL/dw without per-edge tensor-product outputs.
+    float32 and float64; the slack columns of w and of the aggregate carry zero gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, sh, weight, conv, src, dst, ptr, num_receivers):
+        x, sh, weight = x.contiguous(), sh.contiguous(), weight.contiguous()
+        src, dst = src.contiguous(), dst.contiguous()
+        fn = native.entry(native.load(), weight.dtype)
+        acc = conv._kernel_forward(fn, x, src, dst, sh, weight, ptr, num_receivers)
+        ctx.save_for_backward(x, sh, weight, src, dst)
+        ctx.conv, ctx.ptr = conv, ptr
+        return acc
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, sh, weight, src, dst = ctx.saved_tensors
+        gx, gsh, gw = ctx.conv._kernel_backward(grad, x, src, dst, sh, weight, ctx.ptr,
+                                                ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return gx, gsh, gw, None, None, None, None, None
 
 
 class FastE3Convolution(E3Convolution):
@@ -171,6 +267,38 @@ class FastE3Convolution(E3Convolution):
         # cast once per (dtype, device) on first use
         self._cg64 = cgs
         self._cg_cache: dict = {}
+        self._dense = self._dense_maps()
+
+    def _dense_maps(self) -> dict:
+        """Single-GEMM forms of lin1 + kernel packing, sc, and lin2/lin3 of the aggregate, where small
+        (``DENSE_MAX`` entries); used under training only (inference keeps its own, unchanged, arithmetic)."""
+        maps: dict = {}
+        packed_width = sum(d_i * native.padded(mul) for _, mul, d_i, _, _ in self.blocks)
+        col_map = torch.full((self.lin1.irreps_out.dim,), -1, dtype=torch.long)
+        col = 0
+        for start, mul, d_i, _, _ in self.blocks:
+            u, m = torch.meshgrid(torch.arange(mul), torch.arange(d_i), indexing="ij")
+            col_map[start + u * d_i + m] = col + m * native.padded(mul) + u
+            col += d_i * native.padded(mul)
+        acc_width = native.round_up(self.agg_dim + native.ACC_SLACK, 16)
+        lin2_dim = self.lin2.irreps_out.dim
+        specs = {
+            "lin1": (self.lin1, self.lin1.irreps_in.dim, packed_width, lambda: _linear_entries(self.lin1, col_map=col_map)),
+            "sc": (self.sc, self.sc.irreps_in.dim, self.sc.irreps_out.dim, lambda: _linear_entries(self.sc)),
+        }
+        for name, (lin, rows, cols, entries) in specs.items():
+            if rows * cols <= DENSE_MAX:
+                found = entries()
+                if found is not None:
+                    maps[name] = DenseMap(rows, cols, found, lin.weight.numel())
+        if acc_width * (lin2_dim + 1) <= DENSE_MAX and self._lin2_plan is not None and self._lin3_plan is not None:
+            # [lin2 | lin3] of the channels-last aggregate; the scales (1/√n, 0.1/√n) are applied to the product
+            e2 = _linear_entries(self.lin2, channels_last_in=True)
+            e3 = _linear_entries(self.lin3, channels_last_in=True, col_offset=lin2_dim)
+            n2 = self.lin2.weight.numel()
+            e3 = [(r, c, w + n2, k) for r, c, w, k in e3]
+            maps["mix"] = DenseMap(acc_width, lin2_dim + 1, e2 + e3, n2 + self.lin3.weight.numel())
+        return maps
 
     def _cg(self, like: Tensor) -> List[Tensor]:
         key = (like.dtype, like.device)
@@ -187,14 +315,23 @@ class FastE3Convolution(E3Convolution):
         """Bytes of the per-receiver aggregate (held for one block)."""
         return itemsize * (2 * self.agg_dim + self.irreps_out.dim)
 
-    def _radial_weights(self, emb: Tensor, slack: int = 0) -> Tensor:
+    def _radial_weights(self, emb: Tensor, slack: int = 0, fold: bool = False) -> Tensor:
         """MLP(R_e) with the last layer's columns in block order (the same numbers as ``self.fc``).
 
         ``slack`` > 0 appends at least that many zero columns, up to a multiple of 16 (the kernel reads whole
         vectors past a row's last weight; MKL's GEMM runs ~1.7x faster on 64-byte multiple rows here).
+        ``fold`` (training through the kernels): see below.
         """
         layers = list(self.fc)
         x = emb
+        if fold and torch.is_grad_enabled() and all(hasattr(layer.act, "cst") for layer in layers[:-1]):
+            # training: each hidden layer's output scale (the activation's normalising constant times
+            # √var_out) moved into the next layer's weight, so no scaling pass over [E, hidden] either way
+            scale = 1.0
+            for layer in layers[:-1]:
+                x = layer.act.f(x @ (layer.weight * (scale / (layer.h_in * layer.var_in) ** 0.5)))
+                scale = (1.0 if layer.act._is_id else layer.act.cst) * layer.var_out**0.5
+            return x @ (self._last_layer(x.dtype, slack) * scale)
         for layer in layers[:-1]:
             x = layer(x)
         return x @ self._last_layer(x.dtype, slack)
@@ -240,11 +377,9 @@ class FastE3Convolution(E3Convolution):
         return self._cg_cache[key]
 
     def _native_fn(self, *tensors: Tensor):
-        """The fused kernel entry for these inputs, or None (autograd, non-CPU, other dtype, no compiler)."""
+        """The fused kernel entry for these inputs, or None (non-CPU, other dtype, no compiler); under autograd
+        the kernel runs through :class:`FusedConvolution`, whose backward is a fused kernel too."""
         if not self.use_native or tensors[0].device.type != "cpu":
-            return None
-        if torch.is_grad_enabled() and (any(t.requires_grad for t in tensors)
-                                        or any(p.requires_grad for p in self.fc.parameters())):
             return None
         if self._plan_paths.numel() == 0 or int(self._plan_paths[:, 0].max()) > native.MAX_MUL:
             return None
@@ -257,8 +392,18 @@ class FastE3Convolution(E3Convolution):
 
     def _aggregate_native(self, fn, x: Tensor, src: Tensor, dst: Tensor, sh: Tensor, emb: Tensor,
                           ptr: List[int], num_receivers: int) -> Tensor:
-        """:meth:`_aggregate` through the fused C kernel: no per-edge tensor-product output is written."""
-        weight = self._radial_weights(emb, slack=native.ACC_SLACK)
+        """:meth:`_aggregate` through the fused C kernel: no per-edge tensor-product output is written.
+
+        Under autograd the kernel runs as :class:`FusedConvolution` (gradients for the packed senders,
+        the harmonics and the radial weights from the backward kernel)."""
+        weight = self._radial_weights(emb, slack=native.ACC_SLACK, fold=True)
+        if torch.is_grad_enabled() and (x.requires_grad or sh.requires_grad or weight.requires_grad):
+            return FusedConvolution.apply(x, sh, weight, self, src, dst, ptr, num_receivers)
+        return self._kernel_forward(fn, x, src, dst, sh, weight, ptr, num_receivers)
+
+    def _kernel_forward(self, fn, x: Tensor, src: Tensor, dst: Tensor, sh: Tensor, weight: Tensor,
+                        ptr: List[int], num_receivers: int) -> Tensor:
+        """The fused kernel's aggregate [R, agg_dim + slack], channels-last per mid block (see module doc)."""
         sh = sh.contiguous()
         # row slack for the kernel's whole-vector tails, rows a multiple of 64 bytes for the lin2 matmuls
         acc = weight.new_zeros((num_receivers, native.round_up(self.agg_dim + native.ACC_SLACK, 16)))
@@ -268,17 +413,7 @@ class FastE3Convolution(E3Convolution):
         args = (src.data_ptr(), dst.data_ptr(), sh.data_ptr(), sh.shape[1], weight.data_ptr(), weight.shape[1],
                 x.data_ptr(), x.shape[1], acc.data_ptr(), acc.shape[1], paths.shape[0], paths.data_ptr(),
                 pairs.data_ptr(), mj.data_ptr(), coeff.data_ptr())
-        num_edges = src.shape[0]
-        threads = max(1, min(torch.get_num_threads(), num_receivers, num_edges // 32))
-        if threads == 1:
-            bounds = [(0, num_edges)]
-        else:  # split at receiver boundaries: every thread owns whole rows of acc
-            cuts = [0]
-            for t in range(1, threads):
-                r = bisect.bisect_left(ptr, t * num_edges // threads)
-                cuts.append(max(cuts[-1], ptr[min(r, len(ptr) - 1)]))
-            cuts.append(num_edges)
-            bounds = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+        bounds = _receiver_bounds(ptr, src.shape[0], num_receivers)
         if len(bounds) == 1:
             status = [fn(bounds[0][0], bounds[0][1], *args)]
         else:
@@ -286,6 +421,39 @@ class FastE3Convolution(E3Convolution):
         if any(status):
             raise RuntimeError("fused ChargE3Net kernel: multiplicity above its limit")
         return acc
+
+    def _kernel_backward(self, grad: Tensor, x: Tensor, src: Tensor, dst: Tensor, sh: Tensor, weight: Tensor,
+                         ptr: List[int], need_x: bool, need_sh: bool):
+        """(dL/dx or None, dL/dsh or None, dL/dweight) of :meth:`_kernel_forward` from dL/dacc, by the
+        backward kernel: one pass over the edges; each thread owns whole receivers and its own dL/dx."""
+        fn = native.entry_backward(native.load(), weight.dtype)
+        grad = grad.contiguous()
+        gw = torch.zeros_like(weight)
+        gsh = torch.zeros_like(sh) if need_sh else None
+        paths, pairs, mj, coeff = self._plan(weight)
+        bounds = _receiver_bounds(ptr, src.shape[0], grad.shape[0])
+        gxs = [torch.zeros_like(x) for _ in bounds] if need_x else []
+
+        def call(k: int) -> int:
+            a, b = bounds[k]
+            return fn(a, b, src.data_ptr(), dst.data_ptr(), sh.data_ptr(), sh.shape[1], weight.data_ptr(),
+                      weight.shape[1], x.data_ptr(), x.shape[1], grad.data_ptr(), grad.shape[1],
+                      gxs[k].data_ptr() if need_x else None, gw.data_ptr(),
+                      gsh.data_ptr() if need_sh else None, paths.shape[0], paths.data_ptr(), pairs.data_ptr(),
+                      mj.data_ptr(), coeff.data_ptr())
+
+        if len(bounds) == 1:
+            status = [call(0)]
+        else:
+            status = list(_pool(len(bounds)).map(call, range(len(bounds))))
+        if any(status):
+            raise RuntimeError("fused ChargE3Net backward kernel: multiplicity above its limit")
+        gx = None
+        if need_x:
+            gx = gxs[0]
+            for other in gxs[1:]:
+                gx.add_(other)
+        return gx, gsh, gw
 
     @staticmethod
     def _linear_plan(lin: o3.Linear):
@@ -319,6 +487,29 @@ class FastE3Convolution(E3Convolution):
             y = torch.mm(x, weight * (path_weight * scale)).view(rows, d, mul_out)
             out.narrow(1, out_start, mul_out * d).view(rows, mul_out, d).add_(y.transpose(1, 2))
         return out
+
+    def _mix_channels_last(self, acc: Tensor, norm: float) -> Tuple[Tensor, Tensor]:
+        """(lin2(M)·norm, lin3(M)·0.1·norm) of a channels-last aggregate, for autograd: ``acc`` is split once
+        into its irrep blocks (one gradient concatenation instead of a zero-filled full-size gradient per
+        narrowed block) and each output is assembled by concatenation instead of in-place writes."""
+        rows = acc.shape[0]
+        in_slices = self.lin2.irreps_in.slices()
+        widths = [sl.stop - sl.start for sl in in_slices]
+        widths.append(acc.shape[1] - sum(widths))  # the kernel's slack columns
+        pieces = {sl.start: piece for sl, piece in zip(in_slices, torch.split(acc, widths, dim=1))}
+        outs = []
+        for lin, (out_dim, entries), scale in ((self.lin2, self._lin2_plan, norm), (self.lin3, self._lin3_plan, 0.1 * norm)):
+            by_out = {}
+            for in_start, out_start, mul_in, mul_out, path_weight, d, flat in entries:
+                weight = lin.weight[flat : flat + mul_in * mul_out].view(mul_in, mul_out)
+                y = torch.mm(pieces[in_start].reshape(rows * d, mul_in), weight * (path_weight * scale))
+                y = y.view(rows, d, mul_out).transpose(1, 2).reshape(rows, mul_out * d)
+                by_out[out_start] = by_out[out_start] + y if out_start in by_out else y
+            blocks = [by_out.get(sl.start) for sl in lin.irreps_out.slices()]
+            blocks = [acc.new_zeros((rows, sl.stop - sl.start)) if b is None else b
+                      for b, sl in zip(blocks, lin.irreps_out.slices())]
+            outs.append(torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0])
+        return outs[0], outs[1]
 
     def _packed_senders(self, sender: Tensor, rows: Optional[Tensor] = None) -> Tensor:
         """lin1 of the sender rows (``rows``: a subset, in that order) in the kernel's layout, per irrep
@@ -372,7 +563,10 @@ class FastE3Convolution(E3Convolution):
             used, src = torch.unique(src, return_inverse=True)
         fn = self._native_fn(sender, *edge_data)
         x_packed, h = None, []
-        if fn is not None:
+        dense = self._dense if torch.is_grad_enabled() and fn is not None else {}
+        if "lin1" in dense:
+            x_packed = (sender if used is None else sender.index_select(0, used)) @ dense["lin1"].matrix(self.lin1.weight)
+        elif fn is not None:
             x_packed = self._packed_senders(sender, used)
         else:
             if used is not None:
@@ -395,25 +589,36 @@ class FastE3Convolution(E3Convolution):
         track = torch.is_grad_enabled()
         out = sender.new_empty((0 if track else num_receivers, self.irreps_out.dim))
         blocks: List[Tensor] = []
+        # training through the kernels keeps the radial weights and the aggregate for the backward pass
+        # anyway, so blocking would save no memory: all receivers at once (fewer, larger operations)
+        chunk = max(self.edge_chunk, src.shape[0], num_receivers) if track and fn is not None else self.edge_chunk
         r0 = 0
         while r0 < num_receivers:
             # the largest run of whole receivers holding at most edge_chunk edges (at least one receiver)
-            r1 = max(r0 + 1, bisect.bisect_right(ptr, ptr[r0] + self.edge_chunk, lo=r0 + 1) - 1)
-            r1 = min(r1, r0 + self.edge_chunk)  # receivers without edges count too (bounded aggregate)
+            r1 = max(r0 + 1, bisect.bisect_right(ptr, ptr[r0] + chunk, lo=r0 + 1) - 1)
+            r1 = min(r1, r0 + chunk)  # receivers without edges count too (bounded aggregate)
             e0, e1 = ptr[r0], ptr[r1]
             sh, emb = edge_block(e0, e1)
             if fn is not None:
                 local_ptr = [p - e0 for p in ptr[r0 : r1 + 1]]
                 acc = self._aggregate_native(fn, x_packed, src[e0:e1], dst[e0:e1] - r0, sh, emb, local_ptr, r1 - r0)
-                conv = self._linear_channels_last(self.lin2, self._lin2_plan, acc, norm)
-                angle = self._linear_channels_last(self.lin3, self._lin3_plan, acc, 0.1 * norm)
+                if "mix" in dense:
+                    weight = torch.cat([self.lin2.weight, self.lin3.weight])
+                    mixed = acc @ dense["mix"].matrix(weight)
+                    conv, angle = mixed[:, :-1] * norm, mixed[:, -1:] * (0.1 * norm)
+                elif track:
+                    conv, angle = self._mix_channels_last(acc, norm)
+                else:
+                    conv = self._linear_channels_last(self.lin2, self._lin2_plan, acc, norm)
+                    angle = self._linear_channels_last(self.lin3, self._lin3_plan, acc, 0.1 * norm)
             else:
                 agg = self._aggregate(h, src[e0:e1], dst[e0:e1] - r0, sh, emb, r1 - r0) * norm
                 conv = self.lin2(agg)
                 angle = 0.1 * self.lin3(agg)
             sin = (1.0 - mask) + angle.sin() * mask
             if track:
-                blocks.append(torch.addcmul(sin * conv, angle.cos(), self.sc(receiver[r0:r1])))
+                sc = receiver[r0:r1] @ dense["sc"].matrix(self.sc.weight) if "sc" in dense else self.sc(receiver[r0:r1])
+                blocks.append(torch.addcmul(sin * conv, angle.cos(), sc))
             else:
                 torch.addcmul(sin * conv, angle.cos(), self.sc(receiver[r0:r1]), out=out[r0:r1])
             r0 = r1

@@ -117,3 +117,16 @@ def load() -> Optional[ctypes.CDLL]:
 def entry(lib: ctypes.CDLL, dtype: torch.dtype):
     """The kernel entry point for ``dtype`` (float32/float64), or None."""
     return {torch.float32: lib.cdp_uvu_conv_f32, torch.float64: lib.cdp_uvu_conv_f64}.get(dtype)
+
+
+def entry_backward(lib: ctypes.CDLL, dtype: torch.dtype):
+    """The backward kernel entry point for ``dtype`` (float32/float64), or None (argument types bound on first use)."""
+    name = {torch.float32: "cdp_uvu_conv_backward_f32", torch.float64: "cdp_uvu_conv_backward_f64"}.get(dtype)
+    if name is None:
+        return None
+    fn = getattr(lib, name)
+    if fn.argtypes is None:
+        i64, p = ctypes.c_int64, ctypes.c_void_p
+        fn.restype = ctypes.c_int
+        fn.argtypes = [i64, i64, p, p, p, i64, p, i64, p, i64, p, i64, p, p, p, i64, p, p, p, p]
+    return fn
