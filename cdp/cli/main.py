@@ -28,6 +28,7 @@ COMMANDS: Dict[str, tuple] = {
     "export": ("cdp.cli.export", "Export a model to ONNX, TorchScript or pt2."),
     "bench": ("cdp.cli.bench", "Run the performance benchmarks."),
     "experiment": ("cdp.cli.experiment", "Run the paper's experiments: L-sweep, scaling."),
+    "scf": ("cdp.cli.scf", "Start a PySCF SCF from a predicted density and compare guesses."),
 }
 
 

@@ -1,0 +1,164 @@
+"""The same SCF (the data recipe) from several initial guesses: iterations, times and final energies.
+
+``compare_guesses(atoms, predictor, guesses)`` gives the report written by ``cdp scf --json``::
+
+    {"structure", "model", "recipe", "inference_seconds", "setup_seconds", "density",
+     "runs": [{"guess", "iterations", "converged", "energy_hartree", "scf_seconds", "guess_seconds"}],
+     "energies_agree", "energy_spread_hartree"}
+
+``iterations`` is PySCF's ``mf.cycles`` of the SCF started from the guess; building the guess is not
+counted in it, its time is ``guess_seconds`` (for ``cdp``: model inference at the grid points, the
+Hartree fit, V_xc and one diagonalisation). The density-fitting tensor and the grid are built once
+(``setup_seconds``) and shared by all runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from cdp.core.types import CdpError
+
+ENERGY_TOLERANCE = 1e-6  # Ha: runs from different guesses must end within this of each other
+
+# PySCF guesses that work with GTH pseudopotentials (tested with PySCF 2.14 on the recipe).
+PYSCF_GUESSES = ("minao", "atom", "huckel", "mod_huckel", "1e", "sap")
+REFUSED_GUESSES = {
+    "vsap": "PySCF's vsap guess does not support GTH pseudopotentials",
+    "chk": "a checkpoint guess needs a PySCF checkpoint file, not a structure",
+}
+GUESSES = ("cdp",) + PYSCF_GUESSES
+
+
+def check_guesses(guesses: Sequence[str]) -> List[str]:
+    """The guess names, checked before any work: unknown or GTH-incompatible ones raise CdpError."""
+    out: List[str] = []
+    for g in guesses:
+        g = str(g).strip().lower()
+        if not g:
+            continue
+        if g in REFUSED_GUESSES:
+            raise CdpError(f"guess '{g}' is refused: {REFUSED_GUESSES[g]}")
+        if g not in GUESSES:
+            raise CdpError(f"unknown guess '{g}' (choose from {', '.join(GUESSES)})")
+        if g not in out:
+            out.append(g)
+    if not out:
+        raise CdpError("no guess given")
+    return out
+
+
+def check_molecule(atoms, charge: int = 0, name: str = "structure"):
+    """The recipe's PySCF Mole for a closed-shell molecule; periodic or open-shell inputs raise CdpError."""
+    from cdp.data.molecules import recipe_mol
+
+    if np.any(atoms.pbc):
+        raise CdpError(f"{name}: periodic structure; `cdp scf` runs molecular PySCF "
+                       f"(crystals: see the README, GPAW and VASP ICHARG=1)")
+    if len(atoms) == 0:
+        raise CdpError(f"{name}: the structure has no atoms")
+    try:
+        mol = recipe_mol(atoms, charge=int(charge))
+    except CdpError:
+        raise
+    except Exception as exc:  # PySCF raises RuntimeError/KeyError for impossible charges, missing basis sets
+        raise CdpError(f"{name}: PySCF cannot build the molecule ({' '.join(str(exc).split())[:160]})") from None
+    if mol.nelectron <= 0:
+        raise CdpError(f"{name}: charge {charge} leaves {mol.nelectron} valence electrons")
+    if mol.spin != 0:
+        raise CdpError(f"{name}: {mol.nelectron} valence electrons at charge {charge} is an open shell; the recipe is "
+                       f"restricted Kohn-Sham (give --charge for a closed-shell ion)")
+    return mol
+
+
+@dataclass
+class Comparison:
+    """A guess comparison: the JSON report plus the converged density matrix of the first converged run."""
+
+    report: dict
+    mol: object = field(repr=False)
+    mf: object = field(repr=False)  # the shared, set-up RKS object (grid built, DF tensor built)
+    dm: Optional[np.ndarray] = field(default=None, repr=False)
+
+
+def compare_guesses(
+    atoms,
+    predictor=None,
+    guesses: Sequence[str] = ("cdp", "minao"),
+    charge: int = 0,
+    recipe: Optional[dict] = None,
+    gradient: str = "auto",
+    rescale: bool = True,
+    name: str = "structure",
+    model_name: Optional[str] = None,
+) -> Comparison:
+    """Run the recipe's SCF from each guess in ``guesses`` (``cdp`` needs ``predictor``); see the module doc."""
+    from cdp.data.molecules import RECIPE, recipe_mf
+    from cdp.dft.guess import density_guess
+
+    guesses = check_guesses(guesses)
+    if "cdp" in guesses and predictor is None:
+        raise CdpError("guess 'cdp' needs a model (--model)")
+    mol = check_molecule(atoms, charge, name)
+    rc = dict(RECIPE if recipe is None else recipe)
+    t0 = time.perf_counter()
+    base = recipe_mf(mol, rc)
+    base.grids.build(with_non0tab=True)
+    setup = time.perf_counter() - t0
+
+    runs, density, inference, dm_ref = [], None, None, None
+    for g in guesses:
+        mf = copy.copy(base)  # shares the built grid and DF tensor; kernel() state lands on the copy
+        t1 = time.perf_counter()
+        if g == "cdp":
+            made = density_guess(mf, predictor, rescale=rescale, gradient=gradient)
+            dm0, inference = made.dm0, made.info.inference_seconds
+            info = made.info
+            density = {
+                "electrons": info.electrons_target,
+                "electrons_predicted": info.electrons_predicted,
+                "rescaled": info.rescaled,
+                "scale": info.scale,
+                "gradient": info.gradient_method,
+                "grid_points": info.grid_points,
+                "negative_fraction": info.negative_fraction,
+                "electrons_dm0": info.electrons_dm,
+            }
+        else:
+            try:
+                dm0 = mf.get_init_guess(mol, key=g)
+            except Exception as exc:  # a PySCF limitation surfacing at run time
+                raise CdpError(f"guess '{g}': PySCF cannot build it ({' '.join(str(exc).split())[:160]})") from None
+        t2 = time.perf_counter()
+        mf.kernel(dm0=dm0)
+        t3 = time.perf_counter()
+        runs.append({
+            "guess": g,
+            "iterations": int(mf.cycles),
+            "converged": bool(mf.converged),
+            "energy_hartree": float(mf.e_tot),
+            "scf_seconds": t3 - t2,
+            "guess_seconds": t2 - t1,
+        })
+        if mf.converged and dm_ref is None:
+            dm_ref = mf.make_rdm1()
+
+    energies = [r["energy_hartree"] for r in runs]
+    spread = float(max(energies) - min(energies))
+    report = {
+        "structure": name,
+        "model": model_name,
+        "recipe": rc,
+        "charge": int(charge),
+        "inference_seconds": inference,
+        "setup_seconds": setup,
+        "density": density,
+        "runs": runs,
+        "energies_agree": bool(all(r["converged"] for r in runs) and spread <= ENERGY_TOLERANCE),
+        "energy_spread_hartree": spread,
+    }
+    return Comparison(report=report, mol=mol, mf=base, dm=dm_ref)
