@@ -131,7 +131,7 @@ def predict_density(predictor, atoms, points_ang: np.ndarray, gradient: str = "a
         raise CdpError(f"unknown gradient method '{gradient}' (auto, autograd, fd or none)")
     if gradient == "none":
         return _total(predictor.predict(atoms, points_ang)), None, "none"
-    if gradient == "auto" and hasattr(predictor, "predict_with_gradient"):
+    if gradient == "auto" and callable(getattr(predictor, "predict_with_gradient", None)):
         rho, grad = predictor.predict_with_gradient(atoms, points_ang)
         return _total(rho), np.asarray(grad, dtype=np.float64).reshape(-1, 3), "given"
     torch_model = hasattr(predictor, "model") and hasattr(predictor, "encode") and hasattr(predictor.model, "decode")
