@@ -58,6 +58,7 @@ class Guess:
     dm0: np.ndarray
     info: GuessInfo
     mo_energy: Optional[np.ndarray] = field(default=None, repr=False)
+    rho_grid: Optional[np.ndarray] = field(default=None, repr=False)  # [G] model ρ at the grid, e/Bohr³, unscaled
 
 
 # -- the molecule ---------------------------------------------------------------------------------------
@@ -262,6 +263,7 @@ def density_guess(mol_or_mf, predictor, rescale: bool = True, gradient: str = "a
     rho_a, grad_a, method = predict_density(predictor, atoms, coords * BOHR, gradient)
     inference = time.perf_counter() - t1
     rho = rho_a * BOHR**3  # e/Å³ -> e/Bohr³
+    rho_model = rho
     grad = None if grad_a is None else grad_a * BOHR**4  # e/Å⁴ -> e/Bohr⁴
     if not (np.all(np.isfinite(rho)) and (grad is None or np.all(np.isfinite(grad)))):
         raise CdpError("the model predicted non-finite densities on PySCF's grid")
@@ -292,7 +294,7 @@ def density_guess(mol_or_mf, predictor, rescale: bool = True, gradient: str = "a
         seconds=time.perf_counter() - t0,
         electrons_dm=float(np.einsum("ij,ji->", dm0, s)),
     )
-    return Guess(dm0=dm0, info=info, mo_energy=mo_energy)
+    return Guess(dm0=dm0, info=info, mo_energy=mo_energy, rho_grid=rho_model)
 
 
 def initial_guess(mol_or_mf, predictor, rescale: bool = True, gradient: str = "auto") -> np.ndarray:

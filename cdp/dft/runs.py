@@ -85,6 +85,69 @@ class Comparison:
     dm: Optional[np.ndarray] = field(default=None, repr=False)
 
 
+def prepare(mol, recipe: Optional[dict] = None):
+    """(RKS object with its grid and DF tensor built, seconds): the setup every run shares."""
+    from cdp.data.molecules import recipe_mf
+
+    t0 = time.perf_counter()
+    base = recipe_mf(mol, recipe)
+    base.grids.build(with_non0tab=True)
+    return base, time.perf_counter() - t0
+
+
+def run_guess(base, guess: str, predictor=None, gradient: str = "auto", rescale: bool = True):
+    """One SCF from ``guess`` on a copy of the prepared ``base``: (run record, Guess or None, the run's mf)."""
+    from cdp.dft.guess import density_guess
+
+    mf = copy.copy(base)  # shares the built grid and DF tensor; kernel() state lands on the copy
+    made = None
+    t1 = time.perf_counter()
+    if guess == "cdp":
+        if predictor is None:
+            raise CdpError("guess 'cdp' needs a model (--model)")
+        made = density_guess(mf, predictor, rescale=rescale, gradient=gradient)
+        dm0 = made.dm0
+    else:
+        try:
+            dm0 = mf.get_init_guess(mf.mol, key=guess)
+        except Exception as exc:  # a PySCF limitation surfacing at run time
+            raise CdpError(f"guess '{guess}': PySCF cannot build it ({' '.join(str(exc).split())[:160]})") from None
+    t2 = time.perf_counter()
+    mf.kernel(dm0=dm0)
+    t3 = time.perf_counter()
+    record = {
+        "guess": guess,
+        "iterations": int(mf.cycles),
+        "converged": bool(mf.converged),
+        "energy_hartree": float(mf.e_tot),
+        "scf_seconds": t3 - t2,
+        "guess_seconds": t2 - t1,
+    }
+    return record, made, mf
+
+
+def density_record(made) -> dict:
+    """The report's ``density`` block: the predicted density's electron count on PySCF's grid and its use."""
+    info = made.info
+    return {
+        "electrons": info.electrons_target,
+        "electrons_predicted": info.electrons_predicted,
+        "rescaled": info.rescaled,
+        "scale": info.scale,
+        "gradient": info.gradient_method,
+        "grid_points": info.grid_points,
+        "negative_fraction": info.negative_fraction,
+        "electrons_dm0": info.electrons_dm,
+    }
+
+
+def agreement(runs: Sequence[dict]) -> tuple:
+    """(all converged within ENERGY_TOLERANCE of each other, energy spread in Ha)."""
+    energies = [r["energy_hartree"] for r in runs]
+    spread = float(max(energies) - min(energies)) if energies else 0.0
+    return bool(runs and all(r["converged"] for r in runs) and spread <= ENERGY_TOLERANCE), spread
+
+
 def compare_guesses(
     atoms,
     predictor=None,
@@ -97,58 +160,23 @@ def compare_guesses(
     model_name: Optional[str] = None,
 ) -> Comparison:
     """Run the recipe's SCF from each guess in ``guesses`` (``cdp`` needs ``predictor``); see the module doc."""
-    from cdp.data.molecules import RECIPE, recipe_mf
-    from cdp.dft.guess import density_guess
+    from cdp.data.molecules import RECIPE
 
     guesses = check_guesses(guesses)
     if "cdp" in guesses and predictor is None:
         raise CdpError("guess 'cdp' needs a model (--model)")
     mol = check_molecule(atoms, charge, name)
     rc = dict(RECIPE if recipe is None else recipe)
-    t0 = time.perf_counter()
-    base = recipe_mf(mol, rc)
-    base.grids.build(with_non0tab=True)
-    setup = time.perf_counter() - t0
-
+    base, setup = prepare(mol, rc)
     runs, density, inference, dm_ref = [], None, None, None
     for g in guesses:
-        mf = copy.copy(base)  # shares the built grid and DF tensor; kernel() state lands on the copy
-        t1 = time.perf_counter()
-        if g == "cdp":
-            made = density_guess(mf, predictor, rescale=rescale, gradient=gradient)
-            dm0, inference = made.dm0, made.info.inference_seconds
-            info = made.info
-            density = {
-                "electrons": info.electrons_target,
-                "electrons_predicted": info.electrons_predicted,
-                "rescaled": info.rescaled,
-                "scale": info.scale,
-                "gradient": info.gradient_method,
-                "grid_points": info.grid_points,
-                "negative_fraction": info.negative_fraction,
-                "electrons_dm0": info.electrons_dm,
-            }
-        else:
-            try:
-                dm0 = mf.get_init_guess(mol, key=g)
-            except Exception as exc:  # a PySCF limitation surfacing at run time
-                raise CdpError(f"guess '{g}': PySCF cannot build it ({' '.join(str(exc).split())[:160]})") from None
-        t2 = time.perf_counter()
-        mf.kernel(dm0=dm0)
-        t3 = time.perf_counter()
-        runs.append({
-            "guess": g,
-            "iterations": int(mf.cycles),
-            "converged": bool(mf.converged),
-            "energy_hartree": float(mf.e_tot),
-            "scf_seconds": t3 - t2,
-            "guess_seconds": t2 - t1,
-        })
+        record, made, mf = run_guess(base, g, predictor, gradient, rescale)
+        runs.append(record)
+        if made is not None:
+            density, inference = density_record(made), made.info.inference_seconds
         if mf.converged and dm_ref is None:
             dm_ref = mf.make_rdm1()
-
-    energies = [r["energy_hartree"] for r in runs]
-    spread = float(max(energies) - min(energies))
+    agree, spread = agreement(runs)
     report = {
         "structure": name,
         "model": model_name,
@@ -158,7 +186,7 @@ def compare_guesses(
         "setup_seconds": setup,
         "density": density,
         "runs": runs,
-        "energies_agree": bool(all(r["converged"] for r in runs) and spread <= ENERGY_TOLERANCE),
+        "energies_agree": agree,
         "energy_spread_hartree": spread,
     }
     return Comparison(report=report, mol=mol, mf=base, dm=dm_ref)
