@@ -33,7 +33,7 @@ def test_json_report_has_the_documented_fields(tmp_path, water, capsys):
     assert rep["inference_seconds"] > 0
     assert [r["guess"] for r in rep["runs"]] == ["cdp", "minao", "huckel"]
     for r in rep["runs"]:
-        assert set(r) == RUN_FIELDS
+        assert RUN_FIELDS <= set(r)
         assert r["converged"] is True and isinstance(r["iterations"], int) and r["iterations"] >= 1
         assert abs(r["energy_hartree"] - rep["runs"][0]["energy_hartree"]) <= 1e-6
     d = rep["density"]
