@@ -10,7 +10,8 @@
 ``iterations`` is PySCF's ``mf.cycles`` of the SCF started from the guess; building the guess is not
 counted in it, its time is ``guess_seconds`` (for ``cdp``: model inference at the grid points, the
 Hartree fit, V_xc and one diagonalisation). The density-fitting tensor and the grid are built once
-(``setup_seconds``) and shared by all runs.
+(``setup_seconds``) and shared by all runs; since the grid exists before the first SCF cycle, PySCF's
+pruning of small-ρ points (which depends on the guess) is not applied, so every guess sees the same grid.
 """
 
 from __future__ import annotations
