@@ -20,6 +20,7 @@ Units: the model works in Å and e/Å³; PySCF in Bohr and e/Bohr³ (``BOHR`` Å
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
@@ -237,7 +238,8 @@ def density_guess(mol_or_mf, predictor, rescale: bool = True, gradient: str = "a
 
     ``mol_or_mf``: a PySCF Mole (the data recipe's RKS object is built for it) or an RKS object, whose grid,
     functional, h_core and auxiliary basis are used. ``predictor``: anything with
-    ``predict(atoms, points_Å [M, 3]) -> ρ [M] e/Å³`` (e.g. ``cdp.load_model(...)``); an optional
+    ``predict(atoms, points_Å [M, 3]) -> ρ [M] e/Å³`` (e.g. ``cdp.load_model(...)``, or a name/path given to
+    it); an optional
     ``predict_with_gradient(atoms, points) -> (ρ [M], ∇ρ [M, 3] e/Å⁴)`` is used when present.
     ``rescale``: scale ρ (and ∇ρ) so that ∫ρ = N on PySCF's grid before building the potential.
     Raises CdpError for open shells, hybrid/meta-GGA functionals or a non-positive predicted charge.
@@ -245,6 +247,10 @@ def density_guess(mol_or_mf, predictor, rescale: bool = True, gradient: str = "a
     from cdp.data.molecules import BOHR
 
     t0 = time.perf_counter()
+    if isinstance(predictor, (str, os.PathLike)):
+        from cdp.predict import load_model
+
+        predictor = load_model(predictor)
     mol, mf = _as_mf(mol_or_mf)
     if mol.spin != 0:
         raise CdpError(f"the guess is closed-shell (restricted Kohn-Sham); this molecule has 2S = {mol.spin}")
