@@ -1,5 +1,6 @@
 """``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``,
 ``train_throughput``)."""
+"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``, ``scf``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ BENCHMARKS = {
     "export": "benchmarks.export_bench",
     "model_card": "benchmarks.model_card",
     "train_throughput": "benchmarks.train_throughput",
+    "scf": "benchmarks.scf",
 }
 
 

@@ -29,6 +29,7 @@ COMMANDS: Dict[str, tuple] = {
     "models": ("cdp.cli.models", "List the pretrained models shipped with cdp and their model cards."),
     "bench": ("cdp.cli.bench", "Run the performance benchmarks."),
     "experiment": ("cdp.cli.experiment", "Run the paper's experiments: L-sweep, scaling."),
+    "scf": ("cdp.cli.scf", "Start a PySCF SCF from a predicted density and compare guesses."),
 }
 
 

@@ -80,25 +80,32 @@ class MoleculeResult:
     grid_seconds: float
 
 
-def run_scf(atoms, recipe: Optional[dict] = None, name: Optional[str] = None):
-    """Converged PySCF RKS object for ``atoms`` under the recipe (raises CdpError if not converged)."""
+def recipe_mol(atoms, recipe: Optional[dict] = None, charge: int = 0, spin: Optional[int] = None):
+    """PySCF ``Mole`` of ase ``atoms`` (Å) under the recipe's basis and pseudopotentials.
+
+    ``spin`` is 2S (None: 0 or 1 from the electron count's parity); ``charge`` in e.
+    """
     try:
-        from pyscf import dft, gto
+        from pyscf import gto
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise CdpError("PySCF is not installed: pip install 'cdp[data]' (pyscf==2.14.*)") from exc
     rc = dict(RECIPE if recipe is None else recipe)
-    name = name or atoms.get_chemical_formula()
-    mol = gto.M(
+    return gto.M(
         atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
         unit="Angstrom",
         basis=rc["basis"],
         pseudo=rc["pseudo"],
-        charge=0,
-        spin=None,
+        charge=charge,
+        spin=spin,
         verbose=0,
     )
-    if mol.spin != 0:
-        raise CdpError(f"{name}: odd electron count, the RKS recipe needs a closed shell")
+
+
+def recipe_mf(mol, recipe: Optional[dict] = None):
+    """The recipe's RKS object for ``mol`` (density-fitting tensor built), not yet run."""
+    from pyscf import dft
+
+    rc = dict(RECIPE if recipe is None else recipe)
     mf = dft.RKS(mol, xc=rc["xc"])
     if rc.get("density_fit", True):
         mf = mf.density_fit()
@@ -109,6 +116,16 @@ def run_scf(atoms, recipe: Optional[dict] = None, name: Optional[str] = None):
     mf.max_cycle = int(rc.get("max_cycle", 100))
     mf.grids.level = int(rc.get("grids_level", 1))
     mf.verbose = 0
+    return mf
+
+
+def run_scf(atoms, recipe: Optional[dict] = None, name: Optional[str] = None):
+    """Converged PySCF RKS object for ``atoms`` under the recipe (raises CdpError if not converged)."""
+    name = name or atoms.get_chemical_formula()
+    mol = recipe_mol(atoms, recipe)
+    if mol.spin != 0:
+        raise CdpError(f"{name}: odd electron count, the RKS recipe needs a closed shell")
+    mf = recipe_mf(mol, recipe)
     mf.kernel()
     if not mf.converged:
         raise CdpError(f"{name}: SCF did not converge in {mf.max_cycle} cycles")
