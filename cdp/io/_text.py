@@ -19,7 +19,7 @@ import numpy as np
 from cdp.core.types import CdpError
 from cdp.io.compression import sniff_codec
 
-CHUNK = 1 << 21  #: characters of text parsed per step (2 MiB)
+CHUNK = 1 << 20  #: characters of text parsed per step (1 MiB)
 WINDOW = 1 << 20  #: a header must start within this much text; no line, value or blank run may exceed it
 MAX_ATOMS = 1_000_000  #: atoms a density file may declare
 MAX_GRID_POINTS = 1 << 33  #: grid points a density file may declare (64 GiB of float64)
