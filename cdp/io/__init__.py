@@ -81,7 +81,8 @@ def _finish(atoms: Atoms, grid: DensityGrid, name: str, pbc) -> Tuple[Atoms, Den
         pbc = parse_pbc(pbc if not isinstance(pbc, np.ndarray) else [bool(v) for v in pbc], name)
         atoms.pbc = pbc
         grid.pbc = pbc.copy()
-    volume = abs(float(np.linalg.det(np.asarray(grid.cell, dtype=np.float64))))
+    with np.errstate(all="ignore"):
+        volume = abs(float(np.linalg.det(np.asarray(grid.cell, dtype=np.float64))))
     if not np.isfinite(volume) or volume < 1e-8:
         raise CdpError(f"{name}: singular grid cell (volume {volume:.3g} Å³)")
     validate_atoms(atoms, name=name)
@@ -89,6 +90,11 @@ def _finish(atoms: Atoms, grid: DensityGrid, name: str, pbc) -> Tuple[Atoms, Den
 
 
 def _parse(source, fmt: str, name: str, units: str, frame) -> Tuple[Atoms, DensityGrid, int]:
+    with np.errstate(all="ignore"):  # overflowing or NaN input is refused by explicit checks, not warnings
+        return _parse_format(source, fmt, name, units, frame)
+
+
+def _parse_format(source, fmt: str, name: str, units: str, frame) -> Tuple[Atoms, DensityGrid, int]:
     if fmt == "chgcar":
         return read_chgcar(source, name, frame=frame)
     if frame not in (0, -1):

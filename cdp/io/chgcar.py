@@ -108,6 +108,11 @@ def _read_structure(lines: TextSource) -> Tuple[Atoms, int]:
                 f"({snippet(pline)})"
             ) from None
 
+    with np.errstate(all="ignore"):  # non-finite input is refused by validate_atoms, without warnings
+        return _scaled_atoms(cell, pos, scale, cartesian, species, counts), natoms
+
+
+def _scaled_atoms(cell, pos, scale, cartesian, species, counts) -> Atoms:
     if len(scale) == 3:
         factor = np.array(scale)
     elif scale[0] < 0:  # negative scale: the target cell volume
@@ -118,8 +123,7 @@ def _read_structure(lines: TextSource) -> Tuple[Atoms, int]:
     cell = cell * factor[None, :]
     pos = pos * factor[None, :] if cartesian else pos @ cell
     numbers = np.repeat([atomic_numbers[s] for s in species], counts)
-    atoms = Atoms(numbers=numbers, positions=pos, cell=cell, pbc=True)
-    return atoms, natoms
+    return Atoms(numbers=numbers, positions=pos, cell=cell, pbc=True)
 
 
 @dataclass
@@ -231,7 +235,8 @@ def _read_step(src: TextSource, scratch: Optional[_Step], first: bool) -> Tuple[
     dims = _read_dims(src, natoms)
     nx, ny, nz = dims
     n = nx * ny * nz
-    volume = abs(float(np.linalg.det(atoms.cell.array)))
+    with np.errstate(all="ignore"):
+        volume = abs(float(np.linalg.det(atoms.cell.array)))
     if not np.isfinite(volume) or volume < 1e-8:
         raise CdpError(f"{name}: singular cell (volume {volume:.3g} Å³)")
     if src.skip_blank():
@@ -320,24 +325,27 @@ def read_chgcar(source, name: str, frame: int = -1) -> Tuple[Atoms, DensityGrid,
         chosen = kept[0]
     elif chosen is None:
         raise CdpError(f"{name}: step {frame} does not exist: the file holds {nsteps} step(s)")
-    return _to_grid(chosen) + (nsteps,)
+    return _to_grid(chosen, name) + (nsteps,)
 
 
-def _to_grid(step: _Step) -> Tuple[Atoms, DensityGrid]:
+def _to_grid(step: _Step, name: str) -> Tuple[Atoms, DensityGrid]:
     atoms, dims = step.atoms, step.dims
     volume = abs(float(np.linalg.det(atoms.cell.array)))
     blocks = step.blocks
     values = _grid(blocks[0], dims, volume)
+    check_finite(values, name, "density grid")  # ρ·V ÷ V may overflow for a tiny cell
     spin = magnetisation = None
     spin_aug = None
     mag_aug = None
     if len(blocks) == 2:
         spin = _grid(blocks[1], dims, volume)
+        check_finite(spin, name, "magnetisation grid")
         spin_aug = step.tails[1]
     elif len(blocks) == 4:
         magnetisation = np.empty((3,) + tuple(dims), dtype=np.float64)
         for c in range(3):
             _grid(blocks[1 + c], dims, volume, out=magnetisation[c])
+        check_finite(magnetisation, name, "magnetisation grid")
         mag_aug = list(step.tails[1:])
     grid = DensityGrid(
         cell=atoms.cell.array.copy(),

@@ -115,6 +115,8 @@ def read_cube(source, name: str, units: str = "bohr") -> Tuple[Atoms, DensityGri
             ) from None
         if not np.isfinite(zf) or zf != int(zf):
             raise CdpError(f"{name}: line {lines.lineno}: atomic number {f[0]!r} is not an integer")
+        if not 0 < zf < 119:
+            raise CdpError(f"{name}: line {lines.lineno}: unknown element (atomic number {f[0]})")
         z[i] = int(zf)
     positions = pos * length
     periodic_dims = np.array(dims, dtype=np.float64) - (1.0 if castep else 0.0)
@@ -131,12 +133,12 @@ def read_cube(source, name: str, units: str = "bohr") -> Tuple[Atoms, DensityGri
             f"{name}: density grid holds more than the header's {nx}x{ny}x{nz} grid of {n} values "
             f"(grid size or atom count wrong?)"
         )
-    check_finite(vals, name, "density grid")
     values = vals.reshape(nx, ny, nz)
     if castep:
         values = np.ascontiguousarray(values[:-1, :-1, :-1])
     if units == "bohr":
         values /= Bohr**3
+    check_finite(values, name, "density grid")
     atoms = Atoms(numbers=z, positions=positions, cell=cell, pbc=True)
     grid = DensityGrid(cell=cell, values=values, origin=origin, pbc=np.ones(3, dtype=bool))
     return atoms, grid
