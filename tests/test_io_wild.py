@@ -160,6 +160,10 @@ def test_noncollinear_evaluate_and_grid_like(tmp_path, capsys):
     assert rec["electrons_ref"] == pytest.approx(rho.mean() * atoms.get_volume(), rel=1e-9)
 
     ck = tiny_checkpoint(tmp_path / "m.ckpt")
+    assert main(["evaluate", "--model", str(ck), "--data", str(path), "--json", str(tmp_path / "e.json")]) == 0
+    rec = json.loads((tmp_path / "e.json").read_text())["structures"][0]
+    assert rec["electrons_ref"] == pytest.approx(rho.mean() * atoms.get_volume(), rel=1e-9)
+    capsys.readouterr()
     out = tmp_path / "pred.CHGCAR"
     assert main(["predict", str(path), "--model", str(ck), "-o", str(out), "--grid-like", str(path)]) == 0
     err = capsys.readouterr().err
@@ -203,7 +207,7 @@ def test_multi_step_chg_reads_last_by_default_and_any_step(tmp_path):
 
     code, out = _inspect(path)
     assert code == 0, out
-    assert "frames:     3" in out
+    assert "frames:     3 (showing step 2)" in out
     assert _electrons_line(out) == pytest.approx(grids[-1].mean() * images[-1].get_volume(), rel=1e-4)
     code, out = _inspect(path, "--frame", "0")
     assert code == 0 and _electrons_line(out) == pytest.approx(grids[0].mean() * images[0].get_volume(), rel=1e-4)
@@ -226,10 +230,10 @@ def test_multi_step_chgcar_with_occupancies(tmp_path):
     _, g = cio.read(tmp_path / "CHGCAR", frame=0)
     np.testing.assert_allclose(g.values, r1, rtol=1e-10)
     assert cio.describe(tmp_path / "CHGCAR")["frames"] == 2
-    # a single-step file says frames 1 and shows no frames line
+    # a single-step file says frames 1
     (tmp_path / "one_CHGCAR").write_text(step1)
     assert cio.describe(tmp_path / "one_CHGCAR")["frames"] == 1
-    assert "frames:" not in _inspect(tmp_path / "one_CHGCAR")[1]
+    assert "frames:     1\n" in _inspect(tmp_path / "one_CHGCAR")[1]
 
 
 # ------------------------------------------------------------------------------ 8. bzip2 and xz
@@ -292,6 +296,23 @@ def test_fortran_fields_run_together(tmp_path):
     (tmp_path / "w.cube").write_text(cube.replace("-2.5E-01", " abc"))
     with pytest.raises(CdpError, match="non-numeric value 'abc'"):
         cio.read(tmp_path / "w.cube")
+
+
+def test_fast_path_never_splits_normal_files(tmp_path, monkeypatch):
+    """Normal files are parsed by the vectorised path alone; the regex split is only a fallback."""
+    import cdp.io._text as text_mod
+
+    atoms = _atoms()
+    rho = np.random.default_rng(3).random((4, 3, 5)) - 0.2  # negative values: separated by one space
+    (tmp_path / "CHGCAR").write_text(_ase_chgcar(tmp_path, atoms, rho) + AUG_TOTAL)
+    cio.write(tmp_path / "x.cube", atoms, DensityGrid(cell=atoms.cell.array, values=rho))
+
+    def forbidden(token):
+        raise AssertionError(f"slow path used for {token!r}")
+
+    monkeypatch.setattr(text_mod, "split_fortran", forbidden)
+    np.testing.assert_allclose(cio.read(tmp_path / "CHGCAR")[1].values, rho, rtol=1e-10)
+    np.testing.assert_allclose(cio.read(tmp_path / "x.cube")[1].values, rho, rtol=1e-7)
 
 
 # ------------------------------------------------------------------------------ 10. .vasp is a POSCAR

@@ -27,8 +27,7 @@ def _text(info: dict) -> str:
         f"electrons:  {info['electrons']:.6f}",
         f"density:    min {info['density_min']:.6g}, max {info['density_max']:.6g} e/Å³",
     ]
-    if info.get("frames", 1) > 1:
-        lines.append(f"frames:     {info['frames']} (showing step {info['frame']})")
+    lines.append(f"frames:     {info['frames']}" + (f" (showing step {info['frame']})" if info["frames"] > 1 else ""))
     if info.get("noncollinear"):
         mx, my, mz = info["magnetisation_vector"]
         lines.append(f"spin:       non-collinear (magnetisation vector {mx:.6f} {my:.6f} {mz:.6f} μB)")
