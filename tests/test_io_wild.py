@@ -4,7 +4,6 @@ Fortran fields run together, .vasp meaning POSCAR."""
 from __future__ import annotations
 
 import bz2
-import gzip
 import json
 import lzma
 from pathlib import Path

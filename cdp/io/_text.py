@@ -30,7 +30,6 @@ _NUMBER_RE = re.compile(_NUMBER)
 _NUMBERS_RE = re.compile(rf"(?:{_NUMBER})+")
 _SPECIAL = re.compile(r"[+-]?(?:nan|inf|infinity)", re.I)
 _MISSING_E = re.compile(r"(?<=[0-9.])([+-][0-9]{3})$")
-_FORTRAN_EXP = re.compile(r"(?<=[0-9.])([+-][0-9]{3})(?![0-9])")
 
 
 def snippet(line: str, width: int = 50) -> str:
@@ -118,23 +117,6 @@ def numbers_in_line(line: str) -> Optional[int]:
             return None
         count += len(parts)
     return count
-
-
-def parse_numbers(region: str, name: str, what: str) -> Tuple[np.ndarray, List[str]]:
-    """Parse a whitespace-separated number block in one vectorised call; returns (values, tokens)."""
-    tokens = region.split()
-    try:
-        return np.array(tokens, dtype=np.float64), tokens
-    except ValueError:
-        pass
-    vals = []
-    for tok in tokens:
-        parts = split_fortran(tok)
-        if parts is None:
-            raise CdpError(f"{name}: non-numeric value {snippet(tok, 20)} in the {what}")
-        vals.extend(v for _, v in parts)
-    fixed = _FORTRAN_EXP.sub(r"E\1", region)
-    return np.array(vals, dtype=np.float64), fixed.split()
 
 
 def _count_prefix(need: int) -> re.Pattern:
@@ -371,19 +353,3 @@ def check_finite(values: np.ndarray, name: str, what: str) -> None:
     if not np.isfinite(values).all():
         bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
         raise CdpError(f"{name}: {bad} non-finite value(s) in the {what}")
-
-
-def decode_text(data: bytes, name: str, kind: str) -> str:
-    """Decode a whole small text file; empty or binary content raises CdpError."""
-    if not data.strip():
-        raise CdpError(f"{name}: file is empty")
-    if b"\x00" in data[:65536]:
-        codec = sniff_codec(data)
-        hint = f" (looks {codec}-compressed; name it with the matching suffix)" if codec else ""
-        raise CdpError(f"{name}: binary data, not a text {kind} file{hint}")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        codec = sniff_codec(data)
-        hint = f" (looks {codec}-compressed; name it with the matching suffix)" if codec else ""
-        raise CdpError(f"{name}: binary data, not a text {kind} file{hint}") from None
