@@ -140,3 +140,19 @@ def test_legit_large_grid_reads_with_small_overhead(tmp_path):
     tracemalloc.stop()
     np.testing.assert_allclose(grid.values, rho, rtol=1e-10)
     assert peak < 2 * rho.nbytes + 16 * MIB
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zz", ".bz2", ".xz", ".lz4"])
+def test_every_codec_is_read_through_a_bounded_window(suffix):
+    """8 MiB of blanks after a valid header, in each codec: refused holding under 16 MiB (tracemalloc)."""
+    import tracemalloc
+
+    from cdp.io.compression import SUFFIXES, compress
+
+    data = compress(_header().encode() + b" " * (8 * MIB), SUFFIXES[suffix])
+    tracemalloc.start()
+    with pytest.raises(CdpError, match="1 MiB of blank text"):
+        cio.read_bytes(data, "x.CHGCAR" + suffix)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * MIB
