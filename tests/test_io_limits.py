@@ -33,14 +33,34 @@ def _cube_header(dims=(64, 64, 64)) -> str:
 
 
 def _gzip_bomb(path: Path, head: bytes, fill: bytes = b" ", mib: int = 512) -> Path:
-    """``head`` then ``mib`` MiB of ``fill``: a multi-member gzip (valid gzip; one member per MiB) of ~0.5 MB."""
-    member = gzip.compress(fill * MIB, compresslevel=9, mtime=0)
+    """``head`` then ``mib`` MiB of ``fill`` as one gzip member (~1 kB per MiB), built without compressing it all.
+
+    After a full flush deflate starts afresh, so every MiB of ``fill`` compresses to the same bytes:
+    they are compressed once and repeated; the trailer's CRC is computed over the whole text.
+    """
+    import struct
+    import zlib
+
+    chunk = fill * MIB
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    block = c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)
+    assert c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH) == block
+    end = c.flush()
+    crc = zlib.crc32(head)
+    for _ in range(mib):
+        crc = zlib.crc32(chunk, crc)
     with open(path, "wb") as fh:
-        if head:
-            fh.write(gzip.compress(head, mtime=0))
+        fh.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + first)
         for _ in range(mib):
-            fh.write(member)
+            fh.write(block)
+        fh.write(end + struct.pack("<II", crc, (len(head) + mib * MIB) & 0xFFFFFFFF))
     return path
+
+
+def test_gzip_bomb_is_valid_gzip(tmp_path):
+    path = _gzip_bomb(tmp_path / "b.gz", b"head\n", mib=3)
+    assert gzip.decompress(path.read_bytes()) == b"head\n" + b" " * (3 * MIB)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +69,9 @@ def bombs(tmp_path_factory):
     return {
         "bare": (_gzip_bomb(d / "bare.CHGCAR.gz", b""), "no CHGCAR header in the first 1 MiB"),
         "after_header": (_gzip_bomb(d / "head.CHGCAR.gz", _header().encode()), "1 MiB of blank text"),
-        "after_values": (_gzip_bomb(d / "vals.CHGCAR.gz", (_header() + " 0.1E+01" * 1000 + "\n").encode()),
+        "after_values": (_gzip_bomb(d / "vals.CHGCAR.gz", (_header() + " 0.1E+01" * 1000 + "\n").encode(), mib=64),
                          "1 MiB of blank text"),
-        "cube_after_header": (_gzip_bomb(d / "head.cube.gz", _cube_header().encode()), "1 MiB of blank text"),
+        "cube_after_header": (_gzip_bomb(d / "head.cube.gz", _cube_header().encode(), mib=64), "1 MiB of blank text"),
         "long_line": (_gzip_bomb(d / "line.CHGCAR.gz", b"", fill=b"x", mib=64), "longer than 1 MiB"),
         "long_field": (_gzip_bomb(d / "field.CHGCAR.gz", _header().encode(), fill=b"1", mib=64), "field of over 1 MiB"),
     }
