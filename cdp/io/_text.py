@@ -211,14 +211,6 @@ class TextSource:
             if not self.more():
                 return True
 
-    def at_end(self) -> bool:
-        if self._pending is not None:
-            return False
-        while self.pos >= len(self.buf):
-            if not self.more():
-                return True
-        return False
-
     # -- lines -------------------------------------------------------------------------------------
 
     def readline(self) -> Optional[str]:

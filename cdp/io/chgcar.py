@@ -228,11 +228,20 @@ def _read_tail(src: TextSource, dims, natoms: int, what: str) -> Tuple[Optional[
     return (text if text.strip() else None), nxt
 
 
-def _read_step(src: TextSource, scratch: Optional[_Step], first: bool) -> Tuple[_Step, str]:
+def _read_step(src: TextSource, scratch: Optional[_Step], index: int) -> Tuple[_Step, str]:
     """Read one ionic step (header and its 1, 2 or 4 blocks); ``scratch`` arrays are reused when shapes match."""
     name = src.name
-    atoms, natoms = _read_structure(src)
-    dims = _read_dims(src, natoms)
+    start_line = src.lineno + 1
+    try:
+        atoms, natoms = _read_structure(src)
+        dims = _read_dims(src, natoms)
+    except CdpError as exc:
+        if index == 0:
+            raise
+        raise CdpError(  # after a complete step, only a further step's header may follow
+            f"{name}: text after the grid of step {index} (line {start_line}) is neither augmentation data nor "
+            f"the header of a further step: {str(exc).removeprefix(name + ': ')}"
+        ) from None
     nx, ny, nz = dims
     n = nx * ny * nz
     with np.errstate(all="ignore"):
@@ -298,17 +307,7 @@ def read_chgcar(source, name: str, frame: int = -1) -> Tuple[Atoms, DensityGrid,
             scratch = kept[0] if len(kept) == kept.maxlen else None
         else:
             scratch = spare if index != frame else None
-        if index == 0:
-            step, nxt = _read_step(src, scratch, True)
-        else:
-            start_line = src.lineno + 1
-            try:
-                step, nxt = _read_step(src, scratch, False)
-            except CdpError as exc:
-                raise CdpError(
-                    f"{name}: text after the grid of step {index} (line {start_line}) is neither augmentation "
-                    f"data nor a further step: {str(exc).removeprefix(name + ': ')}"
-                ) from None
+        step, nxt = _read_step(src, scratch, index)
         if frame < 0:
             kept.append(step)
         elif index == frame:
