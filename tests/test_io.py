@@ -363,7 +363,10 @@ def test_detect_format():
     assert cio.detect_format("a/b/CHGCAR") == "chgcar"
     assert cio.detect_format("Si_AECCAR2.lz4") == "chgcar"
     assert cio.detect_format("x.PARCHG.0001.gz") == "chgcar"
-    assert cio.detect_format("mp-1.vasp.zz") == "chgcar"
+    assert cio.detect_format("mp-1.chgcar.zz") == "chgcar"
+    for name, fmt in (("mp-1.vasp.zz", None), ("POSCAR.vasp", None), ("CHGCAR", "vasp")):
+        with pytest.raises(CdpError, match="POSCAR structure"):  # ase's convention: .vasp is a POSCAR
+            cio.detect_format(name, format=fmt)
     assert cio.detect_format("0001.cube.zz") == "cube"
     assert cio.detect_format("whatever", format="cube") == "cube"
     with pytest.raises(CdpError, match="format"):

@@ -87,7 +87,7 @@ CASES = {
     "cube_orbital": ("o.cube", lambda t: _replace_line(_cube_text(t), 2, "   -3 0.0 0.0 0.0").encode(), "orbital"),
     "chgcar_huge_grid": ("CHGCAR", lambda t: _chgcar_text(t).replace("\n    4    3    5\n", "\n 10000 10000 10000\n").encode(), "header claims"),
     "cube_huge_grid": ("g.cube", lambda t: _replace_line(_replace_line(_cube_text(t), 3, " 100000 0.1 0.0 0.0"), 4, " 100000 0.0 0.1 0.0").encode(), "header claims"),
-    "chgcar_noncollinear": ("CHGCAR", lambda t: (lambda s, d: s + d + s[_chgcar_values_start(s):] + d + s[_chgcar_values_start(s):] + d + s[_chgcar_values_start(s):])(_chgcar_text(t), "    4    3    5\n").encode(), "non-collinear"),
+    "chgcar_three_blocks": ("CHGCAR", lambda t: (lambda s, d: s + d + s[_chgcar_values_start(s):] + d + s[_chgcar_values_start(s):])(_chgcar_text(t), "    4    3    5\n").encode(), "3 density blocks"),
     "gz_plain_text": ("CHGCAR.gz", lambda t: _chgcar_text(t).encode(), "gzip"),
     "gz_truncated": ("CHGCAR.gz", lambda t: gzip.compress(_chgcar_text(t).encode())[:300], "corrupt gzip"),
     "lz4_holding_gzip": ("x.cube.lz4", lambda t: gzip.compress(_cube_text(t).encode()), "gzip"),

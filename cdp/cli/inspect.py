@@ -27,7 +27,11 @@ def _text(info: dict) -> str:
         f"electrons:  {info['electrons']:.6f}",
         f"density:    min {info['density_min']:.6g}, max {info['density_max']:.6g} e/Å³",
     ]
-    if info["spin"]:
+    lines.append(f"frames:     {info['frames']}" + (f" (showing step {info['frame']})" if info["frames"] > 1 else ""))
+    if info.get("noncollinear"):
+        mx, my, mz = info["magnetisation_vector"]
+        lines.append(f"spin:       non-collinear (magnetisation vector {mx:.6f} {my:.6f} {mz:.6f} μB)")
+    elif info["spin"]:
         lines.append(
             f"spin:       yes (magnetisation {info['magnetisation']:.6f} μB; "
             f"min {info['spin_min']:.6g}, max {info['spin_max']:.6g} e/Å³)"
@@ -49,12 +53,14 @@ def _text(info: dict) -> str:
     default="bohr",
     help="Cube value units: e/Bohr³ (standard) or e/Å³ (DeepDFT predictions).",
 )
-def command(file: str, as_json: bool, fmt, units: str) -> None:
-    """Print the structure, grid shape, spacing, electron count, density range and spin presence of FILE."""
+@click.option("--frame", "frame", type=int, default=-1, show_default=True,
+              help="Ionic step of a multi-step CHG/CHGCAR (Python indexing: 0 first, -1 last).")
+def command(file: str, as_json: bool, fmt, units: str, frame: int) -> None:
+    """Print the structure, grid shape, spacing, electron count, density range, spin and step count of FILE."""
     from cdp.io import describe
 
     try:
-        info = describe(file, format=fmt, units=units)
+        info = describe(file, format=fmt, units=units, frame=frame)
     except CdpError as exc:
         _fail(str(exc))
     click.echo(json.dumps(info, indent=1) if as_json else _text(info))

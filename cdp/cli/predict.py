@@ -275,6 +275,10 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
             if fmt == "cube" and spin:
                 click.echo(f"note: {target}: a cube holds one channel; the magnetisation is not written", err=True)
             aug = spin_aug = None
+            if reference is not None and reference.magnetisation is not None:
+                click.echo(f"note: {grid_like}: non-collinear reference; its magnetisation m is not predicted "
+                           f"(the output holds the total density{' and its occupancies' if fmt == 'chgcar' else ''})",
+                           err=True)
             if reference is not None and fmt == "chgcar":
                 aug, spin_aug = reference.augmentation, (reference.spin_augmentation if spin else None)
             try:

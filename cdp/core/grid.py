@@ -4,7 +4,7 @@ grid to predict, and the assembly of streamed chunks into it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -17,6 +17,9 @@ class DensityGrid:
 
     ``spin`` (same shape) is the magnetisation density for collinear spin data; ``augmentation`` is the
     verbatim PAW augmentation-occupancy text of a CHGCAR (kept so that a written CHGCAR can restart VASP).
+    ``magnetisation`` [3, nx, ny, nz] (μB/Å³) is the vector magnetisation of a non-collinear CHGCAR, with
+    the verbatim text after each of its three blocks in ``magnetisation_augmentation``; ``spin`` is None
+    then, so that a collinear-spin model is never compared with it.
     """
 
     cell: np.ndarray
@@ -26,6 +29,8 @@ class DensityGrid:
     augmentation: Optional[str] = None
     spin_augmentation: Optional[str] = None
     pbc: Optional[np.ndarray] = None
+    magnetisation: Optional[np.ndarray] = None
+    magnetisation_augmentation: Optional[List[Optional[str]]] = None
 
     @property
     def shape(self) -> tuple:

@@ -1,7 +1,9 @@
-"""Density file I/O: VASP CHGCAR and Gaussian cube, optionally gzip/lz4/zlib-compressed.
+"""Density file I/O: VASP CHGCAR and Gaussian cube, optionally gzip/lz4/zlib/bzip2/xz-compressed.
 
 ``read(path) -> (ase.Atoms, DensityGrid)`` and ``write(path, atoms, grid)``; the format comes from the
-file name (``format=`` overrides) and compression from its suffix (``.gz``, ``.lz4``, ``.zz``).
+file name (``format=`` overrides) and compression from its suffix (``.gz``, ``.lz4``, ``.zz``, ``.bz2``,
+``.xz``). ``.vasp`` names and ``format="vasp"`` mean a POSCAR structure (ase's convention), not a density.
+Files are decompressed and parsed through a bounded window, so memory holds the grid and a few MiB.
 
 Periodicity: neither format stores it. Both default to periodic (``pbc=True``: the grid's cell is taken
 as the periodic cell, which is right for CHGCARs and harmless for molecule cubes with vacuum). A sidecar
@@ -21,9 +23,9 @@ from ase import Atoms
 from cdp.core.errors import CdpError
 from cdp.core.grid import DensityGrid
 from cdp.core.validate import validate_atoms
-from cdp.io.chgcar import format_chgcar, parse_chgcar, read_chgcar_bytes
-from cdp.io.compression import read_file_bytes, split_compression, write_file_bytes
-from cdp.io.cube import format_cube, parse_cube, read_cube_bytes
+from cdp.io.chgcar import format_chgcar, parse_chgcar, read_chgcar
+from cdp.io.compression import open_source, split_compression, write_file_bytes
+from cdp.io.cube import format_cube, parse_cube, read_cube
 from cdp.io.sidecar import parse_pbc, read_sidecar, sidecar_candidates, write_sidecar_pbc
 
 FORMATS = ("chgcar", "cube")
@@ -43,20 +45,34 @@ __all__ = [
 ]
 
 
+def _poscar(name) -> CdpError:
+    return CdpError(
+        f"{name}: a .vasp file (format 'vasp') is a POSCAR structure, not a density; name a density file "
+        f"CHGCAR/CHG/*.chgcar or pass format='chgcar'"
+    )
+
+
 def detect_format(name, format: Optional[str] = None) -> str:
-    """'chgcar' or 'cube' from a file name (compression suffix ignored) or an explicit ``format``."""
+    """'chgcar' or 'cube' from a file name (compression suffix ignored) or an explicit ``format``.
+
+    ``.vasp`` and ``format="vasp"`` are POSCAR structures (ase's convention) and raise CdpError.
+    """
     if format is not None:
         fmt = str(format).lower()
-        if fmt in ("vasp", "chg"):
+        if fmt == "vasp":
+            raise _poscar(name)
+        if fmt == "chg":
             fmt = "chgcar"
         if fmt not in FORMATS:
             raise CdpError(f"{name}: unknown density format {format!r} (use 'chgcar' or 'cube')")
         return fmt
     base = split_compression(Path(str(name)).name)[0]
     low = base.lower()
+    if low.endswith(".vasp"):
+        raise _poscar(name)
     if low.endswith(".cube") or low.endswith(".cub"):
         return "cube"
-    if low.endswith((".chgcar", ".vasp")) or any(k in base.upper() for k in ("CHGCAR", "CHG", "AECCAR", "PARCHG")):
+    if low.endswith(".chgcar") or any(k in base.upper() for k in ("CHGCAR", "CHG", "AECCAR", "PARCHG")):
         return "chgcar"
     raise CdpError(f"{name}: cannot tell the density format from the name; pass format='chgcar' or 'cube'")
 
@@ -66,47 +82,58 @@ def _finish(atoms: Atoms, grid: DensityGrid, name: str, pbc) -> Tuple[Atoms, Den
         pbc = parse_pbc(pbc if not isinstance(pbc, np.ndarray) else [bool(v) for v in pbc], name)
         atoms.pbc = pbc
         grid.pbc = pbc.copy()
-    volume = abs(float(np.linalg.det(np.asarray(grid.cell, dtype=np.float64))))
+    with np.errstate(all="ignore"):
+        volume = abs(float(np.linalg.det(np.asarray(grid.cell, dtype=np.float64))))
     if not np.isfinite(volume) or volume < 1e-8:
         raise CdpError(f"{name}: singular grid cell (volume {volume:.3g} Å³)")
     validate_atoms(atoms, name=name)
     return atoms, grid
 
 
+def _parse(source, fmt: str, name: str, units: str, frame) -> Tuple[Atoms, DensityGrid, int]:
+    with np.errstate(all="ignore"):  # overflowing or NaN input is refused by explicit checks, not warnings
+        return _parse_format(source, fmt, name, units, frame)
+
+
+def _parse_format(source, fmt: str, name: str, units: str, frame) -> Tuple[Atoms, DensityGrid, int]:
+    if fmt == "chgcar":
+        return read_chgcar(source, name, frame=frame)
+    if frame not in (0, -1):
+        raise CdpError(f"{name}: a cube file holds one frame; frame {frame} does not exist")
+    return read_cube(source, name, units=units) + (1,)
+
+
 def read_bytes(
-    data: bytes, name: str, format: Optional[str] = None, pbc=None, units: str = "bohr"
+    data: bytes, name: str, format: Optional[str] = None, pbc=None, units: str = "bohr", frame: int = -1
 ) -> Tuple[Atoms, DensityGrid]:
     """Parse in-memory file bytes (e.g. a tar member); ``name`` gives the format and compression."""
-    from cdp.io.compression import decompress
-
     name = str(name)
     fmt = detect_format(name, format)
-    data = decompress(data, split_compression(Path(name).name)[1], name)
-    if fmt == "chgcar":
-        atoms, grid = read_chgcar_bytes(data, name)
-    else:
-        atoms, grid = read_cube_bytes(data, name, units=units)
+    with open_source(data=data, name=name) as source:
+        atoms, grid, _ = _parse(source, fmt, name, units, frame)
     return _finish(atoms, grid, name, pbc)
 
 
-def read(path, format: Optional[str] = None, pbc=None, units: str = "bohr") -> Tuple[Atoms, DensityGrid]:
-    """Read a CHGCAR or cube file → ``(atoms, grid)`` with the grid in e/Å³.
-
-    ``pbc``: None uses the sidecar ``<file>.json`` if present, else periodic; a bool or three bools
-    override. ``units`` (cube only): ``"bohr"`` for standard e/Bohr³ values, ``"angstrom"`` for cubes that
-    hold e/Å³ (DeepDFT predictions).
-    """
+def _read(path, format, pbc, units, frame) -> Tuple[Atoms, DensityGrid, int]:
     path = Path(path)
     name = str(path)
     fmt = detect_format(name, format)
     if pbc is None:
         pbc = read_sidecar(path).get("pbc")
-    data = read_file_bytes(path)
-    if fmt == "chgcar":
-        atoms, grid = read_chgcar_bytes(data, name)
-    else:
-        atoms, grid = read_cube_bytes(data, name, units=units)
-    return _finish(atoms, grid, name, pbc)
+    with open_source(path) as source:
+        atoms, grid, nframes = _parse(source, fmt, name, units, frame)
+    return _finish(atoms, grid, name, pbc) + (nframes,)
+
+
+def read(path, format: Optional[str] = None, pbc=None, units: str = "bohr", frame: int = -1) -> Tuple[Atoms, DensityGrid]:
+    """Read a CHGCAR or cube file → ``(atoms, grid)`` with the grid in e/Å³.
+
+    ``pbc``: None uses the sidecar ``<file>.json`` if present, else periodic; a bool or three bools
+    override. ``units`` (cube only): ``"bohr"`` for standard e/Bohr³ values, ``"angstrom"`` for cubes that
+    hold e/Å³ (DeepDFT predictions). ``frame``: the ionic step of a multi-step CHG/CHGCAR (Python
+    indexing, default the last). Bad or oversized input raises CdpError.
+    """
+    return _read(path, format, pbc, units, frame)[:2]
 
 
 def write(
@@ -145,9 +172,9 @@ def record_pbc(path, pbc) -> None:
         write_sidecar_pbc(path, pbc)
 
 
-def describe(path, format: Optional[str] = None, pbc=None, units: str = "bohr") -> dict:
-    """Summary of a density file (structure, grid, electron count, density range, spin) as a JSON-able dict."""
-    atoms, grid = read(path, format=format, pbc=pbc, units=units)
+def describe(path, format: Optional[str] = None, pbc=None, units: str = "bohr", frame: int = -1) -> dict:
+    """Summary of a density file (structure, grid, electron count, density range, spin, steps) as a JSON-able dict."""
+    atoms, grid, nframes = _read(path, format, pbc, units, frame)
     cell = np.asarray(grid.cell, dtype=np.float64)
     shape = list(grid.shape)
     spacing = (np.linalg.norm(cell, axis=1) / np.array(shape)).tolist()
@@ -168,9 +195,15 @@ def describe(path, format: Optional[str] = None, pbc=None, units: str = "bohr") 
         "density_max": float(grid.values.max()),
         "spin": grid.spin is not None,
         "augmentation": grid.augmentation is not None,
+        "frames": nframes,
+        "frame": int(frame) if int(frame) >= 0 else nframes + int(frame),
+        "noncollinear": grid.magnetisation is not None,
     }
     if grid.spin is not None:
         info["magnetisation"] = float(grid.spin.sum(dtype=np.float64) * grid.voxel_volume)
         info["spin_min"] = float(grid.spin.min())
         info["spin_max"] = float(grid.spin.max())
+    if grid.magnetisation is not None:
+        total = grid.magnetisation.sum(axis=(1, 2, 3), dtype=np.float64) * grid.voxel_volume
+        info["magnetisation_vector"] = [float(v) for v in total]
     return info

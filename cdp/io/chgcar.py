@@ -1,15 +1,24 @@
 """VASP CHGCAR/CHG/AECCAR/PARCHG text: ρ·V_cell on an x-fastest grid after a POSCAR header.
 
-Reading gives ``values`` in e/Å³ (file values ÷ V_cell) with origin 0. A collinear spin file's second
-block (magnetisation) goes into ``spin``. Everything between the end of a block's numbers and the next
-block (PAW ``augmentation occupancies`` and the per-atom moment line VASP may put there) is kept verbatim
-in ``augmentation`` / ``spin_augmentation`` and written back unchanged. Non-collinear files (four blocks)
-are refused. Periodicity is not stored in the format; readers default to periodic.
+Reading gives ``values`` in e/Å³ (file values ÷ V_cell) with origin 0. One ionic step holds 1, 2 or 4
+blocks, each announced by the grid-dimension line: the total; the collinear magnetisation (→ ``spin``);
+or m_x, m_y, m_z of a non-collinear run (→ ``magnetisation`` [3, nx, ny, nz], ``spin`` stays None so a
+collinear-spin model is never scored against it). Everything between the end of a block's numbers and the
+next block (PAW ``augmentation occupancies`` and the per-atom moment lines VASP may put there) is kept
+verbatim in ``augmentation`` / ``spin_augmentation`` / ``magnetisation_augmentation`` and written back
+unchanged. A file with several ionic steps (CHG, or CHGCAR of an MD run: a header and grid per step)
+yields the step chosen by ``frame`` (Python indexing, default the last). Periodicity is not stored in
+the format; readers default to periodic.
+
+The text is read through a bounded window (:class:`cdp.io._text.TextSource`): the grid is parsed chunk by
+chunk into an array allocated only after its declared size passed the limits.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -18,9 +27,19 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from cdp.core.errors import CdpError
 from cdp.core.grid import DensityGrid
-from cdp.io._text import Lines, check_finite, check_room, decode_text, parse_ints, parse_numbers, snippet
+from cdp.io._text import (
+    WINDOW,
+    TextSource,
+    check_finite,
+    check_grid_size,
+    check_room,
+    numbers_in_line,
+    parse_ints,
+    snippet,
+)
 
 KIND = "CHGCAR"
+MAX_BLOCKS = 4  # total, then 1 (collinear) or 3 (non-collinear) magnetisation blocks
 
 
 def _species_name(token: str) -> str:
@@ -29,7 +48,7 @@ def _species_name(token: str) -> str:
     return sym[:1].upper() + sym[1:].lower()
 
 
-def _read_structure(lines: Lines) -> Tuple[Atoms, int]:
+def _read_structure(lines: TextSource) -> Tuple[Atoms, int]:
     """Parse the POSCAR part; returns atoms (pbc True) and the number of atoms."""
     name = lines.name
     comment = lines.next("comment line")
@@ -69,20 +88,19 @@ def _read_structure(lines: Lines) -> Tuple[Atoms, int]:
     natoms = int(sum(counts))
     if natoms == 0:
         raise CdpError(f"{name}: the structure has no atoms")
-    if natoms > (len(lines.text) - lines.pos) // 6:
-        raise CdpError(f"{name}: atom counts say {natoms} atoms but the file is too short to hold them")
+    lines.check_atoms(natoms, 6, "atom counts")
 
     mode = lines.next("coordinate mode")
     if mode.strip()[:1] in ("S", "s"):
         mode = lines.next("coordinate mode")
     cartesian = mode.strip()[:1] in ("C", "c", "K", "k")
 
-    rows = []
+    pos = np.empty((natoms, 3), dtype=np.float64)
     for i in range(natoms):
         pline = lines.next(f"position of atom {i + 1}")
         fields = pline.split()
         try:
-            rows.append([float(f) for f in fields[:3]])
+            pos[i] = [float(f) for f in fields[:3]]
             if len(fields) < 3:
                 raise ValueError
         except ValueError:
@@ -90,8 +108,12 @@ def _read_structure(lines: Lines) -> Tuple[Atoms, int]:
                 f"{name}: atom counts say {natoms} atoms but line {lines.lineno} is not a position "
                 f"({snippet(pline)})"
             ) from None
-    pos = np.array(rows, dtype=np.float64)
 
+    with np.errstate(all="ignore"):  # non-finite input is refused by validate_atoms, without warnings
+        return _scaled_atoms(cell, pos, scale, cartesian, species, counts), natoms
+
+
+def _scaled_atoms(cell, pos, scale, cartesian, species, counts) -> Atoms:
     if len(scale) == 3:
         factor = np.array(scale)
     elif scale[0] < 0:  # negative scale: the target cell volume
@@ -102,120 +124,260 @@ def _read_structure(lines: Lines) -> Tuple[Atoms, int]:
     cell = cell * factor[None, :]
     pos = pos * factor[None, :] if cartesian else pos @ cell
     numbers = np.repeat([atomic_numbers[s] for s in species], counts)
-    atoms = Atoms(numbers=numbers, positions=pos, cell=cell, pbc=True)
-    return atoms, natoms
+    return Atoms(numbers=numbers, positions=pos, cell=cell, pbc=True)
 
 
-def _dims_regex(dims) -> re.Pattern:
-    nx, ny, nz = dims
-    return re.compile(rf"^[ \t]*{nx}[ \t]+{ny}[ \t]+{nz}[ \t]*\r?$", re.M)
+@dataclass
+class _Step:
+    """One ionic step as read: atoms, grid shape, flat blocks (ρ·V, x fastest) and the text after each."""
+
+    atoms: Atoms
+    natoms: int
+    dims: Tuple[int, int, int]
+    blocks: List[np.ndarray]
+    tails: List[Optional[str]]
 
 
-def _line_start(text: str, idx: int) -> int:
-    return text.rfind("\n", 0, idx) + 1
-
-
-def _read_block(text: str, start: int, stop: int, n: int, name: str, what: str, extra_ok: int):
-    """Parse ``n`` numbers from text[start:stop]; returns (values, index where trailing text begins)."""
-    region = text[start:stop]
-    check_room(n, len(region), name, what)
-    vals, tokens = parse_numbers(region, name, what)
-    if vals.size < n:
-        raise CdpError(f"{name}: truncated {what}: expected {n} values, found {vals.size}")
-    extra = vals.size - n
-    if extra > extra_ok:
-        raise CdpError(
-            f"{name}: {what} holds {vals.size} values but the grid has {n} (grid size or atom count wrong?)"
-        )
-    if extra == 0:
-        return vals, stop
-    p = len(region)  # locate the first extra token (a per-atom moment line) from the end
-    for tok in reversed(tokens[n:]):
-        p = region.rfind(tok, 0, p)
-    return vals[:n], start + _line_start(region, p)
-
-
-def parse_chgcar(text: str, name: str) -> Tuple[Atoms, DensityGrid]:
-    """Parse CHGCAR text into atoms and a grid (values e/Å³, origin 0, pbc True)."""
-    lines = Lines(text, name, KIND)
-    atoms, natoms = _read_structure(lines)
-
+def _read_dims(src: TextSource, natoms: int) -> Tuple[int, int, int]:
+    name = src.name
+    blank = 0
     while True:  # blank line(s) then the grid dimensions
-        if lines.at_end():
+        dline = src.readline()
+        if dline is None:
             raise CdpError(f"{name}: header only, no density grid after the positions")
-        dline = lines.next("grid dimensions")
         if dline.strip():
             break
+        blank += len(dline) + 1
+        if blank > WINDOW:
+            raise CdpError(f"{name}: {WINDOW // 2**20} MiB of blank text after the positions, no grid dimensions")
     fields = dline.split()
     dims = parse_ints(fields)
     if dims is None or len(dims) != 3:
-        if len(fields) >= 3 and parse_ints(fields) is None:
+        if len(fields) >= 3 and dims is None:
             raise CdpError(
-                f"{name}: line {lines.lineno} is not a grid-dimensions line ({snippet(dline)}); "
+                f"{name}: line {src.lineno} is not a grid-dimensions line ({snippet(dline)}); "
                 f"the atom counts ({natoms}) disagree with the position lines"
             )
-        raise CdpError(f"{name}: line {lines.lineno}: expected three grid dimensions, got {snippet(dline)}")
+        raise CdpError(f"{name}: line {src.lineno}: expected three grid dimensions, got {snippet(dline)}")
     if min(dims) <= 0:
         raise CdpError(f"{name}: grid dimensions must be positive, got {dims}")
+    return tuple(dims)
+
+
+def _read_tail(src: TextSource, dims, natoms: int, what: str) -> Tuple[Optional[str], str]:
+    """Text after a block up to the next block / step / end: (verbatim text or None, 'block'|'step'|'end').
+
+    Holds augmentation occupancies (counted by their headers) and per-atom moment lines (at most 3 per
+    atom); more numbers mean the grid size is wrong.
+    """
+    name = src.name
+    kept: List[str] = []
+    rest = src.readline()  # the remainder of the last value line
+    if rest is not None and rest.strip():
+        kept.append(rest)
+        moments = numbers_in_line(rest) or 0
+    else:
+        moments = 0
+    limit = WINDOW + 65536 * natoms
+    chars = blank = 0
+    aug_left = 0
+    nxt = "end"
+    while True:
+        line = src.readline()
+        if line is None:
+            break
+        s = line.strip()
+        chars += len(line) + 1
+        if chars > limit:
+            raise CdpError(f"{name}: over {limit // 2**20} MiB of text after the {what} (not augmentation data)")
+        if not s:
+            blank += len(line) + 1
+            if blank > WINDOW:
+                raise CdpError(f"{name}: {WINDOW // 2**20} MiB of blank text after the {what}")
+            kept.append(line)
+            continue
+        blank = 0
+        fields = s.split()
+        if len(fields) == 3:
+            ints = parse_ints(fields)
+            if ints is not None:
+                if tuple(ints) != tuple(dims):
+                    raise CdpError(f"{name}: line {src.lineno}: grid dimensions {ints} differ from the step's {list(dims)}")
+                nxt = "block"
+                break
+        if s.lower().startswith("augmentation"):
+            count = parse_ints(fields[-1:])
+            aug_left = count[0] if count else 1 << 62
+            kept.append(line)
+            continue
+        k = numbers_in_line(s)
+        if k is None:  # a comment line: the header of the next ionic step
+            src.unread(line)
+            nxt = "step"
+            break
+        take = min(aug_left, k)
+        aug_left -= take
+        moments += k - take
+        if moments > 3 * natoms:
+            n = int(np.prod(dims))
+            raise CdpError(
+                f"{name}: {what} holds more than its {n} values: {moments} more numbers follow it "
+                f"(grid size or atom count wrong?)"
+            )
+        kept.append(line)
+    text = "\n".join(kept) + "\n" if kept else ""
+    return (text if text.strip() else None), nxt
+
+
+def _read_step(src: TextSource, scratch: Optional[_Step], index: int) -> Tuple[_Step, str]:
+    """Read one ionic step (header and its 1, 2 or 4 blocks); ``scratch`` arrays are reused when shapes match."""
+    name = src.name
+    start_line = src.lineno + 1
+    try:
+        atoms, natoms = _read_structure(src)
+        dims = _read_dims(src, natoms)
+    except CdpError as exc:
+        if index == 0:
+            raise
+        raise CdpError(  # after a complete step, only a further step's header may follow
+            f"{name}: text after the grid of step {index} (line {start_line}) is neither augmentation data nor "
+            f"the header of a further step: {str(exc).removeprefix(name + ': ')}"
+        ) from None
     nx, ny, nz = dims
     n = nx * ny * nz
-
-    volume = abs(float(np.linalg.det(atoms.cell.array)))
+    with np.errstate(all="ignore"):
+        volume = abs(float(np.linalg.det(atoms.cell.array)))
     if not np.isfinite(volume) or volume < 1e-8:
         raise CdpError(f"{name}: singular cell (volume {volume:.3g} Å³)")
-
-    start = lines.line_start()
-    if not text[start:start + 4096].strip():
+    if src.skip_blank():
         raise CdpError(f"{name}: header only, no density values after the grid dimensions")
-    check_room(n, len(text) - start, name, "density grid")
-    dims_re = _dims_regex(dims)
-    later = dims_re.search(text, start)
-    aug_at = text.find("augmentation", start)
-    stop1 = min(later.start() if later else len(text), _line_start(text, aug_at) if aug_at >= 0 else len(text))
-    vals, tail = _read_block(text, start, stop1, n, name, "density grid", extra_ok=natoms)
+    blocks: List[np.ndarray] = []
+    tails: List[Optional[str]] = []
+    while True:
+        what = "density grid" if not blocks else f"magnetisation grid {len(blocks)}"
+        if len(blocks) >= MAX_BLOCKS:
+            raise CdpError(
+                f"{name}: more than {MAX_BLOCKS} density blocks in one step (expected 1, 2 for collinear spin "
+                f"or 4 for non-collinear)"
+            )
+        check_room(n, src.remaining(), name, what)
+        reuse = scratch.blocks[len(blocks)] if scratch is not None and len(scratch.blocks) > len(blocks) else None
+        if reuse is not None and reuse.size == n:
+            flat = reuse
+        else:
+            check_grid_size(n, name, what, copies=2 + len(blocks))
+            flat = np.empty(n, dtype=np.float64)
+        src.read_numbers(flat, what)
+        check_finite(flat, name, what)
+        blocks.append(flat)
+        tail, nxt = _read_tail(src, dims, natoms, what)
+        tails.append(tail)
+        if nxt != "block":
+            break
+    if len(blocks) == 3:
+        raise CdpError(f"{name}: 3 density blocks in one step (expected 1, 2 for collinear spin or 4 for non-collinear)")
+    return _Step(atoms, natoms, dims, blocks, tails), nxt
 
-    block2 = later.start() if later else len(text)
-    if later is not None and dims_re.search(text, later.end()) is not None:
-        nblocks = 2 + sum(1 for _ in dims_re.finditer(text, later.end()))
-        raise CdpError(
-            f"{name}: {nblocks} density blocks (non-collinear spin CHGCAR or multi-step CHG); "
-            f"only total density and collinear magnetisation are supported"
-        )
-    aug1 = text[tail:block2]
-    augmentation = aug1 if aug1.strip() else None
-    if augmentation is not None and "augmentation" not in aug1 and later is None:
-        raise CdpError(f"{name}: unexpected text after the density grid: {snippet(aug1)}")
 
-    spin = None
+def _grid(flat: np.ndarray, dims, volume: float, out: Optional[np.ndarray] = None) -> np.ndarray:
+    nx, ny, nz = dims
+    if out is None:
+        out = np.empty((nx, ny, nz), dtype=np.float64)
+    np.divide(flat.reshape((nz, ny, nx)).transpose(2, 1, 0), volume, out=out)
+    return out
+
+
+def read_chgcar(source, name: str, frame: int = -1) -> Tuple[Atoms, DensityGrid, int]:
+    """Read a CHGCAR from a :class:`cdp.io.compression.Source` → (atoms, grid, number of ionic steps).
+
+    ``frame`` picks the step (Python indexing; -1, the default, is the last). Steps other than the chosen
+    one are parsed into reused scratch arrays, so memory holds about two grids whatever the step count.
+    """
+    try:
+        frame = int(frame)
+    except (TypeError, ValueError):
+        raise CdpError(f"{name}: frame must be an integer, got {frame!r}") from None
+    src = TextSource(source, name, KIND)
+    src.start()
+    kept: deque = deque(maxlen=-frame if frame < 0 else 1)
+    chosen: Optional[_Step] = None
+    spare: Optional[_Step] = None
+    index = 0
+    while True:
+        if frame < 0:
+            scratch = kept[0] if len(kept) == kept.maxlen else None
+        else:
+            scratch = spare if index != frame else None
+        step, nxt = _read_step(src, scratch, index)
+        if frame < 0:
+            kept.append(step)
+        elif index == frame:
+            chosen = step
+        else:
+            spare = step
+        index += 1
+        if nxt == "end":
+            break
+    nsteps = index
+    if frame < 0:
+        if -frame > nsteps:
+            raise CdpError(f"{name}: step {frame} does not exist: the file holds {nsteps} step(s)")
+        chosen = kept[0]
+    elif chosen is None:
+        raise CdpError(f"{name}: step {frame} does not exist: the file holds {nsteps} step(s)")
+    return _to_grid(chosen, name) + (nsteps,)
+
+
+def _to_grid(step: _Step, name: str) -> Tuple[Atoms, DensityGrid]:
+    atoms, dims = step.atoms, step.dims
+    volume = abs(float(np.linalg.det(atoms.cell.array)))
+    blocks = step.blocks
+    values = _grid(blocks[0], dims, volume)
+    check_finite(values, name, "density grid")  # ρ·V ÷ V may overflow for a tiny cell
+    spin = magnetisation = None
     spin_aug = None
-    if later is not None:
-        s2 = later.end() + 1
-        aug2_at = text.find("augmentation", s2)
-        stop2 = _line_start(text, aug2_at) if aug2_at >= 0 else len(text)
-        svals, tail2 = _read_block(text, s2, stop2, n, name, "magnetisation grid", extra_ok=0)
-        check_finite(svals, name, "magnetisation grid")
-        spin = np.ascontiguousarray(svals.reshape((nz, ny, nx)).transpose(2, 1, 0)) / volume
-        a2 = text[tail2:]
-        spin_aug = a2 if a2.strip() else None
-
-    check_finite(vals, name, "density grid")
-    values = np.ascontiguousarray(vals.reshape((nz, ny, nx)).transpose(2, 1, 0))
-    values /= volume
+    mag_aug = None
+    if len(blocks) == 2:
+        spin = _grid(blocks[1], dims, volume)
+        check_finite(spin, name, "magnetisation grid")
+        spin_aug = step.tails[1]
+    elif len(blocks) == 4:
+        magnetisation = np.empty((3,) + tuple(dims), dtype=np.float64)
+        for c in range(3):
+            _grid(blocks[1 + c], dims, volume, out=magnetisation[c])
+        check_finite(magnetisation, name, "magnetisation grid")
+        mag_aug = list(step.tails[1:])
     grid = DensityGrid(
         cell=atoms.cell.array.copy(),
         values=values,
         origin=np.zeros(3),
         spin=spin,
-        augmentation=augmentation,
+        augmentation=step.tails[0],
         spin_augmentation=spin_aug,
         pbc=np.ones(3, dtype=bool),
+        magnetisation=magnetisation,
+        magnetisation_augmentation=mag_aug,
     )
     return atoms, grid
 
 
-def read_chgcar_bytes(data: bytes, name: str) -> Tuple[Atoms, DensityGrid]:
-    """Decode and parse CHGCAR bytes."""
-    return parse_chgcar(decode_text(data, name, KIND), name)
+def parse_chgcar(text: str, name: str, frame: int = -1) -> Tuple[Atoms, DensityGrid]:
+    """Parse CHGCAR text into atoms and a grid (values e/Å³, origin 0, pbc True)."""
+    from cdp.io.compression import open_source
+
+    data = text.encode("utf-8")
+    with open_source(data=data, name="CHGCAR") as source:
+        source.name = name
+        return read_chgcar(source, name, frame)[:2]
+
+
+def read_chgcar_bytes(data: bytes, name: str, frame: int = -1) -> Tuple[Atoms, DensityGrid]:
+    """Parse (uncompressed) CHGCAR bytes."""
+    from cdp.io.compression import open_source
+
+    with open_source(data=data, name="CHGCAR") as source:
+        source.name = name
+        return read_chgcar(source, name, frame)[:2]
 
 
 # ----------------------------------------------------------------------------------------------- write
@@ -306,6 +468,9 @@ def verbatim_block(text: Optional[str]) -> str:
 def format_chgcar(atoms: Atoms, grid: DensityGrid, name: str = "CHGCAR", comment: Optional[str] = None) -> str:
     """CHGCAR text for ``atoms`` and ``grid``; atoms are grouped by species (first-appearance order).
 
+    Blocks written: the total, then ``spin`` (collinear) or the three components of ``magnetisation``
+    (non-collinear), each followed by its verbatim augmentation text.
+
     The lattice is the grid's cell; a non-zero grid origin is removed by shifting the atoms (the file's
     grid starts at 0). Augmentation text is written back verbatim; it cannot follow a reordering of atoms.
     """
@@ -313,8 +478,9 @@ def format_chgcar(atoms: Atoms, grid: DensityGrid, name: str = "CHGCAR", comment
     values = np.asarray(grid.values, dtype=np.float64)
     if values.ndim != 3 or min(values.shape) < 1:
         raise CdpError(f"{name}: grid values must be a non-empty 3-D array, got shape {values.shape}")
-    out = [chgcar_header(atoms, cell, grid.origin, values.shape, name, comment,
-                         keeps_augmentation=bool(grid.augmentation or grid.spin_augmentation))]
+    mag_aug = list(grid.magnetisation_augmentation or [None, None, None])
+    keeps = bool(grid.augmentation or grid.spin_augmentation or any(mag_aug))
+    out = [chgcar_header(atoms, cell, grid.origin, values.shape, name, comment, keeps_augmentation=keeps)]
     volume = abs(float(np.linalg.det(cell)))
     check_finite(values, name, "density grid")
     out.append(_fortran_values(values.transpose(2, 1, 0).reshape(-1) * volume))
@@ -327,4 +493,15 @@ def format_chgcar(atoms: Atoms, grid: DensityGrid, name: str = "CHGCAR", comment
         out.append(chgcar_dims_line(values.shape))
         out.append(_fortran_values(spin.transpose(2, 1, 0).reshape(-1) * volume))
         out.append(_verbatim(grid.spin_augmentation))
+    if grid.magnetisation is not None:
+        if grid.spin is not None:
+            raise CdpError(f"{name}: a grid cannot hold both a collinear spin and a vector magnetisation")
+        mag = np.asarray(grid.magnetisation, dtype=np.float64)
+        if mag.shape != (3,) + values.shape or len(mag_aug) != 3:
+            raise CdpError(f"{name}: magnetisation shape {mag.shape} is not [3, {', '.join(map(str, values.shape))}]")
+        check_finite(mag, name, "magnetisation grid")
+        for c in range(3):
+            out.append(chgcar_dims_line(values.shape))
+            out.append(_fortran_values(mag[c].transpose(2, 1, 0).reshape(-1) * volume))
+            out.append(_verbatim(mag_aug[c]))
     return "".join(out)

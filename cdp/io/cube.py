@@ -4,6 +4,8 @@ Grid point (i, j, k) sits at ``origin + i·v1 + j·v2 + k·v3`` and the grid's c
 negative voxel count means that axis is given in Å (Gaussian convention). ``units="angstrom"`` reads
 values already in e/Å³ (DeepDFT's streaming predictor writes such cubes). Orbital cubes (negative atom
 count) and multi-value cubes are refused. Periodicity is not stored: readers default to periodic.
+castep2cube cubes (named in a comment line) repeat the first plane as the last on every axis: the
+reader drops those end planes, so the cell and grid are the periodic ones.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ase.units import Bohr
 
 from cdp.core.errors import CdpError
 from cdp.core.grid import DensityGrid
-from cdp.io._text import Lines, check_finite, check_room, decode_text, parse_numbers, snippet
+from cdp.io._text import TextSource, check_finite, check_grid_size, check_room, snippet
 
 KIND = "cube"
 UNITS = ("bohr", "angstrom")
@@ -29,16 +31,30 @@ def _check_units(units: str, name: str) -> str:
     return u
 
 
-def parse_cube(text: str, name: str, units: str = "bohr") -> Tuple[Atoms, DensityGrid]:
-    """Parse cube text into atoms (pbc True) and a grid in e/Å³."""
+def _is_castep(first: str, second: str) -> bool:
+    """castep2cube writes the periodic end points (the last plane repeats the first on every axis).
+
+    Recognised by the producer named in the comment lines (as ase.io.cube does), never by the values.
+    """
+    return "castep2cube" in (first + " " + second).lower()
+
+
+def read_cube(source, name: str, units: str = "bohr") -> Tuple[Atoms, DensityGrid]:
+    """Read a cube from a :class:`cdp.io.compression.Source` into atoms (pbc True) and a grid in e/Å³.
+
+    A castep2cube file (named in a comment line) repeats the first plane as the last on each axis; those
+    end planes are dropped and the cell spans n−1 voxels per axis.
+    """
     units = _check_units(units, name)
-    lines = Lines(text, name, KIND)
-    lines.next("first comment line")
+    lines = TextSource(source, name, KIND)
+    lines.start()
+    first = lines.next("first comment line")
     second = lines.next("second comment line")
     if "OUTER LOOP" in second.upper():
         order = [w[0] for w in second.upper().replace(",", " ").split()[2::3]][:3]
         if order and order != ["X", "Y", "Z"]:
             raise CdpError(f"{name}: loop order {second.strip()!r} is not supported (expected X outer, Z inner)")
+    castep = _is_castep(first, second)
     head = lines.next("atom count and origin")
     fields = head.split()
     try:
@@ -75,14 +91,16 @@ def parse_cube(text: str, name: str, units: str = "bohr") -> Tuple[Atoms, Densit
     length = 1.0 if all(angstrom_axes) else Bohr
     if any(angstrom_axes) and not all(angstrom_axes):
         raise CdpError(f"{name}: mixed Bohr/Å axis units (some voxel counts negative)")
+    if castep and min(dims) < 2:
+        raise CdpError(f"{name}: castep2cube grid {dims} repeats its end points, so each axis needs 2 or more")
     voxels = np.array(axes) * length
     origin = origin * length
     nx, ny, nz = dims
     n = nx * ny * nz
-    if natoms > (len(text) - lines.pos) // 10:
-        raise CdpError(f"{name}: atom count says {natoms} atoms but the file is too short to hold them")
+    lines.check_atoms(natoms, 10, "atom count")
 
-    z, pos = [], []
+    z = np.empty(natoms, dtype=np.int64)
+    pos = np.empty((natoms, 3), dtype=np.float64)
     for i in range(natoms):
         line = lines.next(f"line of atom {i + 1}")
         f = line.split()
@@ -90,7 +108,7 @@ def parse_cube(text: str, name: str, units: str = "bohr") -> Tuple[Atoms, Densit
             if len(f) != 5:
                 raise ValueError
             zf = float(f[0])
-            xyz = [float(v) for v in f[2:5]]
+            pos[i] = [float(v) for v in f[2:5]]
         except ValueError:
             raise CdpError(
                 f"{name}: line {lines.lineno} is not 'Z charge x y z' for atom {i + 1} of {natoms} "
@@ -98,33 +116,47 @@ def parse_cube(text: str, name: str, units: str = "bohr") -> Tuple[Atoms, Densit
             ) from None
         if not np.isfinite(zf) or zf != int(zf):
             raise CdpError(f"{name}: line {lines.lineno}: atomic number {f[0]!r} is not an integer")
-        z.append(int(zf))
-        pos.append(xyz)
-    positions = np.array(pos, dtype=np.float64) * length
-    cell = voxels * np.array(dims, dtype=np.float64)[:, None]
+        if not 0 < zf < 119:
+            raise CdpError(f"{name}: line {lines.lineno}: unknown element (atomic number {f[0]})")
+        z[i] = int(zf)
+    positions = pos * length
+    periodic_dims = np.array(dims, dtype=np.float64) - (1.0 if castep else 0.0)
+    cell = voxels * periodic_dims[:, None]
 
-    start = lines.line_start()
-    if not text[start:].strip():
+    if lines.skip_blank():
         raise CdpError(f"{name}: header only, no density values after the atom lines")
-    check_room(n, len(text) - start, name, "density grid")
-    vals, _ = parse_numbers(text[start:], name, "density grid")
-    if vals.size != n:
+    check_room(n, lines.remaining(), name, "density grid")
+    check_grid_size(n, name, "density grid", copies=2 if castep else 1)
+    vals = np.empty(n, dtype=np.float64)
+    lines.read_numbers(vals, "density grid")
+    if not lines.skip_blank():
         raise CdpError(
-            f"{name}: density grid holds {vals.size} values but the header's {nx}x{ny}x{nz} grid needs {n} "
-            f"({'truncated file' if vals.size < n else 'grid size or atom count wrong?'})"
+            f"{name}: density grid holds more than the header's {nx}x{ny}x{nz} grid of {n} values "
+            f"(grid size or atom count wrong?)"
         )
-    check_finite(vals, name, "density grid")
     values = vals.reshape(nx, ny, nz)
+    if castep:
+        values = np.ascontiguousarray(values[:-1, :-1, :-1])
     if units == "bohr":
         values /= Bohr**3
+    check_finite(values, name, "density grid")
     atoms = Atoms(numbers=z, positions=positions, cell=cell, pbc=True)
     grid = DensityGrid(cell=cell, values=values, origin=origin, pbc=np.ones(3, dtype=bool))
     return atoms, grid
 
 
+def parse_cube(text: str, name: str, units: str = "bohr") -> Tuple[Atoms, DensityGrid]:
+    """Parse cube text into atoms (pbc True) and a grid in e/Å³."""
+    return read_cube_bytes(text.encode("utf-8"), name, units=units)
+
+
 def read_cube_bytes(data: bytes, name: str, units: str = "bohr") -> Tuple[Atoms, DensityGrid]:
-    """Decode and parse cube bytes."""
-    return parse_cube(decode_text(data, name, KIND), name, units=units)
+    """Parse (uncompressed) cube bytes."""
+    from cdp.io.compression import open_source
+
+    with open_source(data=data, name="x.cube") as source:
+        source.name = name
+        return read_cube(source, name, units=units)
 
 
 def cube_header(atoms: Atoms, cell, origin, shape, name: str = "cube", units: str = "bohr",

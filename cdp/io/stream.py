@@ -28,7 +28,7 @@ _PARK_BATCH = 1 << 20  # magnetisation values read back per step
 
 
 class _Sink:
-    """A binary writer compressing by codec (None, gzip, zlib, lz4), like cdp.io.compression."""
+    """A binary writer compressing by codec (None, gzip, zlib, lz4, bzip2, xz), like cdp.io.compression."""
 
     def __init__(self, path: str, codec: Optional[str]):
         self._raw = open(path, "wb")
@@ -38,6 +38,14 @@ class _Sink:
             self._fh = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0, filename="")
         elif codec == "zlib":
             self._zlib = zlib.compressobj(6)
+        elif codec == "bzip2":
+            import bz2
+
+            self._fh = bz2.BZ2File(self._raw, mode="wb", compresslevel=9)
+        elif codec == "xz":
+            import lzma
+
+            self._fh = lzma.LZMAFile(self._raw, mode="wb", preset=6)
         elif codec == "lz4":
             import lz4.frame
 
@@ -155,7 +163,7 @@ def stream_grid(path, fmt: str, atoms, frame: DensityGrid, chunks: Chunks, spin:
                 units: str = "bohr", progress: Optional[Callable[[int], None]] = None) -> float:
     """Write the grid of ``frame``'s geometry from ``chunks(order)`` batches to ``path`` atomically.
 
-    ``fmt`` is "chgcar", "cube" or "npy" (CHGCAR and cube compressed by a .gz/.lz4/.zz suffix).  A cube
+    ``fmt`` is "chgcar", "cube" or "npy" (CHGCAR and cube compressed by a .gz/.lz4/.zz/.bz2/.xz suffix).  A cube
     holds the total density only.  Batches must cover the flat grid in order.  Returns the number of
     electrons (Σρ·dV of the total density).
     """
