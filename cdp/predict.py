@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Callable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,20 +16,82 @@ import torch
 from cdp.core.checkpoint import load_checkpoint
 from cdp.core.model import DensityModel
 from cdp.core.types import AtomFeatures, Batch, CdpError, DensityGrid
-from cdp.core.validate import validate_atoms, validate_probes
+from cdp.core.validate import check_overlap, validate_atoms, validate_probes
 
 DEFAULT_PROBE_BATCH = 2500
+MAX_GRID_POINTS = 10**10  # 80 GB of float64 values: beyond this a spacing or shape is a mistake
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or None (cuda when available, else cpu); a missing GPU is a clear error."""
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or None/``auto`` (cuda when available, else cpu).
+
+    Anything else (``meta``, a typo) and a GPU that is not there are one-line CdpErrors.
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CdpError(f"device '{device}' requested but no CUDA device is available")
+    text = str(device).strip()
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise CdpError(f"unknown device '{device}' (cpu, cuda, cuda:N, mps or auto)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CdpError(f"device '{device}' requested but no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CdpError(f"device '{device}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CdpError(f"device '{device}' requested but no MPS device is available")
     return dev
+
+
+class LocalFrame(NamedTuple):
+    """The frame a structure is computed in: moved near the origin in float64 before the model's dtype.
+
+    Points (atoms and probes alike) move by ``-shift`` (the centre of the atoms' bounding box), then by
+    whole lattice vectors along periodic axes into [-1/2, 1/2) of the cell.  The density is invariant
+    under both, and edge vectors formed from small coordinates keep their float32 precision whatever the
+    user's origin (a molecule 10⁵ Å away loses no digits).  Files keep the user's positions.
+    """
+
+    shift: np.ndarray  # [3] Å
+    cell: np.ndarray  # [3, 3] Å, rows are lattice vectors
+    inv: Optional[np.ndarray]  # [3, 3] inverse of ``cell``; None without periodic axes
+    pbc: np.ndarray  # [3] bool
+
+    @classmethod
+    def of(cls, atoms) -> "LocalFrame":
+        pos = np.asarray(atoms.positions, dtype=np.float64)
+        cell = np.asarray(atoms.cell.array, dtype=np.float64)
+        pbc = np.asarray(atoms.pbc, dtype=bool).reshape(-1)
+        pbc = np.broadcast_to(pbc, (3,)).copy() if pbc.size in (1, 3) else np.zeros(3, dtype=bool)
+        shift = 0.5 * (pos.min(axis=0) + pos.max(axis=0)) if len(pos) else np.zeros(3)
+        inv = np.linalg.inv(cell) if pbc.any() else None
+        return cls(shift, cell, inv, pbc)
+
+    def points(self, points: np.ndarray) -> np.ndarray:
+        """[M, 3] Å points (float64) in this frame."""
+        out = np.asarray(points, dtype=np.float64) - self.shift
+        if self.inv is not None:
+            n = np.where(self.pbc, np.floor(out @ self.inv + 0.5), 0.0)
+            out = out - n @ self.cell
+        return out
+
+    def atoms(self, atoms):
+        """A copy of ``atoms`` with its positions in this frame."""
+        moved = atoms.copy()
+        moved.positions = self.points(atoms.positions)
+        return moved
+
+
+class Encoded(NamedTuple):
+    """One structure ready for decoding: the Batch (in ``frame``), its atom features and the frame."""
+
+    batch: Batch
+    features: AtomFeatures
+    frame: LocalFrame
 
 
 class Predictor:
@@ -42,19 +104,20 @@ class Predictor:
         self.probe_batch = int(probe_batch)
         self.name = name
         self.metadata: dict = {}
-        self.max_memory = None if max_memory is None else int(max_memory)
+        self.max_memory = None
         if self.probe_batch < 1:
             raise CdpError("probe batch size must be at least 1")
-        if self.max_memory is not None and self.max_memory <= 0:
-            raise CdpError(f"max_memory must be a positive number of bytes, got {max_memory}")
+        if max_memory is not None:
+            self.max_memory = check_memory(max_memory)
 
     def batch_for_memory(self, atoms, max_memory: Optional[int] = None) -> int:
-        """Probes per batch that keep one decode call within ``max_memory`` bytes (at least 1).
+        """Probes per batch that keep one decode call within ``max_memory`` bytes.
 
         Uses the backbone's ``probe_memory(itemsize, edges_per_probe)`` estimate when it has one (edges per
-        probe from the atom density within the cutoff sphere); otherwise the configured probe batch.
+        probe from the atom density within the cutoff sphere); otherwise the configured probe batch.  A
+        budget below one probe's cost (the fixed part plus one probe) is a CdpError giving that minimum.
         """
-        budget = self.max_memory if max_memory is None else int(max_memory)
+        budget = self.max_memory if max_memory is None else check_memory(max_memory)
         estimate = getattr(self.model.backbone, "probe_memory", None)
         if budget is None or estimate is None:
             return self.probe_batch
@@ -64,7 +127,12 @@ class Predictor:
         edges = n / volume * sphere * 1.5 if volume > 1e-9 else float(n)  # 1.5: margin over the mean
         itemsize = torch.finfo(self.model.dtype).bits // 8
         fixed, per_probe = estimate(itemsize, max(edges, 1.0))
-        return int(max(1, (budget - fixed) // max(per_probe, 1)))
+        per_probe = max(int(per_probe), 1)
+        if budget < fixed + per_probe:
+            raise CdpError(f"max memory {format_bytes(budget)} is below the {format_bytes(fixed + per_probe)} "
+                           f"one probe of this model needs for this structure (fixed {format_bytes(fixed)} "
+                           f"+ {format_bytes(per_probe)} per probe); give at least {fixed + per_probe} bytes")
+        return int((budget - fixed) // per_probe)
 
     @property
     def spin(self) -> bool:
@@ -76,30 +144,37 @@ class Predictor:
 
     def _batch(self, atoms) -> Batch:
         validate_atoms(atoms)
+        check_overlap(atoms)
         return Batch.from_atoms([atoms]).to(self.device, self.model.dtype)
 
     @torch.no_grad()
-    def encode(self, atoms) -> tuple:
-        """(Batch, AtomFeatures) for one structure: the part computed once per structure."""
-        batch = self._batch(atoms)
-        return batch, self.model.encode(batch)
+    def encode(self, atoms) -> Encoded:
+        """Batch, atom features and frame of one structure: the part computed once per structure.
+
+        The batch holds the atoms in ``frame`` (see :class:`LocalFrame`); probes for :meth:`decode` go
+        through ``frame.points`` first.
+        """
+        validate_atoms(atoms)
+        frame = LocalFrame.of(atoms)
+        batch = self._batch(frame.atoms(atoms))
+        return Encoded(batch, self.model.encode(batch), frame)
+
+    @torch.no_grad()
+    def decode(self, encoded: Encoded, probes: np.ndarray) -> np.ndarray:
+        """ρ at ``probes`` [k, 3] (Å, the user's frame) for an encoded structure: [k] or [k, 2] (spin), e/Å³."""
+        pts = encoded.frame.points(probes)
+        chunk = torch.from_numpy(pts).to(self.device, self.model.dtype)
+        return self.model.decode(encoded.batch, encoded.features, chunk).detach().cpu().double().numpy()
 
     @torch.no_grad()
     def predict(self, atoms, probes, probe_batch: Optional[int] = None) -> np.ndarray:
         """ρ at ``probes`` [M, 3] (Å) for ``atoms``: [M] in e/Å³, or [M, 2] (total, magnetisation) with spin."""
         pts = validate_probes(probes)
-        batch, feats = self.encode(atoms)
-        chunks = [c for c in self._stream(batch, feats, pts, probe_batch, atoms)]
+        encoded = self.encode(atoms)
+        step = int(probe_batch or self.batch_for_memory(atoms))
+        chunks = [self.decode(encoded, pts[start : start + step]) for start in range(0, len(pts), step)]
         width = (0, 2) if self.spin else (0,)
         return np.concatenate(chunks) if chunks else np.zeros(width, dtype=np.float64)
-
-    def _stream(self, batch: Batch, feats: AtomFeatures, pts: np.ndarray, probe_batch: Optional[int],
-                atoms=None) -> Iterator[np.ndarray]:
-        step = int(probe_batch or (self.batch_for_memory(atoms) if atoms is not None else self.probe_batch))
-        for start in range(0, len(pts), step):
-            chunk = torch.from_numpy(pts[start : start + step]).to(self.device, self.model.dtype)
-            out = self.model.decode(batch, feats, chunk)
-            yield out.detach().cpu().double().numpy()
 
     @torch.no_grad()
     def iter_grid(
@@ -118,13 +193,11 @@ class Predictor:
         memory stays independent of the grid size, so a caller may reduce or write each slice as it comes.
         """
         grid = grid_frame(atoms, shape, cell, origin)
-        batch, feats = self.encode(atoms)
-        total = int(np.prod(grid.values.shape))
         step = int(probe_batch or self.batch_for_memory(atoms))
+        encoded = self.encode(atoms)
+        total = int(np.prod(grid.values.shape))
         for start in range(0, total, step):
-            pts = grid.grid_points(start, start + step, order)
-            chunk = torch.from_numpy(pts).to(self.device, self.model.dtype)
-            yield start, self.model.decode(batch, feats, chunk).detach().cpu().double().numpy()
+            yield start, self.decode(encoded, grid.grid_points(start, start + step, order))
 
     @torch.no_grad()
     def predict_grid(
@@ -149,6 +222,9 @@ def grid_frame(atoms, shape: Sequence[int], cell=None, origin=None) -> DensityGr
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise CdpError(f"grid shape must be three positive integers, got {shape}")
+    check_grid_points(shape)
+    if not (np.all(np.isfinite(cell)) and np.all(np.isfinite(origin))):
+        raise CdpError("the grid cell and origin must be finite")
     if abs(np.linalg.det(cell)) < 1e-12:
         raise CdpError("the grid cell is singular (a molecule needs a box: see cdp.predict.molecule_box)")
     return DensityGrid(cell=cell, values=np.broadcast_to(np.zeros(1), shape), origin=origin, pbc=np.asarray(atoms.pbc))
@@ -187,11 +263,55 @@ def molecule_box(atoms, vacuum: float = 3.0):
 
 
 def grid_shape_for(cell: np.ndarray, spacing: float) -> tuple:
-    """Points per axis n_i = ceil(L_i / spacing) (at least 1)."""
-    if spacing <= 0:
-        raise CdpError(f"grid spacing must be positive, got {spacing}")
+    """Points per axis n_i = ceil(L_i / spacing) (at least 1); ``spacing`` in Å, finite and positive.
+
+    A spacing giving more than ``MAX_GRID_POINTS`` points is refused before anything is allocated.
+    """
+    try:
+        spacing = float(spacing)
+    except (TypeError, ValueError):
+        raise CdpError(f"grid spacing must be a number of Å, got {spacing!r}") from None
+    if not (np.isfinite(spacing) and spacing > 0):
+        raise CdpError(f"grid spacing must be a finite positive number of Å, got {spacing}")
     lengths = np.linalg.norm(np.asarray(cell, dtype=float), axis=1)
-    return tuple(int(max(1, np.ceil(l / spacing - 1e-9))) for l in lengths)
+    with np.errstate(over="ignore"):
+        counts = np.maximum(1.0, np.ceil(lengths / spacing - 1e-9))
+        total = float(np.prod(counts))
+    if not np.isfinite(total) or total > MAX_GRID_POINTS:
+        raise CdpError(f"grid spacing {spacing:g} Å gives {total:.3g} points over the cell "
+                       f"(at most {MAX_GRID_POINTS:.0e}); use a larger spacing")
+    return tuple(int(c) for c in counts)
+
+
+def check_grid_points(shape: Sequence[int]) -> None:
+    """Refuse a grid of more than ``MAX_GRID_POINTS`` points (before anything is allocated)."""
+    with np.errstate(over="ignore"):
+        total = float(np.prod([float(n) for n in shape]))
+    if not total <= MAX_GRID_POINTS:
+        raise CdpError(f"grid {'x'.join(str(int(n)) for n in shape)} has {total:.3g} points "
+                       f"(at most {MAX_GRID_POINTS:.0e}); use a coarser grid")
+
+
+def check_memory(value) -> int:
+    """A memory budget in bytes: a finite number of at least one byte, else a CdpError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise CdpError(f"max memory must be a number of bytes, got {value!r}") from None
+    if not np.isfinite(v) or v < 1:
+        raise CdpError(f"max memory must be a finite positive number of bytes, got {value}")
+    if v > 2.0**62:
+        raise CdpError(f"max memory {value} bytes is beyond any machine (at most 2^62)")
+    return int(v)
+
+
+def format_bytes(n: float) -> str:
+    """'1.5 GiB'-style text for a byte count."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return f"{n:.1f} TiB"
 
 
 def load_model(
@@ -222,6 +342,8 @@ def load_model(
         text = str(model)
         path = Path(text)
         if path.is_file():
+            if path.stat().st_size == 0:
+                raise CdpError(f"{path}: the checkpoint file is empty (0 bytes)")
             net, info = load_checkpoint(path)
             name, metadata = path.stem, dict(info.get("metadata") or {})
         elif text in _named_models():
