@@ -34,6 +34,10 @@ def _text(info: dict) -> str:
         )
     else:
         lines.append("spin:       no")
+    pair = info.get("closest_pair")
+    if pair is not None:
+        warn = "  (closer than 0.5 Å: wrong cell or pbc? see --no-pbc)" if pair["distance"] < 0.5 else ""
+        lines.append(f"closest:    {pair['text']}{warn}")
     if info["format"] == "chgcar":
         lines.append(f"augmentation occupancies: {'yes' if info['augmentation'] else 'no'}")
     return "\n".join(lines)
@@ -49,12 +53,14 @@ def _text(info: dict) -> str:
     default="bohr",
     help="Cube value units: e/Bohr³ (standard) or e/Å³ (DeepDFT predictions).",
 )
-def command(file: str, as_json: bool, fmt, units: str) -> None:
-    """Print the structure, grid shape, spacing, electron count, density range and spin presence of FILE."""
+@click.option("--no-pbc", "no_pbc", is_flag=True,
+              help="Read the structure as a molecule (no periodic images), whatever its sidecar says.")
+def command(file: str, as_json: bool, fmt, units: str, no_pbc: bool) -> None:
+    """Print the structure, grid shape, spacing, electron count, density range, closest atoms and spin of FILE."""
     from cdp.io import describe
 
     try:
-        info = describe(file, format=fmt, units=units)
+        info = describe(file, format=fmt, units=units, pbc=False if no_pbc else None)
     except CdpError as exc:
         _fail(str(exc))
     click.echo(json.dumps(info, indent=1) if as_json else _text(info))

@@ -19,7 +19,7 @@ import numpy as np
 from ase import Atoms
 
 from cdp.core.types import CdpError, DensityGrid
-from cdp.core.validate import validate_atoms
+from cdp.core.validate import closest_pair, validate_atoms
 from cdp.io.chgcar import format_chgcar, parse_chgcar, read_chgcar_bytes
 from cdp.io.compression import read_file_bytes, split_compression, write_file_bytes
 from cdp.io.cube import format_cube, parse_cube, read_cube_bytes
@@ -168,6 +168,10 @@ def describe(path, format: Optional[str] = None, pbc=None, units: str = "bohr") 
         "spin": grid.spin is not None,
         "augmentation": grid.augmentation is not None,
     }
+    pair = closest_pair(atoms)
+    info["closest_pair"] = None if pair is None else {
+        "atoms": [pair.i, pair.j], "symbols": [atoms.get_chemical_symbols()[k] for k in (pair.i, pair.j)],
+        "distance": pair.distance, "image": pair.image, "text": pair.describe(atoms.get_chemical_symbols())}
     if grid.spin is not None:
         info["magnetisation"] = float(grid.spin.sum(dtype=np.float64) * grid.voxel_volume)
         info["spin_min"] = float(grid.spin.min())
