@@ -303,3 +303,16 @@ def test_predict_no_pbc_makes_a_molecule(tmp_path):
     assert not atoms.pbc.any()
     extent = w.positions.max(0) - w.positions.min(0) + 6.0  # the molecule's box, not the 4 Å cell
     np.testing.assert_allclose(np.diag(grid.cell), extent, atol=1e-5)
+
+
+def test_stray_eof_is_an_error_not_an_abort(monkeypatch, capsys, tmp_path):
+    """click turns an EOFError raised anywhere into Abort ("aborted", 130); cdp reports it as an error."""
+    import cdp.cli.predict as cli_predict
+
+    def eof(path):
+        raise EOFError("No data left in file")
+
+    monkeypatch.setattr(cli_predict, "read_structure", eof)
+    (tmp_path / "w.xyz").write_text("1\n\nH 0 0 0\n")
+    assert main(["predict", str(tmp_path / "w.xyz"), "--model", "demo", "-o", str(tmp_path / "w.cube")]) == 2
+    assert capsys.readouterr().err.strip() == "error: unexpected end of file (No data left in file)"
