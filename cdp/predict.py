@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Callable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,12 +16,21 @@ import torch
 from cdp.core.checkpoint import load_checkpoint
 from cdp.core.model import DensityModel
 from cdp.core.types import AtomFeatures, Batch, CdpError, DensityGrid
-from cdp.core.validate import validate_atoms, validate_probes
+from cdp.core.validate import check_overlap, validate_atoms, validate_probes
 from cdp.core.device import resolve_device  # noqa: F401  (re-exported: cdp.predict.resolve_device)
-from cdp.core.grid import assemble_grid, grid_frame  # noqa: F401  (re-exported)
+from cdp.core.frame import LocalFrame  # noqa: F401  (re-exported)
+from cdp.core.grid import MAX_GRID_POINTS, assemble_grid, check_grid_points, grid_frame  # noqa: F401  (re-exported)
 
 DEFAULT_PROBE_BATCH = 2500
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class Encoded(NamedTuple):
+    """One structure ready for decoding: the Batch (in ``frame``), its atom features and the frame."""
+
+    batch: Batch
+    features: AtomFeatures
+    frame: LocalFrame
 
 
 class Predictor:
@@ -34,19 +43,20 @@ class Predictor:
         self.probe_batch = int(probe_batch)
         self.name = name
         self.metadata: dict = {}
-        self.max_memory = None if max_memory is None else int(max_memory)
+        self.max_memory = None
         if self.probe_batch < 1:
             raise CdpError("probe batch size must be at least 1")
-        if self.max_memory is not None and self.max_memory <= 0:
-            raise CdpError(f"max_memory must be a positive number of bytes, got {max_memory}")
+        if max_memory is not None:
+            self.max_memory = check_memory(max_memory)
 
     def batch_for_memory(self, atoms, max_memory: Optional[int] = None) -> int:
-        """Probes per batch that keep one decode call within ``max_memory`` bytes (at least 1).
+        """Probes per batch that keep one decode call within ``max_memory`` bytes.
 
         Uses the backbone's ``probe_memory(itemsize, edges_per_probe)`` estimate when it has one (edges per
-        probe from the atom density within the cutoff sphere); otherwise the configured probe batch.
+        probe from the atom density within the cutoff sphere); otherwise the configured probe batch.  A
+        budget below one probe's cost (the fixed part plus one probe) is a CdpError giving that minimum.
         """
-        budget = self.max_memory if max_memory is None else int(max_memory)
+        budget = self.max_memory if max_memory is None else check_memory(max_memory)
         estimate = getattr(self.model.backbone, "probe_memory", None)
         if budget is None or estimate is None:
             return self.probe_batch
@@ -56,7 +66,12 @@ class Predictor:
         edges = n / volume * sphere * 1.5 if volume > 1e-9 else float(n)  # 1.5: margin over the mean
         itemsize = torch.finfo(self.model.dtype).bits // 8
         fixed, per_probe = estimate(itemsize, max(edges, 1.0))
-        return int(max(1, (budget - fixed) // max(per_probe, 1)))
+        per_probe = max(int(per_probe), 1)
+        if budget < fixed + per_probe:
+            raise CdpError(f"max memory {format_bytes(budget)} is below the {format_bytes(fixed + per_probe)} "
+                           f"one probe of this model needs for this structure (fixed {format_bytes(fixed)} "
+                           f"+ {format_bytes(per_probe)} per probe); give at least {fixed + per_probe} bytes")
+        return int((budget - fixed) // per_probe)
 
     @property
     def spin(self) -> bool:
@@ -68,30 +83,37 @@ class Predictor:
 
     def _batch(self, atoms) -> Batch:
         validate_atoms(atoms)
+        check_overlap(atoms)
         return Batch.from_atoms([atoms]).to(self.device, self.model.dtype)
 
     @torch.no_grad()
-    def encode(self, atoms) -> tuple:
-        """(Batch, AtomFeatures) for one structure: the part computed once per structure."""
-        batch = self._batch(atoms)
-        return batch, self.model.encode(batch)
+    def encode(self, atoms) -> Encoded:
+        """Batch, atom features and frame of one structure: the part computed once per structure.
+
+        The batch holds the atoms in ``frame`` (see :class:`LocalFrame`); probes for :meth:`decode` go
+        through ``frame.points`` first.
+        """
+        validate_atoms(atoms)
+        frame = LocalFrame.of(atoms)
+        batch = self._batch(frame.atoms(atoms))
+        return Encoded(batch, self.model.encode(batch), frame)
+
+    @torch.no_grad()
+    def decode(self, encoded: Encoded, probes: np.ndarray) -> np.ndarray:
+        """ρ at ``probes`` [k, 3] (Å, the user's frame) for an encoded structure: [k] or [k, 2] (spin), e/Å³."""
+        pts = encoded.frame.points(probes)
+        chunk = torch.from_numpy(pts).to(self.device, self.model.dtype)
+        return self.model.decode(encoded.batch, encoded.features, chunk).detach().cpu().double().numpy()
 
     @torch.no_grad()
     def predict(self, atoms, probes, probe_batch: Optional[int] = None) -> np.ndarray:
         """ρ at ``probes`` [M, 3] (Å) for ``atoms``: [M] in e/Å³, or [M, 2] (total, magnetisation) with spin."""
         pts = validate_probes(probes)
-        batch, feats = self.encode(atoms)
-        chunks = [c for c in self._stream(batch, feats, pts, probe_batch, atoms)]
+        encoded = self.encode(atoms)
+        step = int(probe_batch or self.batch_for_memory(atoms))
+        chunks = [self.decode(encoded, pts[start : start + step]) for start in range(0, len(pts), step)]
         width = (0, 2) if self.spin else (0,)
         return np.concatenate(chunks) if chunks else np.zeros(width, dtype=np.float64)
-
-    def _stream(self, batch: Batch, feats: AtomFeatures, pts: np.ndarray, probe_batch: Optional[int],
-                atoms=None) -> Iterator[np.ndarray]:
-        step = int(probe_batch or (self.batch_for_memory(atoms) if atoms is not None else self.probe_batch))
-        for start in range(0, len(pts), step):
-            chunk = torch.from_numpy(pts[start : start + step]).to(self.device, self.model.dtype)
-            out = self.model.decode(batch, feats, chunk)
-            yield out.detach().cpu().double().numpy()
 
     @torch.no_grad()
     def iter_grid(
@@ -110,13 +132,11 @@ class Predictor:
         memory stays independent of the grid size, so a caller may reduce or write each slice as it comes.
         """
         grid = grid_frame(atoms, shape, cell, origin)
-        batch, feats = self.encode(atoms)
-        total = int(np.prod(grid.values.shape))
         step = int(probe_batch or self.batch_for_memory(atoms))
+        encoded = self.encode(atoms)
+        total = int(np.prod(grid.values.shape))
         for start in range(0, total, step):
-            pts = grid.grid_points(start, start + step, order)
-            chunk = torch.from_numpy(pts).to(self.device, self.model.dtype)
-            yield start, self.model.decode(batch, feats, chunk).detach().cpu().double().numpy()
+            yield start, self.decode(encoded, grid.grid_points(start, start + step, order))
 
     @torch.no_grad()
     def predict_grid(
@@ -146,11 +166,46 @@ def molecule_box(atoms, vacuum: float = 3.0):
 
 
 def grid_shape_for(cell: np.ndarray, spacing: float) -> tuple:
-    """Points per axis n_i = ceil(L_i / spacing) (at least 1)."""
-    if spacing <= 0:
-        raise CdpError(f"grid spacing must be positive, got {spacing}")
+    """Points per axis n_i = ceil(L_i / spacing) (at least 1); ``spacing`` in Å, finite and positive.
+
+    A spacing giving more than ``MAX_GRID_POINTS`` points is refused before anything is allocated.
+    """
+    try:
+        spacing = float(spacing)
+    except (TypeError, ValueError):
+        raise CdpError(f"grid spacing must be a number of Å, got {spacing!r}") from None
+    if not (np.isfinite(spacing) and spacing > 0):
+        raise CdpError(f"grid spacing must be a finite positive number of Å, got {spacing}")
     lengths = np.linalg.norm(np.asarray(cell, dtype=float), axis=1)
-    return tuple(int(max(1, np.ceil(l / spacing - 1e-9))) for l in lengths)
+    with np.errstate(over="ignore"):
+        counts = np.maximum(1.0, np.ceil(lengths / spacing - 1e-9))
+        total = float(np.prod(counts))
+    if not np.isfinite(total) or total > MAX_GRID_POINTS:
+        raise CdpError(f"grid spacing {spacing:g} Å gives {total:.3g} points over the cell "
+                       f"(at most {MAX_GRID_POINTS:.0e}); use a larger spacing")
+    return tuple(int(c) for c in counts)
+
+
+def check_memory(value) -> int:
+    """A memory budget in bytes: a finite number of at least one byte, else a CdpError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise CdpError(f"max memory must be a number of bytes, got {value!r}") from None
+    if not np.isfinite(v) or v < 1:
+        raise CdpError(f"max memory must be a finite positive number of bytes, got {value}")
+    if v > 2.0**62:
+        raise CdpError(f"max memory {value} bytes is beyond any machine (at most 2^62)")
+    return int(v)
+
+
+def format_bytes(n: float) -> str:
+    """'1.5 GiB'-style text for a byte count."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return f"{n:.1f} TiB"
 
 
 def load_model(
@@ -181,6 +236,8 @@ def load_model(
         text = str(model)
         path = Path(text)
         if path.is_file():
+            if path.stat().st_size == 0:
+                raise CdpError(f"{path}: the checkpoint file is empty (0 bytes)")
             net, info = load_checkpoint(path)
             name, metadata = path.stem, dict(info.get("metadata") or {})
         elif text in _named_models():
@@ -238,7 +295,8 @@ def check_elements(predictor, atoms, name: str = "structure") -> None:
 
 
 def _named_models() -> dict:
-    """Checkpoints shipped with the package, by name (``demo``, ``qm9``)."""
-    from cdp.shipped import shipped_checkpoints
+    """Checkpoints shipped with the package, by name (e.g. ``demo``)."""
+    import importlib.resources
 
-    return shipped_checkpoints()
+    root = Path(str(importlib.resources.files("cdp").joinpath("assets")))
+    return {p.stem: p for p in root.glob("*.ckpt")} if root.is_dir() else {}

@@ -162,3 +162,18 @@ def test_cli_predict_runtime_onnx(models, onnx_dirs, tmp_path):
     ref = Predictor(models["invdeepdft"]).predict(atoms, probes)
     got = np.load(tmp_path / "out.npy")
     assert np.abs(got - ref).max() <= TOL * np.abs(ref).max()
+
+
+def test_runtime_translation_invariant(onnx_dirs, ts_dirs):
+    """Structures and probes moved 10⁵–10⁶ Å give the same float32 densities (positions moved near the
+    origin in float64 before the cast)."""
+    for path in (onnx_dirs["invdeepdft"][1], ts_dirs["chargee3net"][1]):
+        pred = load_exported(path, workers=1)
+        for label, atoms, probes in cases():
+            ref = pred.predict(atoms, probes)
+            for size in (1e5, 1e6):
+                v = size * np.array([1.0, -0.37, 0.61])
+                moved = atoms.copy()
+                moved.positions += v
+                err = np.abs(pred.predict(moved, probes + v) - ref).max() / np.abs(ref).max()
+                assert err <= TOL, f"{path.name} {label} {size:g}: {err:.2e} of max|rho|"

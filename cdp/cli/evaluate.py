@@ -26,7 +26,8 @@ HEADER = f"{'structure':<28} {'eps_mae%':>9} {'zeta':>7} {'electrons':>11} {'pre
 @click.option("--data", "data", default=None, help="Dataset (directory, .tar, .txt list, file); default: the embedded one.")
 @click.option("--split", "split", default="test", show_default=True,
               help="Dataset split (train, validation, test, or all); a dataset without splits is used whole.")
-@click.option("--no-pbc", "no_pbc", is_flag=True, help="Treat every structure as a molecule (no periodic images).")
+@click.option("--no-pbc", "no_pbc", is_flag=True,
+              help="Treat every structure as a molecule (no periodic images), whatever its file says.")
 @click.option("--device", "device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--probe-batch", "probe_batch", type=click.IntRange(min=1), default=None,
               help="Grid points per decoder batch (memory vs speed).")
@@ -43,14 +44,18 @@ def command(model: str, data: Optional[str], split: str, no_pbc: bool, device: s
 
     if json_out and not Path(json_out).resolve().parent.is_dir():
         raise CdpError(f"{json_out}: the directory for the JSON output does not exist")
-    from cdp.evaluate.evaluate import as_predictor
+    from cdp.evaluate.evaluate import CheckedItems, as_predictor
+    from cdp.predict import resolve_device
 
     show = sys.stderr.isatty() if progress is None else progress
+    resolve_device(device)
+    # structures first (atoms on top of each other are refused), then the model: a refusal is the only output
+    items = CheckedItems(data, split, pbc=False if no_pbc else None)
     predictor = as_predictor(model, device=device, probe_batch=probe_batch)  # a bad model fails before any output
     predictor.name = model  # the report names the model as the user gave it
     click.echo(HEADER)
-    result = evaluate(predictor, data=data, split=split, pbc=False if no_pbc else None, device=device,
-                      probe_batch=probe_batch, progress=show, on_structure=lambda r: click.echo(_row(r)))
+    result = evaluate(predictor, data=items, device=device, probe_batch=probe_batch, progress=show,
+                      on_structure=lambda r: click.echo(_row(r)))
     s = result["eps_mae"]
     n = len(result["structures"])
     stderr = f" ± {_num(s['stderr'], '.3f')}" if s["stderr"] is not None else ""

@@ -38,6 +38,10 @@ def _text(info: dict) -> str:
         )
     else:
         lines.append("spin:       no")
+    pair = info.get("closest_pair")
+    if pair is not None:
+        warn = "  (closer than 0.5 Å: wrong cell or pbc? see --no-pbc)" if pair["distance"] < 0.5 else ""
+        lines.append(f"closest:    {pair['text']}{warn}")
     if info["format"] == "chgcar":
         lines.append(f"augmentation occupancies: {'yes' if info['augmentation'] else 'no'}")
     return "\n".join(lines)
@@ -55,12 +59,15 @@ def _text(info: dict) -> str:
 )
 @click.option("--frame", "frame", type=int, default=-1, show_default=True,
               help="Ionic step of a multi-step CHG/CHGCAR (Python indexing: 0 first, -1 last).")
-def command(file: str, as_json: bool, fmt, units: str, frame: int) -> None:
-    """Print the structure, grid shape, spacing, electron count, density range, spin and step count of FILE."""
+@click.option("--no-pbc", "no_pbc", is_flag=True,
+              help="Read the structure as a molecule (no periodic images), whatever its sidecar says.")
+def command(file: str, as_json: bool, fmt, units: str, frame: int, no_pbc: bool) -> None:
+    """Print the structure, grid shape, spacing, electron count, density range, closest atoms, spin and step
+    count of FILE."""
     from cdp.io import describe
 
     try:
-        info = describe(file, format=fmt, units=units, frame=frame)
+        info = describe(file, format=fmt, units=units, frame=frame, pbc=False if no_pbc else None)
     except CdpError as exc:
         _fail(str(exc))
     click.echo(json.dumps(info, indent=1) if as_json else _text(info))

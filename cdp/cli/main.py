@@ -84,7 +84,10 @@ def main(argv=None) -> int:
     except CdpError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, EOFError):  # click turns any EOFError into Abort: a file ended early
+            click.echo(f"error: unexpected end of file ({exc.__cause__ or 'EOFError'})", err=True)
+            return 2
         click.echo("aborted", err=True)
         return 130
     except KeyboardInterrupt:

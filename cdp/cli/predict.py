@@ -150,17 +150,52 @@ def _check_like(atoms, ref_atoms, name: str, like: str) -> None:
                        f"file {like} ({ref_atoms.get_chemical_formula()}), so its augmentation cannot be carried over")
 
 
+def carry_augmentation(atoms, ref_atoms, reference: DensityGrid, name: str):
+    """(atoms grouped by species as a CHGCAR lists them, augmentation, magnetisation augmentation) with the
+    reference's per-atom PAW blocks moved to follow those atoms (matched by species and position)."""
+    from cdp.io.augmentation import grouped_by_species, match_atoms, reorder_augmentation
+
+    aug, spin_aug = reference.augmentation, reference.spin_augmentation
+    if not (aug or spin_aug):
+        return atoms, None, None
+    atoms = atoms[grouped_by_species(atoms.numbers)]
+    order = match_atoms(atoms, ref_atoms, name)
+    return atoms, reorder_augmentation(aug, order, name), reorder_augmentation(spin_aug, order, name)
+
+
 def parse_bytes(text: str) -> int:
-    """'2G', '500M', '64k' or a plain number of bytes → bytes (binary multiples)."""
+    """'2G', '500M', '64k' or a plain number of bytes → bytes (binary multiples); finite and positive."""
+    from cdp.predict import check_memory
+
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     t = str(text).strip().lower().rstrip("b").rstrip("i")
     try:
         value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
         raise CdpError(f"--max-memory: cannot read '{text}' as a size (e.g. 2G, 500M)") from None
-    if not value > 0:
-        raise CdpError(f"--max-memory must be positive, got '{text}'")
-    return int(value)
+    try:
+        return check_memory(value)
+    except CdpError:
+        raise CdpError(f"--max-memory must be a finite positive size (e.g. 2G, 500M), got '{text}'") from None
+
+
+def load_probes(path: str) -> np.ndarray:
+    """Probe points [M, 3] (Å, float64) from a .npy file; an empty or unreadable file is a CdpError."""
+    from cdp.core.validate import validate_probes
+
+    p = Path(path)
+    if not p.is_file():
+        raise CdpError(f"{path}: no such probes file")
+    if p.stat().st_size == 0:
+        raise CdpError(f"{path}: the probes file is empty (0 bytes); expected a .npy array of shape [M, 3]")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        msg = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise CdpError(f"{path}: cannot read probe points ({msg})") from None
+    if not isinstance(data, np.ndarray):
+        raise CdpError(f"{path}: expected a .npy array of shape [M, 3], not an .npz archive")
+    return validate_probes(data, name=path)
 
 
 @click.command("predict")
@@ -182,20 +217,30 @@ def parse_bytes(text: str) -> int:
               help="Memory budget of one decoder batch (e.g. 2G, 500M, bytes); sizes the probe batches.")
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
               help="torch: a checkpoint/preset; onnx: a directory written by `cdp export --format onnx`.")
+@click.option("--no-pbc", "no_pbc", is_flag=True,
+              help="Treat every structure as a molecule (no periodic images), whatever its file says.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def command(structures, model, output, spacing, grid_like, probes, fmt, device, probe_batch, max_memory, runtime,
-            progress) -> None:
+            no_pbc, progress) -> None:
     """Predict the density of STRUCTURE... (files or directories) with MODEL and write it to OUTPUT."""
+    from cdp.core.validate import check_overlap
     from cdp.io.stream import stream_predicted_grid
-    from cdp.predict import DEFAULT_PROBE_BATCH, check_elements, load_model
+    from cdp.predict import DEFAULT_PROBE_BATCH, check_elements, load_model, resolve_device
 
     if spacing is not None and grid_like is not None:
         raise CdpError("--spacing and --grid-like exclude each other")
     if probes is not None and (spacing is not None or grid_like is not None):
         raise CdpError("--probes predicts at given points; it takes neither --spacing nor --grid-like")
-    if spacing is not None and not spacing > 0:
-        raise CdpError(f"--spacing must be positive, got {spacing}")
+    if spacing is not None and not (np.isfinite(spacing) and spacing > 0):
+        raise CdpError(f"--spacing must be a finite positive number of Å, got {spacing}")
     spacing = DEFAULT_SPACING if spacing is None else spacing
+    if max_memory is not None and probe_batch is not None:
+        raise CdpError("--max-memory and --probe-batch exclude each other")
+    if runtime == "onnx" and max_memory is not None:
+        raise CdpError("--max-memory sizes PyTorch decoder batches; with --runtime onnx use --probe-batch")
+    budget = parse_bytes(max_memory) if max_memory is not None else None
+    if runtime == "torch":
+        resolve_device(device)  # an unknown or absent device fails before any file is read
 
     files, had_dir = expand_inputs(structures)
     out = Path(output)
@@ -219,7 +264,11 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
     # read and check everything before writing anything
     inputs = []
     for f in files:
-        inputs.append((structure_name(f), f, read_structure(f)))
+        atoms = read_structure(f)
+        if no_pbc:
+            atoms.pbc = False
+        check_overlap(atoms, str(f))
+        inputs.append((structure_name(f), f, atoms))
     names = [n for n, _, _ in inputs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if to_dir and dup:
@@ -231,22 +280,28 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
         ref_atoms, reference = read(grid_like)
         for name, _, atoms in inputs:
             _check_like(atoms, ref_atoms, name, grid_like)
-    points = None
-    if probes is not None:
-        from cdp.core.validate import validate_probes
-
-        try:
-            points = validate_probes(np.load(probes, allow_pickle=False), name=probes)
-        except (OSError, ValueError) as exc:
-            raise CdpError(f"{probes}: cannot read probe points ({' '.join(str(exc).split())[:160]})") from None
-    if max_memory is not None and probe_batch is not None:
-        raise CdpError("--max-memory and --probe-batch exclude each other")
-    if runtime == "onnx" and max_memory is not None:
-        raise CdpError("--max-memory sizes PyTorch decoder batches; with --runtime onnx use --probe-batch")
+    points = load_probes(probes) if probes is not None else None
+    # every grid is planned (and a too-fine one refused) before the model loads
+    plans = [] if points is not None else [_grid_for(atoms, spacing, reference, name) for name, _, atoms in inputs]
+    augmentations = [(None, None)] * len(inputs)
+    if reference is not None and fmt == "chgcar" and points is None:
+        augmentations = []
+        for k, (name, f, atoms) in enumerate(inputs):
+            moved, aug, spin_aug = carry_augmentation(plans[k][0], ref_atoms, reference, str(f))
+            augmentations.append((aug, spin_aug))
+            plans[k] = (moved,) + tuple(plans[k][1:])
     predictor = load_model(model, device=device, probe_batch=probe_batch or DEFAULT_PROBE_BATCH, runtime=runtime,
-                           **({"max_memory": parse_bytes(max_memory)} if max_memory is not None else {}))
+                           **({"max_memory": budget} if budget is not None else {}))
+    spin = bool(getattr(predictor, "spin", False))
+    if not spin:  # a model without magnetisation writes no magnetisation block, hence no augmentation for it
+        augmentations = [(aug, None) for aug, _ in augmentations]
     for name, f, atoms in inputs:
         check_elements(predictor, atoms, str(f))
+        if budget is not None:
+            try:
+                predictor.batch_for_memory(atoms)
+            except CdpError as exc:
+                raise CdpError(f"{f}: --max-memory: {exc}") from None
 
     if points is not None:
         from cdp.core.atomic import atomic_write_bytes
@@ -262,8 +317,7 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
         created = True
     show = sys.stderr.isatty() if progress is None else progress
     try:
-        for name, f, atoms in inputs:
-            atoms, shape, cell, origin = _grid_for(atoms, spacing, reference, name)
+        for (name, f, _), (atoms, shape, cell, origin), (aug, spin_aug) in zip(inputs, plans, augmentations):
             total = int(np.prod(shape))
             bar = None
             if show:
@@ -271,16 +325,12 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
 
                 bar = tqdm(total=total, desc=name, unit="pt", unit_scale=True, leave=False)
             target = out / f"{name}{SUFFIX[fmt]}" if to_dir else out
-            spin = bool(getattr(predictor, "spin", False))
             if fmt == "cube" and spin:
                 click.echo(f"note: {target}: a cube holds one channel; the magnetisation is not written", err=True)
-            aug = spin_aug = None
             if reference is not None and reference.magnetisation is not None:
                 click.echo(f"note: {grid_like}: non-collinear reference; its magnetisation m is not predicted "
                            f"(the output holds the total density{' and its occupancies' if fmt == 'chgcar' else ''})",
                            err=True)
-            if reference is not None and fmt == "chgcar":
-                aug, spin_aug = reference.augmentation, (reference.spin_augmentation if spin else None)
             try:
                 # streamed: one probe batch in memory at a time, written as it comes, renamed at the end
                 electrons = stream_predicted_grid(predictor, target, fmt, atoms, shape, cell, origin,

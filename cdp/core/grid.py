@@ -10,6 +10,8 @@ import numpy as np
 
 from cdp.core.errors import CdpError
 
+MAX_GRID_POINTS = 10**10  # 80 GB of float64 values: beyond this a spacing or shape is a mistake
+
 
 @dataclass
 class DensityGrid:
@@ -71,6 +73,9 @@ def grid_frame(atoms, shape: Sequence[int], cell=None, origin=None) -> DensityGr
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise CdpError(f"grid shape must be three positive integers, got {shape}")
+    check_grid_points(shape)
+    if not (np.all(np.isfinite(cell)) and np.all(np.isfinite(origin))):
+        raise CdpError("the grid cell and origin must be finite")
     if abs(np.linalg.det(cell)) < 1e-12:
         raise CdpError("the grid cell is singular (a molecule needs a box: see cdp.predict.molecule_box)")
     return DensityGrid(cell=cell, values=np.broadcast_to(np.zeros(1), shape), origin=origin, pbc=np.asarray(atoms.pbc))
@@ -95,3 +100,12 @@ def assemble_grid(frame: DensityGrid, chunks: Iterable[tuple], spin: bool,
     if mag is not None:
         grid.spin = mag.reshape(shape)
     return grid
+
+
+def check_grid_points(shape: Sequence[int]) -> None:
+    """Refuse a grid of more than ``MAX_GRID_POINTS`` points (before anything is allocated)."""
+    with np.errstate(over="ignore"):
+        total = float(np.prod([float(n) for n in shape]))
+    if not total <= MAX_GRID_POINTS:
+        raise CdpError(f"grid {'x'.join(str(int(n)) for n in shape)} has {total:.3g} points "
+                       f"(at most {MAX_GRID_POINTS:.0e}); use a coarser grid")

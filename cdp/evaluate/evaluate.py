@@ -44,6 +44,81 @@ def open_data(data=None, split: Optional[str] = "test") -> Tuple[Iterable[Item],
     return dataset.split(split), label, split
 
 
+class CheckedItems:
+    """Dataset items ``(name, atoms, grid)`` with ``pbc`` applied, every structure checked for atoms on
+    top of each other (cdp.core.validate.check_overlap) before any model runs.
+
+    Samples read by the check are kept for the evaluation while they total at most ``cache_points`` grid
+    points; the others are read again.  Unreadable items are reported once (``on_error`` of the dataset,
+    else a warning on stderr) and skipped.
+    """
+
+    def __init__(self, data=None, split: Optional[str] = "test", pbc: Optional[bool] = None,
+                 cache_points: int = 1 << 24):
+        from cdp.core.validate import check_overlap
+
+        items, self.label, self.split = open_data(data, split)
+        self.pbc = pbc
+        self._items = items if _random_access(items) else list(items)
+        self._warn = getattr(items, "on_error", None) or _warn
+        self._cache: dict = {}
+        self._skip: set = set()
+        budget = int(cache_points)
+        for i in range(len(self._items)):
+            item = self._read(i, report=True)
+            if item is None:
+                continue
+            name, atoms, grid = item
+            check_overlap(atoms, str(name))
+            points = int(np.prod(grid.shape))
+            if points <= budget:
+                self._cache[i] = item
+                budget -= points
+
+    def _read(self, i: int, report: bool) -> Optional[Item]:
+        try:
+            item = self._items[i]
+            name, atoms, grid = item
+        except CdpError as exc:
+            self._skip.add(i)
+            if report:
+                self._warn(f"skipped: {exc}")
+            return None
+        except (TypeError, ValueError):
+            raise CdpError("dataset items must be (name, atoms, DensityGrid) triples") from None
+        _apply_pbc(atoms, grid, self.pbc)
+        return name, atoms, grid
+
+    def __len__(self) -> int:
+        return len(self._items) - len(self._skip)
+
+    def __iter__(self) -> Iterator[Item]:
+        for i in range(len(self._items)):
+            if i in self._skip:
+                continue
+            item = self._cache.get(i) or self._read(i, report=True)
+            if item is not None:
+                yield item
+
+
+def _random_access(items) -> bool:
+    return hasattr(items, "__len__") and hasattr(items, "__getitem__") and not isinstance(items, (str, bytes))
+
+
+def _warn(msg: str) -> None:
+    import sys
+
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def _apply_pbc(atoms, grid: DensityGrid, pbc: Optional[bool]) -> None:
+    if pbc is False:
+        _set_molecule(atoms, grid)
+    elif pbc is True:
+        atoms.pbc = True
+        grid.pbc = np.ones(3, dtype=bool)
+
+
 # -- model ---------------------------------------------------------------------------------------------
 
 
@@ -122,24 +197,19 @@ def evaluate(
     ``{"eps_mae": {"mean", "stderr", "median", "max"}, "structures": [...], "model", "data", "split"}``
     with ε_mae in percent; ``seconds`` per structure include graph construction and atom encoding.
     ``on_structure(record)`` is called after each structure (e.g. to print a table row).
+    Every structure is checked for atoms (or periodic images) closer than 0.5 Å before the model loads;
+    ``data`` may be a :class:`CheckedItems` already (its own ``pbc`` then applies).
     """
+    items = data if isinstance(data, CheckedItems) else CheckedItems(data, split, pbc)
+    label, chosen = items.label, items.split
     predictor = as_predictor(model_or_predictor, device=device, probe_batch=probe_batch)
-    items, label, chosen = open_data(data, split)
     if isinstance(model_or_predictor, (str, os.PathLike)):
         model_label = str(model_or_predictor)
     else:
         model_label = str(getattr(predictor, "name", type(model_or_predictor).__name__))
     records = []
     for item in items:
-        try:
-            name, atoms, grid = item
-        except (TypeError, ValueError):
-            raise CdpError("dataset items must be (name, atoms, DensityGrid) triples") from None
-        if pbc is False:
-            _set_molecule(atoms, grid)
-        elif pbc is True:
-            atoms.pbc = True
-            grid.pbc = np.ones(3, dtype=bool)
+        name, atoms, grid = item
         bar = None
         if progress:
             from tqdm import tqdm

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from cdp.core.types import CdpError, DensityGrid
-from cdp.core.validate import validate_atoms, validate_probes
+from cdp.core.validate import check_overlap, validate_atoms, validate_probes
 from cdp.export import metadata as md
 
 NP_DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -173,24 +173,33 @@ class ExportedPredictor:
 
     def _check(self, atoms) -> None:
         validate_atoms(atoms)
+        check_overlap(atoms)
         bad = sorted(set(int(z) for z in atoms.numbers) - self.elements)
         if bad:
             raise CdpError(f"{self.model_dir}: the exported model does not cover element(s) {bad} (its elements: {sorted(self.elements)})")
 
     def encode(self, atoms):
-        """(structure arrays, per-layer atom features) for one structure: computed once per structure."""
+        """(structure arrays, per-layer atom features) for one structure: computed once per structure.
+
+        Positions (and later the probes) are moved near the origin in float64 (cdp.core.frame.LocalFrame),
+        so the artifact's float32 never sees large absolute coordinates.
+        """
+        from cdp.core.frame import LocalFrame
+
         self._check(atoms)
-        pos = np.asarray(atoms.positions, dtype=np.float64)
+        frame = LocalFrame.of(atoms)
+        pos = frame.points(atoms.positions)
         cell = np.asarray(atoms.cell.array, dtype=np.float64)
         pbc = np.asarray(atoms.pbc, dtype=bool)
         ei, off = self.graph.atom_edges(pos, cell, pbc, self.cutoff)
         vec = pos[ei[1]] - (pos[ei[0]] + off.astype(np.float64) @ cell)
         numbers = np.asarray(atoms.numbers, dtype=np.int64)
         layers = self.backend.encode(numbers, np.ascontiguousarray(ei, dtype=np.int64), np.ascontiguousarray(vec, dtype=self.np_dtype))
-        return (pos, cell, pbc), layers
+        return (pos, cell, pbc, frame), layers
 
     def _decode_chunk(self, struct, layers, pts: np.ndarray) -> np.ndarray:
-        pos, cell, pbc = struct
+        pos, cell, pbc, frame = struct
+        pts = frame.points(pts)
         ei, off = self.graph.probe_edges(pos, cell, pbc, pts, self.cutoff)
         vec = pts[ei[1]] - (pos[ei[0]] + off.astype(np.float64) @ cell)
         slots = np.zeros(len(pts), dtype=self.np_dtype)

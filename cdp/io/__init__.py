@@ -22,7 +22,7 @@ from ase import Atoms
 
 from cdp.core.errors import CdpError
 from cdp.core.grid import DensityGrid
-from cdp.core.validate import validate_atoms
+from cdp.core.validate import closest_pair, validate_atoms
 from cdp.io.chgcar import format_chgcar, parse_chgcar, read_chgcar
 from cdp.io.compression import open_source, split_compression, write_file_bytes
 from cdp.io.cube import format_cube, parse_cube, read_cube
@@ -199,6 +199,10 @@ def describe(path, format: Optional[str] = None, pbc=None, units: str = "bohr", 
         "frame": int(frame) if int(frame) >= 0 else nframes + int(frame),
         "noncollinear": grid.magnetisation is not None,
     }
+    pair = closest_pair(atoms)
+    info["closest_pair"] = None if pair is None else {
+        "atoms": [pair.i, pair.j], "symbols": [atoms.get_chemical_symbols()[k] for k in (pair.i, pair.j)],
+        "distance": pair.distance, "image": pair.image, "text": pair.describe(atoms.get_chemical_symbols())}
     if grid.spin is not None:
         info["magnetisation"] = float(grid.spin.sum(dtype=np.float64) * grid.voxel_volume)
         info["spin_min"] = float(grid.spin.min())

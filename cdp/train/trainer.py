@@ -28,7 +28,7 @@ from cdp.core.atomic import atomic_write_text
 from cdp.core.checkpoint import load_state_dict_checked, read_checkpoint, save_checkpoint
 from cdp.core.registry import PRESET_KEYS
 from cdp.core.types import Batch, CdpError
-from cdp.core.validate import MAX_Z
+from cdp.core.validate import MAX_Z, check_overlap
 from cdp.train import ddp
 from cdp.train.config import dump_config, load_config_file, resolve_config, resume_config
 from cdp.train.sampling import shard, step_slots
@@ -215,6 +215,7 @@ def _load_items(dataset, names: List[str], pbc: Optional[bool], dtype: torch.dty
         if pbc is not None:
             entry.atoms = entry.atoms.copy()
             entry.atoms.pbc = pbc
+        check_overlap(entry.atoms, name)  # atoms on top of each other: a wrong cell or pbc, refused by name
         if spin and entry.spin is None:
             raise CdpError(f"{name}: the model predicts spin but this density has no magnetisation")
         items.append(_Item(name, i, Batch.from_atoms([entry.atoms], dtype=dtype)))
