@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from cdp.core.types import CdpError
+from cdp.core.errors import CdpError
 
 MATCH_TOLERANCE = 0.01  # Å between an atom and the reference atom whose occupancies it takes
 _HEADER = re.compile(r"^(\s*augmentation occupancies\s+)(\d+)(\s+)(\d+)(.*)$")
