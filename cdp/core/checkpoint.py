@@ -47,6 +47,9 @@ def read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CdpError(f"{path}: no such checkpoint file")
+    from cdp.core.safe_pickle import check_torch_save_layout
+
+    check_torch_save_layout(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
