@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
-import yaml
 
 from cdp.core.types import CdpError
 
@@ -130,10 +129,9 @@ def _read_document(path: Path) -> Any:
             return json.loads(text)
         except ValueError as exc:
             raise CdpError(f"{path}: invalid JSON ({str(exc).splitlines()[0]})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CdpError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    from cdp.core.yamlio import safe_yaml_load
+
+    return safe_yaml_load(text, str(path))
 
 
 def _model_section(doc: Mapping, where: str) -> Tuple[Mapping, str]:
