@@ -89,3 +89,103 @@ def test_published_fixtures_pass_the_layout_check(fixtures_dir):
     for path in (REF / "charge3net_small.pt", REF / "deepdft_painn_small" / "best_model.pth"):
         check_torch_save_layout(path)
         assert isinstance(load_torch_file(path), dict)
+
+
+# -- YAML alias bombs ---------------------------------------------------------------------------------
+def _laughs(levels=9, fan=10):
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * fan) + "]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * fan) + "]")
+    return "\n".join(lines) + f"\nmodel: *a{levels - 1}\nsteps: 1\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (_laughs(), r"refused: more than 100000 nodes once its aliases are expanded"),
+        ("x: &x 1\nl: [" + ", ".join(["*x"] * 101) + "]\n", r"refused: more than 100 YAML aliases"),
+        ("a: &a [*a]\n", "refused: a recursive YAML alias"),
+    ],
+)
+def test_yaml_alias_bomb_refused_quickly(tmp_path, text, message):
+    from cdp.train.config import resolve_config
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    t0 = time.perf_counter()
+    with pytest.raises(CdpError, match=rf"bomb\.yaml: {message}"):
+        resolve_config(path)
+    assert time.perf_counter() - t0 < 3.0
+
+
+def test_yaml_aliases_within_limits_still_work(tmp_path):
+    from cdp.core.yamlio import read_yaml_mapping
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("base: &b {lr: 0.01, steps: 3}\nrun: {<<: *b, steps: 5}\nagain: *b\n")
+    assert read_yaml_mapping(path, "config") == {"base": {"lr": 0.01, "steps": 3}, "run": {"lr": 0.01, "steps": 5},
+                                                 "again": {"lr": 0.01, "steps": 3}}
+
+
+def test_cli_train_refuses_bomb_in_one_line(tmp_path, capsys):
+    from cdp.cli.main import main
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_laughs())
+    assert main(["train", str(path), "--run", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused: more than 100000 nodes" in err
+    assert not (tmp_path / "run").exists()
+
+
+# -- absurd model sizes ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("change", [{"node_size": 1e8}, {"num_interactions": 1e6, "node_size": 128}])
+def test_deepdft_arguments_with_absurd_sizes_refused_before_reading(tmp_path, monkeypatch, change):
+    from cdp.importers.deepdft import import_deepdft
+
+    monkeypatch.delenv("CDP_MAX_MODEL_MEMORY", raising=False)
+    (tmp_path / "arguments.json").write_text(json.dumps({"num_interactions": 3, "node_size": 128, "cutoff": 4.0, **change}))
+    # no best_model.pth at all: the refusal comes before the weights are looked at
+    with pytest.raises(CdpError, match=r"arguments\.json: the model's sizes need about .* TiB for its parameters alone, "
+                                       r"over the limit of .*CDP_MAX_MODEL_MEMORY"):
+        import_deepdft(tmp_path)
+
+
+def test_checkpoint_with_absurd_mul_refused_before_building(tmp_path, monkeypatch):
+    from cdp.core.checkpoint import load_checkpoint, save_checkpoint
+    from cdp.core.model import DensityModel
+    from cdp.core.registry import get_registry
+
+    monkeypatch.delenv("CDP_MAX_MODEL_MEMORY", raising=False)
+    model = DensityModel.from_config(get_registry().preset("invdeepdft-cpu"))
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(path, model)
+    data = torch.load(path, weights_only=True)
+    data["config"]["backbone"] = {"name": "chargee3net", "mul": 262144, "lmax": 4, "num_interactions": 3}
+    torch.save(data, path)
+    monkeypatch.setattr(DensityModel, "from_config", lambda *a, **k: pytest.fail("model built"))
+    with pytest.raises(CdpError, match=r"m\.ckpt: the model's sizes need about .*GiB"):
+        load_checkpoint(path)
+
+
+def test_model_memory_limit_and_env(monkeypatch):
+    from cdp.core.model_size import DEFAULT_LIMIT, check_model_memory, estimate_parameters, memory_limit
+    from cdp.core.registry import get_registry
+
+    monkeypatch.delenv("CDP_MAX_MODEL_MEMORY", raising=False)
+    assert memory_limit() <= DEFAULT_LIMIT
+    big = {"featurizer": {"name": "embedding", "size": 100000}, "backbone": {"name": "x", "node_size": 100000, "num_interactions": 1}}
+    assert estimate_parameters(big) == 20 * 100000**2 + 119 * 100000
+    with pytest.raises(CdpError, match="over the limit"):
+        check_model_memory(big, "cfg")
+    monkeypatch.setenv("CDP_MAX_MODEL_MEMORY", "100T")
+    check_model_memory(big, "cfg")  # raised by the variable
+    monkeypatch.setenv("CDP_MAX_MODEL_MEMORY", "lots")
+    with pytest.raises(CdpError, match="CDP_MAX_MODEL_MEMORY: cannot read 'lots' as a size"):
+        check_model_memory(big, "cfg")
+    monkeypatch.delenv("CDP_MAX_MODEL_MEMORY")
+    reg = get_registry()
+    for name in ("chargee3net", "equideepdft", "invdeepdft"):  # published sizes pass (and the estimate is a lower bound)
+        check_model_memory(reg.preset(name), name)
+    assert estimate_parameters(reg.preset("invdeepdft")) <= 2_071_681
+    assert estimate_parameters(reg.preset("equideepdft")) <= 1_487_233

@@ -121,10 +121,13 @@ def load_checkpoint(path, registry=None) -> Tuple["DensityModel", dict]:  # noqa
     """Rebuild the DensityModel stored at ``path``; returns (model in eval mode, raw checkpoint dict)."""
     from cdp.core.model import DensityModel
 
+    from cdp.core.model_size import check_model_memory
+
     data = read_checkpoint(path)
-    model = DensityModel.from_config(data["config"], registry=registry)
     sd = data["state_dict"]
-    floats = [v.dtype for v in sd.values() if v.dtype.is_floating_point]
+    floats = [v.dtype for v in sd.values() if isinstance(v, torch.Tensor) and v.dtype.is_floating_point]
+    check_model_memory(data["config"], str(path), floats[0].itemsize if floats else 4)
+    model = DensityModel.from_config(data["config"], registry=registry)
     if floats:
         model.to(floats[0])
     load_state_dict_checked(model, sd, str(path))

@@ -381,6 +381,9 @@ def import_charge3net_components(path, config=None):
     sd = read_state_dict(path)
     hp = resolve_hyperparameters(given, sd, source, where)
     cfg = model_config(hp)
+    from cdp.core.model_size import check_model_memory
+
+    check_model_memory(cfg, where)
     modules = build_components(cfg)
     template: Dict[str, torch.Tensor] = {}
     for prefix, module in zip(("featurizer", "backbone", "readout"), modules):
