@@ -49,6 +49,7 @@ def _full_disk_after(n_ok, real):
     return write
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_checkpoint_no_temp_file_and_resumes(dataset, tmp_path):
     cfg = tmp_path / "long.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(dataset, steps=10**6, validate_every=5, log_every=5)))
