@@ -189,3 +189,38 @@ def test_model_memory_limit_and_env(monkeypatch):
         check_model_memory(reg.preset(name), name)
     assert estimate_parameters(reg.preset("invdeepdft")) <= 2_071_681
     assert estimate_parameters(reg.preset("equideepdft")) <= 1_487_233
+
+
+# -- malformed values in metadata, manifests and splits: one line ----------------------------------------
+@pytest.mark.parametrize("elements, shown", [([1000], "1000"), ("H", "'H'"), ([[1]], r"\[1\]"), ([True], "True")])
+def test_checkpoint_elements_must_be_atomic_numbers(tmp_path, elements, shown):
+    from cdp.cli.main import main
+    from cdp.core.checkpoint import read_checkpoint, save_checkpoint
+    from cdp.core.model import DensityModel
+    from cdp.core.registry import get_registry
+
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(path, DensityModel.from_config(get_registry().preset("invdeepdft-cpu")), {"elements": elements})
+    with pytest.raises(CdpError, match=rf"m\.ckpt: metadata: 'elements' .*{shown}"):
+        read_checkpoint(path)
+    assert main(["export", str(path), "--format", "onnx", "-o", str(tmp_path / "e")]) == 2
+    assert not (tmp_path / "e").exists()
+
+
+def test_checkpoint_elements_as_symbols_are_read():
+    from cdp.core.checkpoint import checked_elements
+
+    assert checked_elements(["O", 1, "H", 6], "x") == [1, 6, 8]
+
+
+def test_manifest_file_and_split_entries_that_are_lists(tmp_path, capsys):
+    from cdp.data.datasets import directory_dataset, load_split
+
+    (tmp_path / "a.cube").write_text("")
+    (tmp_path / "manifest.json").write_text(json.dumps({"structures": {"a": {"file": ["a.cube"]}}}))
+    with pytest.raises(CdpError, match=r"manifest\.json: entry 'a': 'file' must be a file name, got \['a.cube'\]"):
+        directory_dataset(str(tmp_path))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [["a"]], "test": []}))
+    with pytest.raises(CdpError, match=r"split\.json: 'train' entries must be item names or indices, got \['a'\]"):
+        load_split(str(split))
