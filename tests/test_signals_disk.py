@@ -158,3 +158,24 @@ def test_grid_larger_than_free_space_is_refused(tmp_path, monkeypatch):
     with pytest.raises(CdpError, match=r"rho\.CHGCAR: the grid \(uncompressed\) needs about 17.2 MiB but only 977 KiB is free on "):
         stream_grid(tmp_path / "rho.CHGCAR", "chgcar", atoms, frame, chunks)
     assert produced == [] and list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_names_the_target_not_the_temp_file(tmp_path):
+    from cdp.core.atomic import atomic_write
+
+    target = tmp_path / "out.bin"
+
+    def write(tmp):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+
+    with pytest.raises(OSError) as info:
+        atomic_write(target, write)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+
+    def other(tmp):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/elsewhere/input")
+
+    with pytest.raises(OSError) as info:
+        atomic_write(target, other)
+    assert info.value.filename == "/elsewhere/input"  # an error about another file keeps its name
+    assert list(tmp_path.iterdir()) == []

@@ -31,7 +31,10 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     os.close(fd)
     try:
         try:
@@ -39,6 +42,8 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
             os.chmod(tmp, _umask_mode())
             os.replace(tmp, path)
         except OSError as exc:
+            if exc.filename not in (None, tmp):  # about another file: keep its name
+                raise
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         except RuntimeError as exc:  # torch.save reports a full disk as "... file write failed"
             if "write failed" in str(exc) or "failed writing" in str(exc):
