@@ -153,3 +153,87 @@ def test_batch_touching_few_senders_equals_e3nn(use_native):
         a = ref(sender, receiver, torch.stack([src, dst]), sh, emb)
         b = fast(sender, receiver, torch.stack([src, dst]), sh, emb)
     assert float((a - b).abs().max()) <= 1e-12 * float(a.abs().max())
+
+
+# -- the kernel cache: per-ISA builds, verified before loading -------------------------------------------
+def _fresh(monkeypatch, tmp_path, isa=None):
+    monkeypatch.setenv("CDP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_state", {})
+    if isa is None:
+        monkeypatch.delenv("CDP_NATIVE_ISA", raising=False)
+    else:
+        monkeypatch.setenv("CDP_NATIVE_ISA", isa)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no-sidecar"])
+def test_damaged_cached_library_is_rebuilt_not_loaded(tmp_path, monkeypatch, damage):
+    _fresh(monkeypatch, tmp_path)
+    path = native.build("generic")  # built, never loaded in this process (damaging a mapped file is SIGBUS)
+    good = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "flip":
+        path.write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])
+    else:
+        (path.parent / (path.name + ".sha256")).unlink()
+    assert not native.verified(path)
+    assert native.build("generic") == path and native.verified(path)
+    assert len(path.read_bytes()) == len(good)
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_cache_key_has_isa_flags_and_compiler_version(tmp_path, monkeypatch):
+    _fresh(monkeypatch, tmp_path)
+    cc = native.find_compiler()
+    paths = {isa: native.library_path(cc, isa) for isa in native.available_isas()}
+    assert len(set(paths.values())) == len(paths)
+    assert all(f"-{native.machine()}-{isa}-" in p.name for isa, p in paths.items())
+    monkeypatch.setattr(native, "compiler_version", lambda c: "cc 99.0")
+    assert native.library_path(cc, "generic") != paths["generic"]
+    assert "-march=native" not in native.compile_command(cc, native.available_isas()[0], "x")
+
+
+def test_generic_build_compiles_the_plain_c_path():
+    cc = native.find_compiler()
+
+    def macros(isa):
+        cmd = [cc, *native.isa_flags(isa), "-dM", "-E", "-x", "c", "/dev/null"]
+        return set(line.split()[1] for line in subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines())
+
+    assert "__AVX2__" not in macros("generic") and "__FMA__" not in macros("generic")
+    if "avx2" in native.available_isas():
+        assert {"__AVX2__", "__FMA__"} <= macros("avx2")
+    if "avx512" in native.available_isas():
+        assert {"__AVX2__", "__FMA__", "__AVX512F__"} <= macros("avx512")
+
+
+def test_isa_selection_from_cpu_flags_and_machine(monkeypatch):
+    monkeypatch.delenv("CDP_NATIVE_ISA", raising=False)
+    monkeypatch.setattr(native.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(native, "cpu_flags", lambda: {"sse2", "avx", "avx2", "fma"})
+    assert native.available_isas() == ["avx2", "generic"] and native.select_isa() == "avx2"
+    monkeypatch.setenv("CDP_NATIVE_ISA", "avx512")
+    with pytest.raises(RuntimeError, match="CDP_NATIVE_ISA=avx512: this CPU lacks its instructions"):
+        native.select_isa()
+    monkeypatch.setenv("CDP_NATIVE_ISA", "neon")
+    with pytest.raises(RuntimeError, match="CDP_NATIVE_ISA=neon is not a build for x86_64"):
+        native.select_isa()
+    monkeypatch.delenv("CDP_NATIVE_ISA")
+    monkeypatch.setattr(native, "cpu_flags", lambda: None)  # macOS: no /proc/cpuinfo flags line
+    assert native.available_isas() == ["generic"]
+    monkeypatch.setattr(native.platform, "machine", lambda: "aarch64")
+    assert native.available_isas() == ["generic"] and native.isa_flags("generic") == ()
+    assert native.machine() == "aarch64"
+
+
+@pytest.mark.parametrize("isa", native.available_isas())
+def test_each_forced_isa_gives_the_e3nn_numbers(tmp_path, monkeypatch, isa):
+    _fresh(monkeypatch, tmp_path, isa)
+    assert native.load() is not None and native._state["isa"] == isa
+    ref, fast = _pair(2, mul=20, seed=31, dtype=torch.float32)
+    s = _structure(seed=3, n_atoms=5, n_probes=40)
+    with torch.no_grad():
+        a_layers, a, _ = _run(ref, *s, torch.float32)
+        b_layers, b, _ = _run(fast, *s, torch.float32)
+    for x, y in zip([*a_layers, a], [*b_layers, b]):
+        assert float((x - y).abs().max()) <= 2e-6 * float(x.abs().max())

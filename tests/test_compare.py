@@ -89,3 +89,48 @@ def test_parse_models_errors(tmp_path):
         parse_models(f"x={tmp_path}/missing.ckpt")
     with pytest.raises(CdpError, match="named twice"):
         parse_models("equideepdft,equideepdft")
+
+
+def _dying_worker(spec, *args):
+    """A compare worker that dies without a word for the model named 'dies' (as a crash in native code)."""
+    import os
+    import signal
+
+    if spec.name == "dies":
+        os.kill(os.getpid(), signal.SIGKILL)
+    from cdp.evaluate.compare import _worker
+
+    _worker(spec, *args)
+
+
+def test_dead_worker_is_reported_not_waited_for(report_dir, tiny_data, tmp_path, monkeypatch):
+    import time
+
+    import cdp.evaluate.compare as cmp
+
+    monkeypatch.setattr(cmp, "_worker", _dying_worker)
+    ckpt = report_dir / "models" / "equideepdft.ckpt"
+    lines = []
+    t0 = time.perf_counter()
+    with pytest.raises(CdpError) as info:
+        compare(models=f"ok={ckpt},dies={ckpt}", data=tiny_data, out=tmp_path / "o", echo=lines.append)
+    assert time.perf_counter() - t0 < 120
+    assert str(info.value) == ("1 of 2 models failed (dies: worker process died (killed by signal SIGKILL) without a "
+                               f"result); the others are in {tmp_path / 'o'}")
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["ok"] and list(report["errors"]) == ["dies"]
+    assert "[dies] failed: worker process died (killed by signal SIGKILL) without a result" in lines
+
+
+def test_worker_exit_without_result_is_detected():
+    import multiprocessing as mp
+    import os
+
+    from cdp.evaluate.compare import wait_result
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=os._exit, args=(3,))
+    proc.start()
+    assert wait_result(proc, results, "m", poll=0.1) == ("error", "m", "worker process died (exited with status 3) without a result")
+    proc.join()

@@ -126,3 +126,69 @@ def test_bad_component_parameters_name_the_component(tmp_path):
     reg.register(make_plugin("p", {"readout": {"dummy": Dummy}}), "p", "test")
     with pytest.raises(CdpError, match="readout 'dummy': bad parameters"):
         reg.build("readout", {"name": "dummy", "nonsense": 3})
+
+
+@pytest.mark.parametrize(
+    "components, message",
+    [
+        (["readout"], "cdp_components must return {kind: {name: factory}}, got list ['readout']"),
+        ({"readout": ["dummy"]}, "cdp_components['readout'] must be a mapping of names to factories, got list ['dummy']"),
+        ({"readout": {"dummy": 3}}, "readout 'dummy': factory 3 is not callable"),
+        ({"readout": {7: Dummy}}, "readout name 7 is not a string"),
+        ({("a",): {}}, "unknown component kind ('a',)"),
+    ],
+)
+def test_malformed_hook_result_is_broken_others_work(tmp_path, components, message):
+    reg = Registry(write_registry(tmp_path, {"plugins": ["cdp.plugins.graphs.periodic"], "presets": {}}), entry_points=False)
+    info = reg.register(make_plugin("bad", components), "bad", "test")
+    assert not info.ok and info.error == message
+    assert "periodic" in reg.components["graph"] and reg.components["readout"] == {}
+    good = reg.register(make_plugin("good", {"readout": {"dummy": Dummy}}), "good", "test")
+    assert good.ok and reg.build("readout", {"name": "dummy"}).in_spec is None
+
+
+@pytest.mark.parametrize("presets, message", [("abc", "cdp_presets must return {name: preset}, got str 'abc'"),
+                                              ({"p": {"graph": 1}}, "bad: preset p: missing key 'featurizer'")])
+def test_malformed_presets_are_broken(tmp_path, presets, message):
+    reg = Registry(write_registry(tmp_path, {"plugins": [], "presets": {}}), entry_points=False)
+    mod = types.ModuleType("bad")
+
+    @hookimpl
+    def cdp_presets():
+        return presets
+
+    mod.cdp_presets = cdp_presets
+    info = reg.register(mod, "bad", "test")
+    assert not info.ok and message in info.error and reg.presets == {}
+
+
+def test_plugin_calling_sys_exit_is_broken_and_commands_keep_working(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import cdp.core.registry as registry
+    from cdp.cli.main import main
+
+    (tmp_path / "exiting_plugin_xyz.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    shipped = load_registry_yaml(registry.registry_file())
+    path = write_registry(tmp_path, {"plugins": shipped["plugins"] + ["exiting_plugin_xyz"], "presets": shipped["presets"]})
+    monkeypatch.setenv("CDP_REGISTRY", str(path))
+    monkeypatch.setattr(registry, "_DEFAULT", None)
+    reg = get_registry()
+    broken = [p for p in reg.plugins if not p.ok]
+    assert [(p.name, p.error) for p in broken] == [("exiting_plugin_xyz", "import failed: SystemExit: 3")]
+    assert main(["plugins", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "BROKEN" in out and "import failed: SystemExit: 3" in out
+    assert reg.build("graph", {"name": "periodic"}) is not None
+    sys.modules.pop("exiting_plugin_xyz", None)
+
+
+def test_factory_calling_sys_exit_is_one_line(tmp_path):
+    def factory(**kw):
+        raise SystemExit(4)
+
+    reg = Registry(write_registry(tmp_path, {"plugins": [], "presets": {}}), entry_points=False)
+    reg.register(make_plugin("p", {"readout": {"quits": factory}}), "p", "test")
+    with pytest.raises(CdpError, match=r"^readout 'quits': failed to build \(SystemExit: 4\)$"):
+        reg.build("readout", {"name": "quits"})

@@ -15,14 +15,20 @@ def _load(model_text: str):
     from cdp.core.model import DensityModel
     from cdp.core.registry import get_registry
 
+    from cdp.predict import _named_models
+
     path = Path(model_text)
     if path.is_file():
         model, info = load_checkpoint(path)
         return model, info, str(path)
+    shipped = _named_models()
+    if model_text in shipped:  # the shipped models `cdp predict --model` accepts (demo)
+        model, info = load_checkpoint(shipped[model_text])
+        return model, info, str(shipped[model_text])
     reg = get_registry()
     if model_text in reg.presets:
         return DensityModel.from_config(reg.preset(model_text)).eval(), None, None
-    raise CdpError(f"{model_text}: no such checkpoint file or preset")
+    raise CdpError(f"{model_text}: no such checkpoint file, shipped model ({', '.join(sorted(shipped))}) or preset")
 
 
 @click.command("export")
@@ -35,12 +41,16 @@ def _load(model_text: str):
 @click.option("--structure", type=click.Path(exists=True, dir_okay=False), default=None,
               help="ase-readable structure for --example-inputs (default: a small built-in slab).")
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (≥ 18).")
-def command(model, fmt, out_dir, example_dir, structure, opset):
-    """Export MODEL (a cdp checkpoint or a preset name) as a two-stage encoder/decoder for deployment."""
-    from cdp.export.exporter import export_model
+@click.option("--force", is_flag=True, help="Write into DIR even when it already holds files.")
+def command(model, fmt, out_dir, example_dir, structure, opset, force):
+    """Export MODEL (a cdp checkpoint, a shipped model such as demo, or a preset name) as a two-stage
+    encoder/decoder for deployment.  DIR must be missing or empty unless --force."""
+    from cdp.export.exporter import check_out_dir, export_model
 
+    check_out_dir(Path(out_dir), force)  # before loading anything: a refused DIR is never touched
     net, info, source = _load(model)
-    meta = export_model(net, out_dir, fmt, info=info, source=source, opset=opset, log=lambda s: click.echo(f"  {s}", err=True))
+    meta = export_model(net, out_dir, fmt, info=info, source=source, opset=opset, force=force,
+                        log=lambda s: click.echo(f"  {s}", err=True))
     click.echo(f"wrote {out_dir}/{meta['encoder']['file']}, {meta['decoder']['file']}, cdp_export.json "
                f"({fmt}, cutoff {meta['cutoff']} Å, {meta['num_layers']} layers, {meta['dtype']})")
     if example_dir:

@@ -1,13 +1,17 @@
 """The ``cdp`` command: a click group whose subcommands live in one small module each.
 
 Subcommands are imported lazily, so a broken or slow module never breaks ``cdp --help`` or the others;
-user errors (:class:`~cdp.core.types.CdpError`) print one line and exit with status 2.
+user errors (:class:`~cdp.core.types.CdpError`) print one line and exit with status 2.  SIGTERM (what
+schedulers send) is handled as Ctrl-C: it raises :class:`Terminated`, a KeyboardInterrupt, so temp files
+are removed and a training run keeps its last checkpoint and prints how to resume (exit status 130).
 """
 
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 from typing import Dict, Optional
 
 import click
@@ -77,8 +81,27 @@ def cli() -> None:
     keep_freed_memory()  # reuse per-batch temporaries instead of page-faulting them every batch
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM, so that it unwinds exactly like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     """Entry point of the console script: one-line errors, non-zero exit codes, no tracebacks for user errors."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv) -> int:
     try:
         cli.main(args=argv, prog_name="cdp", standalone_mode=False)
     except CdpError as exc:
@@ -88,7 +111,7 @@ def main(argv=None) -> int:
         if isinstance(exc.__cause__, EOFError):  # click turns any EOFError into Abort: a file ended early
             click.echo(f"error: unexpected end of file ({exc.__cause__ or 'EOFError'})", err=True)
             return 2
-        click.echo("aborted", err=True)
+        click.echo("terminated" if isinstance(exc.__cause__, Terminated) else "aborted", err=True)
         return 130
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
@@ -99,7 +122,8 @@ def main(argv=None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except OSError as exc:
-        click.echo(f"error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
         return 2
     return 0
 

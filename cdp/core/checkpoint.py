@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -49,6 +49,9 @@ def read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CdpError(f"{path}: no such checkpoint file")
+    from cdp.core.safe_pickle import check_torch_save_layout
+
+    check_torch_save_layout(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -65,7 +68,40 @@ def read_checkpoint(path) -> dict:
     for key in ("config", "state_dict"):
         if key not in data:
             raise CdpError(f"{path}: checkpoint lacks '{key}'")
+    if not isinstance(data["config"], dict) or not isinstance(data["state_dict"], dict):
+        raise CdpError(f"{path}: checkpoint 'config' and 'state_dict' must be mappings")
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise CdpError(f"{path}: checkpoint 'metadata' must be a mapping")
+    if metadata and metadata.get("elements") is not None:
+        checked_elements(metadata["elements"], f"{path}: metadata")
     return data
+
+
+def checked_elements(value, where: str) -> List[int]:
+    """Sorted atomic numbers (1..118) from a recorded ``elements`` list of numbers or symbols.
+
+    Raises CdpError (one line, naming ``where``) for anything else: a string, a number out of range,
+    an unknown symbol, a nested list.
+    """
+    from ase.data import atomic_numbers
+
+    if not isinstance(value, (list, tuple)):
+        raise CdpError(f"{where}: 'elements' must be a list of atomic numbers or symbols, got {_short(value)}")
+    out = set()
+    for z in value:
+        if isinstance(z, str) and z in atomic_numbers and atomic_numbers[z] > 0:
+            out.add(atomic_numbers[z])
+        elif isinstance(z, int) and not isinstance(z, bool) and 1 <= z <= 118:
+            out.add(int(z))
+        else:
+            raise CdpError(f"{where}: 'elements' holds {_short(z)}, not an atomic number 1..118 or element symbol")
+    return sorted(out)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_state_dict_checked(model, state_dict: dict, source: str) -> None:
@@ -87,10 +123,13 @@ def load_checkpoint(path, registry=None) -> Tuple["DensityModel", dict]:  # noqa
     """Rebuild the DensityModel stored at ``path``; returns (model in eval mode, raw checkpoint dict)."""
     from cdp.core.model import DensityModel
 
+    from cdp.core.model_size import check_model_memory
+
     data = read_checkpoint(path)
-    model = DensityModel.from_config(data["config"], registry=registry)
     sd = data["state_dict"]
-    floats = [v.dtype for v in sd.values() if v.dtype.is_floating_point]
+    floats = [v.dtype for v in sd.values() if isinstance(v, torch.Tensor) and v.dtype.is_floating_point]
+    check_model_memory(data["config"], str(path), floats[0].itemsize if floats else 4)
+    model = DensityModel.from_config(data["config"], registry=registry)
     if floats:
         model.to(floats[0])
     load_state_dict_checked(model, sd, str(path))

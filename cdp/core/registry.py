@@ -114,71 +114,116 @@ class Registry:
             self.presets[name] = preset
 
     # -- loading ---------------------------------------------------------------------------------
+    # A plugin is foreign code: anything it raises while importing or in a hook (SystemExit included,
+    # KeyboardInterrupt excepted) marks it BROKEN, and malformed hook results are refused entry by entry.
     def _load_module(self, module_name: str, origin: str) -> None:
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:  # a broken plugin must not break the others
-            self.plugins.append(PluginInfo(module_name, origin, error=f"import failed: {type(exc).__name__}: {exc}"))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not break the others
+            self.plugins.append(PluginInfo(module_name, origin, error=f"import failed: {_describe(exc)}"))
             return
         self.register(module, module_name, origin)
 
     def _load_entry_point(self, ep, origin: str) -> None:
         try:
             obj = ep.load()
-        except Exception as exc:
-            self.plugins.append(PluginInfo(ep.name, origin, error=f"import failed: {type(exc).__name__}: {exc}"))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            self.plugins.append(PluginInfo(ep.name, origin, error=f"import failed: {_describe(exc)}"))
             return
         self.register(obj, ep.name, origin)
+
+    def _call_hook(self, plugin: Any, hook: str) -> list:
+        caller = self.pm.subset_hook_caller(hook, remove_plugins=[p for p in self.pm.get_plugins() if p is not plugin])
+        return list(caller())
 
     def register(self, plugin: Any, name: str, origin: str) -> PluginInfo:
         """Register one plugin object (a module or an object with hookimpls) and collect its components."""
         info = PluginInfo(name, origin)
         self.plugins.append(info)
-        if self.pm.is_registered(plugin) or self.pm.has_plugin(name):
-            info.error = "already registered"
-            return info
         try:
+            if self.pm.is_registered(plugin) or self.pm.has_plugin(name):
+                info.error = "already registered"
+                return info
             self.pm.register(plugin, name=name)
-        except Exception as exc:
-            info.error = f"invalid hooks: {exc}"
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            info.error = f"invalid hooks: {_describe(exc)}"
             return info
-        caller = self.pm.subset_hook_caller("cdp_components", remove_plugins=[p for p in self.pm.get_plugins() if p is not plugin])
+        problems: List[str] = []
         try:
-            results = caller()
-        except Exception as exc:
-            info.error = f"cdp_components failed: {type(exc).__name__}: {exc}"
+            results = self._call_hook(plugin, "cdp_components")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            info.error = f"cdp_components failed: {_describe(exc)}"
             return info
-        problems = []
         for result in results:
-            if not isinstance(result, dict):
-                problems.append("cdp_components must return {kind: {name: factory}}")
-                continue
-            for kind, entries in result.items():
-                if kind not in self.components:
-                    problems.append(f"unknown component kind '{kind}'")
-                    continue
-                for cname, factory in (entries or {}).items():
-                    taken = self.components[kind].get(cname)
-                    if taken is not None:
-                        problems.append(f"duplicate {kind} '{cname}' (already registered by {taken.plugin})")
-                        continue
-                    self.components[kind][cname] = ComponentEntry(kind, cname, factory, name)
-                    info.components.append(f"{kind}:{cname}")
-        preset_caller = self.pm.subset_hook_caller("cdp_presets", remove_plugins=[p for p in self.pm.get_plugins() if p is not plugin])
+            self._add_components(result, name, info, problems)
         try:
-            for result in preset_caller():
-                for pname, preset in (result or {}).items():
-                    validate_preset(preset, f"{name}: preset {pname}")
-                    if pname in self.presets:
-                        problems.append(f"duplicate preset '{pname}'")
-                    else:
-                        self.presets[pname] = preset
-                        info.components.append(f"preset:{pname}")
-        except Exception as exc:
-            problems.append(f"cdp_presets failed: {exc}")
+            preset_results = self._call_hook(plugin, "cdp_presets")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            problems.append(f"cdp_presets failed: {_describe(exc)}")
+            preset_results = []
+        for result in preset_results:
+            self._add_presets(result, name, info, problems)
         if problems:
             info.error = "; ".join(problems)
         return info
+
+    def _add_components(self, result: Any, plugin: str, info: PluginInfo, problems: List[str]) -> None:
+        if not isinstance(result, dict):
+            problems.append(f"cdp_components must return {{kind: {{name: factory}}}}, got {_kind(result)}")
+            return
+        for kind, entries in result.items():
+            if not isinstance(kind, str) or kind not in self.components:
+                problems.append(f"unknown component kind {_short(kind)}")
+                continue
+            if entries is None:
+                continue
+            if not isinstance(entries, dict):
+                problems.append(f"cdp_components['{kind}'] must be a mapping of names to factories, got {_kind(entries)}")
+                continue
+            for cname, factory in entries.items():
+                if not isinstance(cname, str) or not cname:
+                    problems.append(f"{kind} name {_short(cname)} is not a string")
+                    continue
+                if not callable(factory):
+                    problems.append(f"{kind} '{cname}': factory {_short(factory)} is not callable")
+                    continue
+                taken = self.components[kind].get(cname)
+                if taken is not None:
+                    problems.append(f"duplicate {kind} '{cname}' (already registered by {taken.plugin})")
+                    continue
+                self.components[kind][cname] = ComponentEntry(kind, cname, factory, plugin)
+                info.components.append(f"{kind}:{cname}")
+
+    def _add_presets(self, result: Any, plugin: str, info: PluginInfo, problems: List[str]) -> None:
+        if result is None:
+            return
+        if not isinstance(result, dict):
+            problems.append(f"cdp_presets must return {{name: preset}}, got {_kind(result)}")
+            return
+        for pname, preset in result.items():
+            if not isinstance(pname, str) or not pname:
+                problems.append(f"preset name {_short(pname)} is not a string")
+                continue
+            try:
+                validate_preset(preset, f"{plugin}: preset {pname}")
+            except CdpError as exc:
+                problems.append(str(exc))
+                continue
+            if pname in self.presets:
+                problems.append(f"duplicate preset '{pname}'")
+            else:
+                self.presets[pname] = preset
+                info.components.append(f"preset:{pname}")
 
     # -- use ---------------------------------------------------------------------------------------
     def factory(self, kind: str, name: str) -> Callable:
@@ -197,13 +242,37 @@ class Registry:
         factory = self.factory(kind, spec["name"])
         try:
             return factory(**params, **extra)
+        except CdpError:
+            raise
         except (TypeError, ValueError) as exc:
             raise CdpError(f"{kind} '{spec['name']}': bad parameters ({exc})") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # plugin code: SystemExit or any other failure is one line, never a crash
+            raise CdpError(f"{kind} '{spec['name']}': failed to build ({_describe(exc)})") from None
 
     def preset(self, name: str) -> dict:
         if name not in self.presets:
             raise CdpError(f"unknown model preset '{name}' (presets: {', '.join(sorted(self.presets))})")
         return self.presets[name]
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception raised by plugin code."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {_short(value)}"
+
+
+def _short(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a foreign object whose repr fails
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _DEFAULT: Optional[Registry] = None

@@ -14,6 +14,8 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import re
+import zipfile
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
@@ -133,16 +135,59 @@ def restricted_pickle_module(extra_globals: Optional[Mapping[Global, Any]] = Non
     return module
 
 
+# what torch.save writes inside its zip, below one root folder; anything else (TorchScript's code/ and
+# constants.pkl, mobile bytecode.pkl, extra files) is refused before torch.load can dispatch on it
+_SAVE_ENTRY = re.compile(
+    r"(?:data\.pkl|data/[A-Za-z0-9_.]+|version|\.format_version|\.storage_alignment|byteorder"
+    r"|\.data/serialization_id|\.data/version)\Z"
+)
+
+
+def check_torch_save_layout(path) -> None:
+    """Refuse a zip file that is not exactly ``torch.save``'s layout (CdpError naming the entry).
+
+    ``torch.load`` hands TorchScript archives (``constants.pkl``, ``code/``) to ``torch.jit.load``,
+    which runs the code they contain, even when a restricted ``pickle_module`` is given.  A torch.save
+    zip holds ``<root>/data.pkl``, ``<root>/data/<key>`` and optionally ``version``, ``byteorder``,
+    ``.format_version``, ``.storage_alignment`` and ``.data/serialization_id``, all under one root.
+    Only the zip directory is read.  Non-zip files (torch's legacy format) pass: they have no such
+    dispatch and are read through the restricted unpickler.
+    """
+    path = os.fspath(path)
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CdpError(f"{path}: not a readable torch checkpoint (bad zip: {exc})") from None
+    roots = {name.split("/", 1)[0] for name in names}
+    if len(roots) != 1:
+        raise CdpError(f"{path}: not a torch.save file (entries under {len(roots)} top-level folders); refused unread")
+    for name in names:
+        parts = name.split("/", 1)
+        rest = parts[1] if len(parts) == 2 else ""
+        if rest in ("constants.pkl", "bytecode.pkl") or rest.startswith("code/"):
+            raise CdpError(f"{path}: a TorchScript archive ('{name}'), not a torch.save checkpoint; "
+                           "refused unread (loading it would run its code)")
+        if not _SAVE_ENTRY.match(rest):
+            raise CdpError(f"{path}: unexpected entry '{name}' for a torch.save checkpoint; refused unread")
+    if not any(name.split("/", 1)[-1] == "data.pkl" for name in names):
+        raise CdpError(f"{path}: no data.pkl in the zip (not a torch.save checkpoint)")
+
+
 def load_torch_file(path: str, extra_globals: Optional[Mapping[Global, Any]] = None) -> Any:
     """Read a ``torch.save`` file onto the CPU without executing pickled code.
 
-    Plain weight files go through ``torch.load(weights_only=True)``; files with other pickled
+    Zip files must have exactly torch.save's layout (:func:`check_torch_save_layout`), so that
+    TorchScript archives never reach ``torch.jit.load``.  Plain weight files go through ``torch.load(weights_only=True)``; files with other pickled
     objects fall back to the restricted unpickler, where unknown objects come back as
     :class:`PickleStub` instances.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CdpError(f"{path}: no such file")
+    check_torch_save_layout(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError):

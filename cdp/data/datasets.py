@@ -159,6 +159,11 @@ class Concat(Dataset):
         return self.parts[p].load(j)
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _manifest_pbc(directory: str) -> Tuple[Dict[str, object], Dict[str, str]]:
     """({file name: pbc}, {file name: dataset name}) from ``directory/manifest.json`` if present."""
     path = os.path.join(directory, "manifest.json")
@@ -176,6 +181,8 @@ def _manifest_pbc(directory: str) -> Tuple[Dict[str, object], Dict[str, str]]:
     for name, entry in entries.items():
         if not isinstance(entry, dict) or "file" not in entry:
             raise CdpError(f"{path}: entry '{name}' has no 'file'")
+        if not isinstance(entry["file"], str) or not entry["file"]:
+            raise CdpError(f"{path}: entry '{name}': 'file' must be a file name, got {_short(entry['file'])}")
         if "pbc" in entry:
             pbc[entry["file"]] = entry["pbc"]
         names[entry["file"]] = name
@@ -388,6 +395,9 @@ def load_split(path: Optional[str] = None) -> Dict[str, List]:
         items = data.get(key, [])
         if not isinstance(items, list):
             raise CdpError(f"{path}: '{key}' must be a list")
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                raise CdpError(f"{path}: '{key}' entries must be item names or indices, got {_short(item)}")
         out[key] = items
     seen: Dict[object, str] = {}
     for key in SPLIT_KEYS:

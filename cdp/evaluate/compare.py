@@ -1,15 +1,19 @@
 """``cdp compare``: train several models on the same data, seed and budget, evaluate them on the same grids.
 
 Each model trains and evaluates in its own process (so its peak memory is its own); the parent gathers
-the results into ``report.json``, ``report.md`` and figures.
+the results into ``report.json``, ``report.md`` and figures.  A worker that dies without a result (a
+crash in native code, the OOM killer) is detected and its model reported as failed; any failure makes
+the comparison end with an error after the report of the other models is written.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue as queue_module
 import resource
 import shutil
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -125,6 +129,29 @@ def _worker(spec: ModelSpec, out: str, data: Optional[str], steps: Optional[int]
         queue.put(("error", spec.name, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
 
 
+def wait_result(proc, results, name: str, poll: float = 0.5) -> tuple:
+    """``(status, name, payload)`` from worker ``proc``: its message, or an error once it died without one."""
+    while True:
+        try:
+            return results.get(timeout=poll)
+        except queue_module.Empty:
+            if proc.is_alive():
+                continue
+        try:  # a message sent just before the process ended
+            return results.get(timeout=1.0)
+        except queue_module.Empty:
+            pass
+        code = proc.exitcode
+        if code is not None and code < 0:
+            try:
+                why = f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                why = f"killed by signal {-code}"
+        else:
+            why = f"exited with status {code}"
+        return ("error", name, f"worker process died ({why}) without a result")
+
+
 def run_one(spec: ModelSpec, out: Path, data: Optional[str], steps: Optional[int], time_budget: Optional[float],
             seed: int, device: Optional[str]) -> dict:
     """Train and evaluate one model in this process; returns its report entry."""
@@ -214,7 +241,11 @@ def compare(
     threads: int = 1,
     echo=print,
 ) -> Path:
-    """Run the comparison and write the report directory; returns its path."""
+    """Run the comparison and write the report directory; returns its path.
+
+    Raises CdpError when every model failed, or, after writing the report of the others, when any did
+    (naming each failed model and why: its error, or how its worker process died).
+    """
     from cdp.evaluate.report import write_report
 
     if steps is not None and time_budget is not None:
@@ -241,8 +272,11 @@ def compare(
         queue = ctx.Queue()
         proc = ctx.Process(target=_worker, args=(spec, str(outdir), data, spec_steps, spec_time, seed, device, threads, queue))
         proc.start()
-        status, name, payload = queue.get()
-        proc.join()
+        status, name, payload = wait_result(proc, queue, spec.name)
+        proc.join(timeout=30)
+        if proc.is_alive():  # sent its result but does not exit: do not hang on it
+            proc.kill()
+            proc.join()
         if status == "ok":
             results.append(payload)
             ev = payload["evaluate"]["eps_mae"]
@@ -269,4 +303,7 @@ def compare(
     table = write_report(outdir, report)
     echo(table)
     echo(f"report: {outdir}")
+    if errors:
+        failed = "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in errors.items())
+        raise CdpError(f"{len(errors)} of {len(specs)} models failed ({failed}); the others are in {outdir}")
     return outdir

@@ -24,14 +24,29 @@ DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 
 def model_elements(model, info: Optional[dict] = None) -> List[int]:
     """Elements the model accepts: the checkpoint's recorded elements, else every Z its featurizer embeds."""
+    from cdp.core.checkpoint import checked_elements
+
     recorded = ((info or {}).get("metadata") or {}).get("elements")
     if recorded:
-        return sorted(int(z) for z in recorded)
+        return checked_elements(recorded, "checkpoint metadata")
     n = getattr(model.featurizer, "num_elements", None)
     if n is None:
         emb = getattr(model.featurizer, "embedding", None)
         n = getattr(emb, "num_embeddings", 119)
     return list(range(1, min(int(n), 119)))
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse an export target that is not a directory, or one that holds anything, unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise CdpError(f"{out}: exists and is not a directory")
+    if out.is_dir() and not force:
+        try:
+            first = next(iter(sorted(p.name for p in out.iterdir())), None)
+        except OSError as exc:
+            raise CdpError(f"{out}: cannot list the directory ({exc.strerror})") from None
+        if first is not None:
+            raise CdpError(f"{out}: directory is not empty (holds '{first}'); choose an empty one or use --force")
 
 
 def export_model(
@@ -42,8 +57,13 @@ def export_model(
     source: Optional[str] = None,
     opset: int = 20,
     log: Callable[[str], None] = lambda s: None,
+    force: bool = False,
 ) -> dict:
-    """Write the encoder/decoder of ``model`` in ``fmt`` (onnx, torchscript, pt2) to ``out_dir``; returns the metadata."""
+    """Write the encoder/decoder of ``model`` in ``fmt`` (onnx, torchscript, pt2) to ``out_dir``; returns the metadata.
+
+    ``out_dir`` must be missing or empty: a directory holding any file (even one this format would not
+    write) is refused untouched with a CdpError unless ``force``, which overwrites the files it writes.
+    """
     from cdp._version import __version__
     from cdp.core.checkpoint import file_sha256
 
@@ -53,8 +73,7 @@ def export_model(
     if dtype not in DTYPE_NAMES:
         raise CdpError(f"cannot export a model in {dtype} (float32 or float64)")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise CdpError(f"{out}: exists and is not a directory")
+    check_out_dir(out, force)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     enc, dec = split_model(model)

@@ -55,7 +55,11 @@ def write_metadata(out_dir, meta: dict) -> Path:
 
 
 def read_metadata(model_dir, expect_format: Optional[str] = None, check_files: bool = True) -> dict:
-    """Load and check ``DIR/cdp_export.json`` (format, version, cutoff, elements, files and their hashes)."""
+    """Load and check ``DIR/cdp_export.json`` (format, version, cutoff, elements, dtype, spin, files, hashes).
+
+    Loading a TorchScript or pt2 artifact runs code by nature, so each file must be a plain name inside
+    ``model_dir`` whose SHA-256 matches the one recorded here; any other value is a one-line CdpError.
+    """
     from cdp.core.checkpoint import file_sha256
 
     model_dir = Path(model_dir)
@@ -67,39 +71,54 @@ def read_metadata(model_dir, expect_format: Optional[str] = None, check_files: b
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise CdpError(f"{path}: unreadable ({exc})") from None
+        raise CdpError(f"{path}: unreadable ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CdpError(f"{path}: not a cdp export description (format must be '{FORMAT}')")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise CdpError(f"{path}: export format version {version!r} is not supported (this cdp reads version {FORMAT_VERSION}); re-export the model")
+        raise CdpError(f"{path}: export format version {_short(version)} is not supported (this cdp reads version {FORMAT_VERSION}); re-export the model")
     artifact = meta.get("artifact")
-    if artifact not in ARTIFACTS:
-        raise CdpError(f"{path}: unknown artifact '{artifact}' (one of {', '.join(ARTIFACTS)})")
+    if not isinstance(artifact, str) or artifact not in ARTIFACTS:
+        raise CdpError(f"{path}: unknown artifact {_short(artifact)} (one of {', '.join(ARTIFACTS)})")
     if expect_format is not None and artifact != expect_format:
         raise CdpError(f"{path}: holds a {artifact} export, not {expect_format}")
     cutoff = meta.get("cutoff")
-    if not isinstance(cutoff, (int, float)) or not cutoff > 0:
-        raise CdpError(f"{path}: cutoff must be a positive number, got {cutoff!r}")
+    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not 0 < cutoff < 1e3:
+        raise CdpError(f"{path}: cutoff must be a positive number of Å, got {_short(cutoff)}")
     elements = meta.get("elements")
-    if not isinstance(elements, list) or not elements or not all(isinstance(z, int) and 0 < z < 119 for z in elements):
-        raise CdpError(f"{path}: elements must be a non-empty list of atomic numbers 1..118")
+    if not isinstance(elements, list) or not elements or not all(
+        isinstance(z, int) and not isinstance(z, bool) and 0 < z < 119 for z in elements
+    ):
+        raise CdpError(f"{path}: elements must be a non-empty list of atomic numbers 1..118, got {_short(elements)}")
     if meta.get("dtype") not in ("float32", "float64"):
-        raise CdpError(f"{path}: dtype must be float32 or float64, got {meta.get('dtype')!r}")
+        raise CdpError(f"{path}: dtype must be float32 or float64, got {_short(meta.get('dtype'))}")
+    if not isinstance(meta.get("spin", False), bool):
+        raise CdpError(f"{path}: spin must be true or false, got {_short(meta.get('spin'))}")
     for role in ("encoder", "decoder"):
         part = meta.get(role)
         if not isinstance(part, dict) or not isinstance(part.get("file"), str):
             raise CdpError(f"{path}: '{role}' must name its file")
-        if not part["file"].endswith("." + ARTIFACTS[artifact]):
-            raise CdpError(f"{path}: {role} file {part['file']} is not a {artifact} artifact (expected .{ARTIFACTS[artifact]})")
+        name = part["file"]
+        if name in ("", ".", "..") or "/" in name or "\\" in name or Path(name).name != name:
+            raise CdpError(f"{path}: {role} file {_short(name)} is not a file name inside the export directory")
+        if not name.endswith("." + ARTIFACTS[artifact]):
+            raise CdpError(f"{path}: {role} file {name} is not a {artifact} artifact (expected .{ARTIFACTS[artifact]})")
+        digest = part.get("sha256")
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise CdpError(f"{path}: {role} has no valid sha256 (an export is loaded only when its files' hashes match)")
         if check_files:
-            f = model_dir / part["file"]
+            f = model_dir / name
             if not f.is_file():
-                raise CdpError(f"{path}: {role} file {part['file']} is missing")
-            digest = part.get("sha256")
-            if digest is not None and file_sha256(f) != digest:
+                raise CdpError(f"{path}: {role} file {name} is missing")
+            if file_sha256(f) != digest:
                 raise CdpError(f"{f}: SHA-256 does not match {METADATA_FILE} (file replaced or corrupted)")
     return meta
+
+
+def _short(value) -> str:
+    """``repr`` of a value from an untrusted file, cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def io_entry(name: str, dtype: str, shape: List) -> dict:

@@ -7,7 +7,6 @@ one intra-op thread, so cdp's runtime (and the C++ example) use one intra-op thr
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable, List
@@ -34,9 +33,9 @@ def _to_onnx(program, path: Path, input_names: List[str], output_names: List[str
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.checker.check_model(proto)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+    from cdp.core.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     ops = sorted({n.op_type for n in proto.graph.node})
     opset_found = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     return {"ops": ops, "opset": opset_found, "nodes": len(proto.graph.node)}

@@ -25,13 +25,19 @@ def export_pt2(model, enc, dec, enc_args, dec_args, out: Path, meta: dict, log: 
     enc_ep, dec_ep = export_programs(model, enc, dec, enc_args, dec_args, decompose=False)
     for role, program in (("encoder", enc_ep), ("decoder", dec_ep)):
         path = out / meta[role]["file"]
-        tmp = path.with_name(f".tmp.{path.name}")
-        with export_context():
-            try:
-                torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
-            except Exception as exc:
-                raise blame(exc, model, role) from None
-        os.replace(tmp, path)
+        tmp = path.with_name(f".tmp.{path.name}")  # AOTInductor wants the .pt2 suffix
+        try:
+            with export_context():
+                try:
+                    torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+                except OSError as exc:
+                    raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+                except Exception as exc:
+                    raise blame(exc, model, role) from None
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
         md.atomic_write_text(out / f"{role}.pt2.json", json.dumps(md.embedded(meta, role), sort_keys=True) + "\n")
         log(f"{role}.pt2 compiled")
     return {"method": "torch.export + AOTInductor", "load": "torch._inductor.aoti_load_package", "torch_version": torch.__version__}

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from cdp.core.atomic import atomic_write
 from cdp.export import metadata as md
 from cdp.export.examples import decoder_example, encoder_example
 from cdp.export.context import blame, export_context
@@ -35,9 +35,7 @@ def export_torchscript(model, enc, dec, enc_args, dec_args, out: Path, meta: dic
             except Exception as exc:
                 raise blame(exc, model, role) from None
             path = out / meta[role]["file"]
-            tmp = path.with_name(f".{path.name}.tmp")
             extra = {"cdp_export.json": json.dumps(md.embedded(meta, role), sort_keys=True)}
-            torch.jit.save(traced, str(tmp), _extra_files=extra)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: torch.jit.save(traced, tmp, _extra_files=extra))
             log(f"{role}.pt written")
     return {"method": "e3nn.util.jit.trace (e3nn modules compiled by their compile mode)", "load": "torch.jit.load"}

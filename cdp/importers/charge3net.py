@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
-import yaml
 
 from cdp.core.types import CdpError
 
@@ -130,10 +129,9 @@ def _read_document(path: Path) -> Any:
             return json.loads(text)
         except ValueError as exc:
             raise CdpError(f"{path}: invalid JSON ({str(exc).splitlines()[0]})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CdpError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    from cdp.core.yamlio import safe_yaml_load
+
+    return safe_yaml_load(text, str(path))
 
 
 def _model_section(doc: Mapping, where: str) -> Tuple[Mapping, str]:
@@ -383,6 +381,9 @@ def import_charge3net_components(path, config=None):
     sd = read_state_dict(path)
     hp = resolve_hyperparameters(given, sd, source, where)
     cfg = model_config(hp)
+    from cdp.core.model_size import check_model_memory
+
+    check_model_memory(cfg, where)
     modules = build_components(cfg)
     template: Dict[str, torch.Tensor] = {}
     for prefix, module in zip(("featurizer", "backbone", "readout"), modules):

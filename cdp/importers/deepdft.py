@@ -71,7 +71,7 @@ def read_arguments(model_dir) -> dict:
             raise CdpError(f"{path}: missing key '{key}'")
     try:
         ok = int(args["num_interactions"]) >= 1 and int(args["node_size"]) >= 1 and float(args["cutoff"]) > 0
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise CdpError(f"{path}: num_interactions, node_size and cutoff must be positive numbers")
@@ -135,8 +135,11 @@ def _rename(sd: Dict[str, torch.Tensor], painn: bool, source: str) -> Dict[str, 
 
 def import_deepdft(model_dir) -> Tuple[dict, Dict[str, torch.Tensor]]:
     """Read a DeepDFT model directory; return (cdp model config, state_dict with cdp keys), shapes checked."""
+    from cdp.core.model_size import check_model_memory
+
     model_dir = Path(model_dir)
     args = read_arguments(model_dir)
+    check_model_memory(model_config(args), str(model_dir / ARGUMENTS))  # before any weight is read
     weights = model_dir / WEIGHTS
     raw = _load_weights(weights)
     painn = bool(args.get("use_painn_model", False))

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 
-from cdp.core.atomic import atomic_write
+from cdp.core.atomic import atomic_write, check_free_space
 from cdp.core.errors import CdpError
 from cdp.core.grid import DensityGrid
 from cdp.io._text import check_finite
@@ -158,6 +158,21 @@ def _npy(sink: _Sink, name: str, frame: DensityGrid, chunks: Chunks, spin: bool,
     return total
 
 
+# bytes per grid value as written (lower bounds): CHGCAR " 0.12345678901E+00" (plus the magnetisation
+# block and its float64 scratch copy with spin), cube "%13.5e", npy float64 per channel
+_BYTES_PER_VALUE = {"chgcar": 18, "cube": 13, "npy": 8}
+
+
+def grid_bytes(fmt: str, points: int, spin: bool = False) -> int:
+    """Uncompressed size in bytes (a lower bound) of a grid of ``points`` values written as ``fmt``."""
+    per = _BYTES_PER_VALUE.get(fmt, 8)
+    if spin and fmt == "chgcar":
+        per = 2 * per + 8
+    elif spin and fmt == "npy":
+        per *= 2
+    return int(points) * per
+
+
 def stream_grid(path, fmt: str, atoms, frame: DensityGrid, chunks: Chunks, spin: bool = False,
                 augmentation: Optional[str] = None, spin_augmentation: Optional[str] = None,
                 units: str = "bohr", progress: Optional[Callable[[int], None]] = None) -> float:
@@ -202,6 +217,7 @@ def stream_grid(path, fmt: str, atoms, frame: DensityGrid, chunks: Chunks, spin:
     from cdp.io import record_pbc
 
     validate_atoms(atoms, name=name)
+    check_free_space(path, grid_bytes(fmt, expected, spin), "the grid (uncompressed)")
     atomic_write(path, write)
     if fmt != "npy":  # npy grids carry their own sidecar (cdp predict writes it)
         record_pbc(path, frame.pbc if frame.pbc is not None else atoms.pbc)

@@ -582,12 +582,17 @@ class Trainer:
                     else:
                         self.save_last()
                     last_saved = self.step
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through cdp.cli.main
             bar.close()
             if self.main:
                 print(f"interrupted at step {self.step}; {self.run_dir / LAST} holds step {last_saved}; "
                       f"resume with: cdp train --resume {self.run_dir}", file=sys.stderr, flush=True)
             raise
+        except OSError as exc:  # a full disk (ENOSPC) while checkpointing or logging: the old files stay whole
+            bar.close()
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise CdpError(f"{where}{exc.strerror or exc} at step {self.step}; {self.run_dir / LAST} holds step "
+                           f"{last_saved}; free space, then resume with: cdp train --resume {self.run_dir}") from None
         if self.step != last_saved or not (self.run_dir / BEST).exists():
             self._validate_and_save(bar)
         bar.close()
