@@ -29,6 +29,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -40,7 +41,7 @@ import torch
 
 from cdp.core.types import CdpError
 
-_POLL = 0.002  # seconds between checks of a pending collective (keeps SIGTERM deliverable)
+_POLL = 0.05  # seconds between checks of a pending transfer (keeps SIGTERM deliverable)
 _BLOCK = 1 << 20  # float64 values per transfer message of a split structure
 _TIMEOUT = timedelta(hours=24)  # a rank may wait for another's long grid; torchrun ends dead runs
 
@@ -246,10 +247,28 @@ def _stop_report(info: Session) -> str:
 
 
 def _wait(work) -> None:
-    """Wait for an async collective, polling so that Python signal handlers (SIGTERM) still run."""
-    while not work.is_completed():
-        time.sleep(_POLL)
-    work.wait()
+    """Wait for an async collective or send/recv while keeping SIGTERM deliverable.
+
+    The wait runs in a helper thread (gloo's send/recv works only complete inside ``wait``); the main
+    thread sleeps on an event, which a signal interrupts, so a rank stopped by torchrun while waiting for
+    a dead peer still runs its cleanup (temporary files removed).
+    """
+    done = threading.Event()
+    failure: list = []
+
+    def run() -> None:
+        try:
+            work.wait()
+        except BaseException as exc:  # re-raised in the main thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    while not done.wait(_POLL):
+        pass
+    if failure:
+        raise failure[0]
 
 
 def broadcast_json(obj, src: int = 0):
