@@ -163,8 +163,9 @@ def test_one_periodic_cell_split_across_ranks(tmp_path, suffix):
     cell = _diamond(tmp_path / "diamond.traj")
     # 12x12x12 = 1728 points in 6 probe batches of 333: 3 per rank, lines of 5 values across the seam
     args = ["predict", cell, "--model", "demo", "--spacing", "0.3", "--probe-batch", "333", "--no-progress"]
-    assert main([*map(str, args), "-o", str(tmp_path / "single" / f"c{suffix}")]) == 0
+    (tmp_path / "single").mkdir()
     (tmp_path / "multi").mkdir()
+    assert main([*map(str, args), "-o", str(tmp_path / "single" / f"c{suffix}")]) == 0
     proc = _torchrun([*args, "-o", tmp_path / "multi" / f"c{suffix}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _same_tree(tmp_path / "single", tmp_path / "multi")
