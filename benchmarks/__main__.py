@@ -1,4 +1,4 @@
-"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``)."""
+"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``, ``distributed``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ BENCHMARKS = {
     "graph": "benchmarks.graph_bench",
     "compare": "benchmarks.compare_bench",
     "export": "benchmarks.export_bench",
+    "distributed": "benchmarks.distributed",
 }
 
 

@@ -215,6 +215,7 @@ def torchrun_entry(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except Stopped:
+            _remove_temporaries(info.targets)  # also those of a rank that was killed outright
             if info.is_main:
                 raise CdpError(_stop_report(info)) from None
             raise click.exceptions.Exit(143) from None
@@ -233,6 +234,18 @@ def torchrun_entry(fn: Callable) -> Callable:
                 pass
 
     return wrapper
+
+
+def _remove_temporaries(targets: Sequence[Path]) -> None:
+    """Delete the atomic-write temporaries (``.<name>*.tmp`` beside each target) of unfinished outputs."""
+    import glob
+
+    for target in targets:
+        for tmp in glob.glob(os.path.join(glob.escape(str(target.parent)), f".{glob.escape(target.name)}*.tmp")):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def _stop_report(info: Session) -> str:
@@ -480,6 +493,10 @@ def run_grids(predictor, jobs: Sequence[GridJob], finish: Callable[[GridJob, flo
                                               progress=progress(job) if progress else None)
             finish(job, electrons)
             written.append(job)
+        if info.enabled:  # stay until every rank is done: a rank dying late is still cleaned up and reported
+            import torch.distributed as dist
+
+            _wait(dist.barrier(async_op=True))
     except BaseException:
         if created and not info.enabled:
             try:

@@ -243,8 +243,10 @@ def test_a_rank_killed_mid_run_is_reported_and_leaves_no_part_file(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0
-    written = sorted(p.name for p in out.iterdir())
-    assert all(n.endswith(".CHGCAR") and not n.startswith(".") for n in written), written  # no temp/part files
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")], names  # no temporary/part files
+    written = [n for n in names if n.endswith(".CHGCAR")]
+    assert sorted(n[: -len(".json")] for n in names if n.endswith(".json")) == written  # pbc sidecars
     report = [line for line in stderr.splitlines() if "not written" in line]
     assert report, stderr[-3000:]
     missing = [f"m{i:02d}.CHGCAR" for i in range(12) if f"m{i:02d}.CHGCAR" not in written]
