@@ -209,9 +209,13 @@ def torchrun_entry(fn: Callable) -> Callable:
                 kwargs["device"] = rank_device(kwargs["device"], info.local_rank)
         except CdpError as exc:
             raise CdpError(f"rank {info.rank}: {exc}") from None
+        try:
+            dist.init_process_group("gloo", rank=info.rank, world_size=info.world, timeout=_TIMEOUT)
+        except (ValueError, RuntimeError) as exc:
+            raise CdpError(f"rank {info.rank}: cannot join the torchrun process group "
+                           f"({' '.join(str(exc).split())[:200]})") from None
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         _SESSION = info
-        dist.init_process_group("gloo", rank=info.rank, world_size=info.world, timeout=_TIMEOUT)
         try:
             return fn(*args, **kwargs)
         except Stopped:
