@@ -1,6 +1,7 @@
 """``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``,
 ``train_throughput``)."""
 """``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``, ``scf``)."""
+"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``, ``distributed``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ BENCHMARKS = {
     "model_card": "benchmarks.model_card",
     "train_throughput": "benchmarks.train_throughput",
     "scf": "benchmarks.scf",
+    "distributed": "benchmarks.distributed",
 }
 
 

@@ -7,6 +7,8 @@ from typing import Optional
 
 import click
 
+from cdp.distributed import torchrun_entry
+
 
 def _num(x, fmt: str) -> str:
     return "-" if x is None or x != x or x in (float("inf"), float("-inf")) else format(x, fmt)
@@ -33,6 +35,7 @@ HEADER = f"{'structure':<28} {'eps_mae%':>9} {'zeta':>7} {'electrons':>11} {'pre
               help="Grid points per decoder batch (memory vs speed).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@torchrun_entry
 def command(model: str, data: Optional[str], split: str, no_pbc: bool, device: str, probe_batch: Optional[int],
             json_out: Optional[str], progress: Optional[bool]) -> None:
     """Evaluate MODEL on the full density grids of a dataset: ε_mae per structure and its summary."""
@@ -53,9 +56,18 @@ def command(model: str, data: Optional[str], split: str, no_pbc: bool, device: s
     items = CheckedItems(data, split, pbc=False if no_pbc else None)
     predictor = as_predictor(model, device=device, probe_batch=probe_batch)  # a bad model fails before any output
     predictor.name = model  # the report names the model as the user gave it
-    click.echo(HEADER)
-    result = evaluate(predictor, data=items, device=device, probe_batch=probe_batch, progress=show,
-                      on_structure=lambda r: click.echo(_row(r)))
+    from cdp.distributed import evaluate_sharded, session
+
+    if session().is_main:
+        click.echo(HEADER)
+    if session().enabled:  # under torchrun: structures sharded across ranks, metrics gathered on rank 0
+        result = evaluate_sharded(predictor, data=data, split=split, pbc=False if no_pbc else None,
+                                  probe_batch=probe_batch, on_structure=lambda r: click.echo(_row(r)))
+        if result is None:
+            return
+    else:
+        result = evaluate(predictor, data=items, device=device, probe_batch=probe_batch, progress=show,
+                          on_structure=lambda r: click.echo(_row(r)))
     s = result["eps_mae"]
     n = len(result["structures"])
     stderr = f" ± {_num(s['stderr'], '.3f')}" if s["stderr"] is not None else ""

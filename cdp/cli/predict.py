@@ -19,6 +19,7 @@ import click
 import numpy as np
 
 from cdp.core.types import CdpError, DensityGrid
+from cdp.distributed import torchrun_entry
 
 VACUUM = 3.0
 DEFAULT_SPACING = 0.1
@@ -219,12 +220,14 @@ def load_probes(path: str) -> np.ndarray:
               help="torch: a checkpoint/preset; onnx: a directory written by `cdp export --format onnx`.")
 @click.option("--no-pbc", "no_pbc", is_flag=True,
               help="Treat every structure as a molecule (no periodic images), whatever its file says.")
+@click.option("--skip-existing", "skip_existing", is_flag=True,
+              help="Leave outputs that already exist alone (resume a screening).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@torchrun_entry
 def command(structures, model, output, spacing, grid_like, probes, fmt, device, probe_batch, max_memory, runtime,
-            no_pbc, progress) -> None:
+            no_pbc, skip_existing, progress) -> None:
     """Predict the density of STRUCTURE... (files or directories) with MODEL and write it to OUTPUT."""
     from cdp.core.validate import check_overlap
-    from cdp.io.stream import stream_predicted_grid
     from cdp.predict import DEFAULT_PROBE_BATCH, check_elements, load_model, resolve_device
 
     if spacing is not None and grid_like is not None:
@@ -305,44 +308,52 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
 
     if points is not None:
         from cdp.core.atomic import atomic_write_bytes
+        from cdp.distributed import session
+
+        if not session().is_main:  # one output file: rank 0 writes it
+            return
 
         values = predictor.predict(inputs[0][2], points)
         atomic_write_bytes(out, _npy_bytes(values))
         click.echo(f"{inputs[0][0]}: {len(points)} points -> {out}")
         return
 
-    created = False
-    if to_dir and not out.exists():
-        out.mkdir(parents=True)
-        created = True
-    show = sys.stderr.isatty() if progress is None else progress
-    try:
-        for (name, f, _), (atoms, shape, cell, origin), (aug, spin_aug) in zip(inputs, plans, augmentations):
-            total = int(np.prod(shape))
-            bar = None
-            if show:
-                from tqdm import tqdm
+    from cdp.distributed import GridJob, run_grids, session
 
-                bar = tqdm(total=total, desc=name, unit="pt", unit_scale=True, leave=False)
-            target = out / f"{name}{SUFFIX[fmt]}" if to_dir else out
-            if fmt == "cube" and spin:
-                click.echo(f"note: {target}: a cube holds one channel; the magnetisation is not written", err=True)
-            if reference is not None and reference.magnetisation is not None:
-                click.echo(f"note: {grid_like}: non-collinear reference; its magnetisation m is not predicted "
-                           f"(the output holds the total density{' and its occupancies' if fmt == 'chgcar' else ''})",
-                           err=True)
-            try:
-                # streamed: one probe batch in memory at a time, written as it comes, renamed at the end
-                electrons = stream_predicted_grid(predictor, target, fmt, atoms, shape, cell, origin,
-                                                  augmentation=aug, spin_augmentation=spin_aug,
-                                                  progress=None if bar is None else bar.update)
-            finally:
-                if bar is not None:
-                    bar.close()
-            if fmt == "npy":  # after the grid file: an interrupted run leaves neither
-                npy_sidecar(target, cell, origin, atoms.pbc, shape, spin, {"structure": str(f), "model": str(model)})
-            click.echo(f"{name}: grid {shape[0]}x{shape[1]}x{shape[2]}, {electrons:.4f} electrons -> {target}")
-    except BaseException:
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise
+    jobs = []
+    for (name, f, _), (atoms, shape, cell, origin), (aug, spin_aug) in zip(inputs, plans, augmentations):
+        jobs.append(GridJob(name, str(f), atoms, tuple(shape), cell, origin,
+                            out / f"{name}{SUFFIX[fmt]}" if to_dir else out, fmt, aug, spin_aug))
+    show = (sys.stderr.isatty() if progress is None else progress) and session().is_main
+
+    def bar_for(job):
+        if not show:
+            return None
+        from tqdm import tqdm
+
+        bar = tqdm(total=job.points, desc=job.name, unit="pt", unit_scale=True, leave=False)
+
+        def update(k):
+            bar.update(k)
+            if bar.n >= job.points:
+                bar.close()
+
+        return update
+
+    def finish(job, electrons):
+        spin = bool(getattr(predictor, "spin", False))
+        if job.fmt == "cube" and spin:
+            click.echo(f"note: {job.target}: a cube holds one channel; the magnetisation is not written", err=True)
+        if job.fmt == "npy":  # after the grid file: an interrupted run leaves neither
+            npy_sidecar(job.target, job.cell, job.origin, job.atoms.pbc, job.shape, spin,
+                        {"structure": job.source, "model": str(model)})
+        sh = job.shape
+        click.echo(f"{job.name}: grid {sh[0]}x{sh[1]}x{sh[2]}, {electrons:.4f} electrons -> {job.target}")
+
+    if reference is not None and reference.magnetisation is not None:
+        click.echo(f"note: {grid_like}: non-collinear reference; its magnetisation m is not predicted "
+                   f"(the output holds the total density{' and its occupancies' if fmt == 'chgcar' else ''})",
+                   err=True)
+    # under torchrun: sharded across ranks by grid size, big grids split (cdp.distributed)
+    run_grids(predictor, jobs, finish, skip_existing=skip_existing, probe_batch=None,
+              directory=out if to_dir else None, progress=bar_for)
