@@ -47,14 +47,15 @@ def test_kernel_equals_pytorch_path(lmax, mul, dtype):
         assert (a - b).abs().max() <= tol * a.abs().max()
 
 
-def test_kernel_is_used_for_inference_only():
+def test_kernel_is_used_for_inference_and_training():
     _, fast = _pair(2, seed=20, dtype=torch.float32)
     conv = next(m for m in fast.modules() if isinstance(m, FastE3Convolution))
     x = torch.zeros(3, conv.irreps_sender.dim)
     with torch.no_grad():
         assert conv._native_fn(x) is not None
-    assert conv._native_fn(x) is None  # autograd on: parameters need gradients, the PyTorch path runs
-    assert conv._native_fn(x.double().requires_grad_()) is None
+    assert conv._native_fn(x) is not None  # autograd on: the kernels' autograd function (FusedConvolution)
+    assert conv._native_fn(x.double().requires_grad_()) is not None
+    assert conv._native_fn(x.half()) is None  # no kernel for this dtype: the PyTorch path
     conv.use_native = False
     with torch.no_grad():
         assert conv._native_fn(x) is None

@@ -175,7 +175,7 @@ class FastE3Convolution(E3Convolution):
     def __init__(self, *args, edge_chunk: int = DEFAULT_EDGE_CHUNK, **kwargs):
         super().__init__(*args, **kwargs)
         self.edge_chunk = int(edge_chunk)
-        self.use_native = True  # the fused C kernel where it applies (inference on CPU); False: PyTorch only
+        self.use_native = True  # the fused C kernels where they apply (CPU inference and training); False: PyTorch only
         sender_slices = self.irreps_sender.slices()
         sh_slices = self.irreps_sh.slices()
         mid_slices = self.irreps_mid.slices()
