@@ -106,3 +106,28 @@ def info_cmd(dataset, split, as_json):
 
     info = dataset_info(dataset, split=split)
     click.echo(json.dumps(info, indent=1) if as_json else format_info(info))
+
+
+@command.command("verify")
+@click.argument("new", type=click.Path(exists=True))
+@click.option("--reference", required=True, type=click.Path(exists=True),
+              help="The earlier dataset directory (grids compared too) or its manifest.json (energies, electrons).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def verify_cmd(new, reference, as_json):
+    """Check a regenerated dataset against an earlier one: SCF energy, electrons and ε_mae per structure."""
+    import json
+
+    from cdp.data.verify import verify_regeneration
+
+    res = verify_regeneration(new, reference)
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+    else:
+        for r in res["structures"]:
+            eps = "-" if r["eps_mae_percent"] is None else f"{r['eps_mae_percent']:.2e} %"
+            click.echo(f"{r['name']:20s} dE {r['energy_diff_hartree']:.1e} Ha  dN/N {r['electrons_rel_diff']:.1e}  "
+                       f"eps_mae {eps}  {'ok' if r['ok'] else 'DIFFERS'}")
+        click.echo(f"{len(res['structures'])} compared, {sum(not r['ok'] for r in res['structures'])} differ, "
+                   f"{len(res['missing'])} not regenerated")
+    if not res["ok"]:
+        raise CdpError("the regenerated dataset differs from the reference beyond the tolerances")
