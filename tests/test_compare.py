@@ -134,3 +134,27 @@ def test_worker_exit_without_result_is_detected():
     proc.start()
     assert wait_result(proc, results, "m", poll=0.1) == ("error", "m", "worker process died (exited with status 3) without a result")
     proc.join()
+def test_report_names_the_prior_and_the_load(report_dir, tiny_data):
+    from cdp.evaluate.evaluate import evaluate_prior
+    from cdp.predict import load_model
+
+    report = json.loads((report_dir / "report.json").read_text())
+    md = (report_dir / "report.md").read_text()
+    assert "Atomic prior: on for chargee3net (prior alone ε_mae" in md and "load average at the end" in md
+    assert report["budget"] == {name: {"steps": 2} for name in ("chargee3net", "equideepdft", "invdeepdft")}
+    for m in report["models"]:
+        assert m["prior_fit"]["constraint_error"] < 1e-6 and len(m["load_average"]) == 3
+        assert f"{m['prior']['eps_mae']['mean']:.3f}" in md
+    # the prior's score is that of the checkpoint's prior alone on the test grids
+    again = evaluate_prior(load_model(report_dir / "models" / "invdeepdft.ckpt"), data=tiny_data)
+    assert again["eps_mae"]["mean"] == pytest.approx(report["models"][2]["prior"]["eps_mae"]["mean"], rel=1e-9)
+    assert [s["name"] for s in again["structures"]] == ["h2o", "h2"]
+
+
+def test_default_budget_is_calibrated_steps_per_preset():
+    from cdp.evaluate.compare import DEFAULT_STEPS, DEFAULT_TIME_BUDGET, ModelSpec, model_budget
+
+    specs = parse_models("chargee3net,equideepdft,invdeepdft")
+    assert [model_budget(s, None, None) for s in specs] == [(DEFAULT_STEPS[s.preset], None) for s in specs]
+    assert model_budget(specs[0], 7, None) == (7, None) and model_budget(specs[0], None, 30.0) == (None, 30.0)
+    assert model_budget(ModelSpec("big", "chargee3net", None), None, None) == (None, DEFAULT_TIME_BUDGET)

@@ -245,7 +245,7 @@ def dataset(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("data"))
 
 
-def test_training_fits_and_logs_the_prior(dataset, tmp_path, capsys):
+def test_training_fits_and_logs_the_prior(dataset, tmp_path):
     from cdp.train import train_run
 
     result = train_run(tiny_config(dataset, steps=3, validate_every=3), run_dir=tmp_path / "run")
@@ -257,7 +257,12 @@ def test_training_fits_and_logs_the_prior(dataset, tmp_path, capsys):
     for z, n in prior["electrons"].items():
         assert abs(n - int(z)) < 0.05 * int(z), (z, n)
     assert prior["constraint_error"] < 1e-6 and 0 < prior["relative_l2"] < 1 and prior["val_nmape"] > 0
-    assert "prior: atomic reference densities fitted on 4 structures" in capsys.readouterr().err
+    assert prior["structures"] == 4 and result.prior == prior and len(result.load_average) == 3
+    from cdp.cli.train import prior_line
+
+    line = prior_line(prior)
+    assert line.startswith("prior: atomic reference densities, n_Z H ") and "(grid totals" in line
+    assert f"prior alone {prior['val_nmape']:.2f} % val NMAPE" in line
     model, data = load_checkpoint(result.last_checkpoint)
     assert model.prior is not None and sorted(model.prior.elements()) == [1, 6, 7, 8]
     val = [r for r in records if "val_nmape" in r and "prior" not in r]
@@ -284,3 +289,10 @@ def test_prior_off_and_a_run_from_before_priors_resumes(dataset, tmp_path):
     train(tiny_config(dataset, steps=4, validate_every=2), resume=run)
     model, data = load_checkpoint(run / "last.ckpt")
     assert model.prior is None and data["metadata"]["step"] == 4
+
+
+def test_a_model_without_prior_is_written_as_format_1(tmp_path):
+    save_checkpoint(tmp_path / "bare.ckpt", _tiny(None))
+    data = read_checkpoint(tmp_path / "bare.ckpt")
+    assert data["format_version"] == 1 and "prior" not in data["config"]
+    assert not any(k.startswith("prior.") for k in data["state_dict"])

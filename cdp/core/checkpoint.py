@@ -4,7 +4,8 @@
 "state_dict", "metadata": {...}, "train_state": optional}``.  Nothing in it needs pickled code, so
 loading never executes any.  Version 2 added the optional ``config["prior"]`` (atomic reference
 densities, their fitted coefficients as ``prior.*`` buffers in the state_dict); version-1 files have no
-prior and load unchanged.
+prior and load unchanged.  A model without a prior is still written as version 1, so that older cdp
+releases read it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def save_checkpoint(path, model, metadata: Optional[dict] = None, train_state: O
 
     payload = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if getattr(model, "prior", None) is not None else 1,
         "cdp_version": __version__,
         "config": model.config,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -96,9 +96,10 @@ class AtomicDensityPrior(nn.Module):
     # -- the radial basis ------------------------------------------------------------------------
     def basis(self, r2: Tensor) -> Tensor:
         """φ_k at squared distances ``r2`` [E] (Å²) → [E, n_basis]; zero at and beyond the cutoff."""
-        rc = self.cutoff.to(r2.dtype)
+        rc = self.cutoff.to(r2)
+        widths = self.widths.to(r2)
         env = torch.clamp(1.0 - r2 / (rc * rc), min=0.0)
-        inv = (0.5 / (self.widths * self.widths)).to(r2.dtype)
+        inv = 0.5 / (widths * widths)
         return torch.exp(-r2.unsqueeze(-1) * inv) * (env * env).unsqueeze(-1)
 
     def basis_integrals(self) -> np.ndarray:
