@@ -1,7 +1,4 @@
-"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``,
-``train_throughput``)."""
-"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``, ``scf``)."""
-"""``python -m benchmarks <name> [args]``: run one benchmark (``chargee3net``, ``graph``, ``compare``, ``export``, ``distributed``)."""
+"""``python -m benchmarks <name> [args]``: run one benchmark (see BENCHMARKS below; each prints JSON and a table)."""
 
 from __future__ import annotations
 
@@ -14,6 +11,7 @@ BENCHMARKS = {
     "compare": "benchmarks.compare_bench",
     "export": "benchmarks.export_bench",
     "model_card": "benchmarks.model_card",
+    "learning_curves": "benchmarks.learning_curves",
     "train_throughput": "benchmarks.train_throughput",
     "scf": "benchmarks.scf",
     "distributed": "benchmarks.distributed",
