@@ -67,7 +67,7 @@ CASES = {
     "cube_truncated": ("t.cube", lambda t: _cube_text(t)[: _cube_values_start(_cube_text(t)) + 200].encode(), "truncated"),
     "chgcar_binary": ("CHGCAR", lambda t: bytes(range(256)) * 8, "binary"),
     "cube_binary": ("b.cube", lambda t: b"\x00\x01\x02" * 100, "binary"),
-    "chgcar_gzip_without_suffix": ("CHGCAR", lambda t: gzip.compress(_chgcar_text(t).encode()), "gzip"),
+    "chgcar_zlib_without_suffix": ("CHGCAR", lambda t: zlib.compress(_chgcar_text(t).encode()), "binary"),
     "chgcar_no_atoms": ("CHGCAR", lambda t: _replace_line(_chgcar_text(t), 6, "   0   0").encode(), "no atoms"),
     "cube_no_atoms": ("n.cube", lambda t: _replace_line(_cube_text(t), 2, "    0    0.0 0.0 0.0").encode(), "no atoms"),
     "chgcar_unknown_element": ("CHGCAR", lambda t: _replace_line(_chgcar_text(t), 5, " Si Xq").encode(), "unknown element"),

@@ -258,11 +258,12 @@ def test_bzip2_and_xz_read_write(tmp_path, suffix, pack):
     stream_grid(tmp_path / f"s.CHGCAR{suffix}", "chgcar", atoms, plain,
                 lambda order: iter([(0, plain.values.transpose(2, 1, 0).reshape(-1))]))
     np.testing.assert_allclose(cio.read(tmp_path / f"s.CHGCAR{suffix}")[1].values, rho, rtol=1e-10)
-    # sniffed by magic bytes: no suffix, or the wrong one, is refused naming the codec
+    # sniffed by magic bytes without a suffix: the same values and electrons; the wrong suffix is refused
     (tmp_path / "raw_CHGCAR").write_bytes(pack(text.encode()))
     codec = {".bz2": "bzip2", ".xz": "xz"}[suffix]
-    with pytest.raises(CdpError, match=f"looks {codec}-compressed"):
-        cio.read(tmp_path / "raw_CHGCAR")
+    sniffed = cio.read(tmp_path / "raw_CHGCAR")[1]
+    np.testing.assert_array_equal(sniffed.values, plain.values)
+    assert sniffed.electrons == plain.electrons
     (tmp_path / "CHGCAR.gz").write_bytes(pack(text.encode()))
     with pytest.raises(CdpError, match=f"name says gzip but the file holds {codec}"):
         cio.read(tmp_path / "CHGCAR.gz")
@@ -330,3 +331,20 @@ def test_vasp_suffix_is_a_structure(tmp_path):
         cio.read(tmp_path / "Si2O.vasp", format="vasp")
     read = read_structure(tmp_path / "Si2O.vasp")  # a structure input of cdp predict
     np.testing.assert_allclose(read.positions, atoms.positions, atol=1e-6)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "lz4"])
+def test_gzip_and_lz4_without_suffix_are_sniffed(tmp_path, codec):
+    import gzip
+
+    import lz4.frame
+
+    pack = {"gzip": gzip.compress, "lz4": lz4.frame.compress}[codec]
+    atoms = _atoms()
+    text = _ase_chgcar(tmp_path, atoms, np.arange(12, dtype=float).reshape(2, 3, 2) + 1.0)
+    (tmp_path / "plain_CHGCAR").write_text(text)
+    (tmp_path / "packed_CHGCAR").write_bytes(pack(text.encode()))
+    plain = cio.read(tmp_path / "plain_CHGCAR")[1]
+    packed = cio.read(tmp_path / "packed_CHGCAR")[1]
+    np.testing.assert_array_equal(packed.values, plain.values)
+    assert packed.electrons == plain.electrons

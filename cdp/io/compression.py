@@ -2,8 +2,9 @@
 
 Reading goes through :func:`open_source`, a bounded stream: a file (or in-memory bytes) is decompressed a
 few megabytes at a time, so a small compressed file that inflates to gigabytes never sits in memory whole.
-The codec comes from the suffix; the magic bytes must agree, and a file without a suffix that holds
-compressed data is refused with the codec named (it is not silently decompressed).
+The codec comes from the suffix, and the magic bytes must agree; a file without a compression suffix is
+sniffed by the unambiguous magic bytes of gzip, lz4, bzip2 and xz (zlib's two-byte header is too weak
+to sniff: it needs its ``.zz`` suffix).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _MAGIC = {
     "lz4": b"\x04\x22\x4d\x18",
     "xz": b"\xfd7zXZ\x00",
 }
+SNIFFED = ("gzip", "lz4", "xz", "bzip2")  # codecs recognised without a suffix
 _BZ2_BLOCK = b"\x31\x41\x59\x26\x53\x59"  # bzip2 block magic (pi), or the end-of-stream magic of an empty stream
 _BZ2_EOS = b"\x17\x72\x45\x38\x50\x90"
 
@@ -160,6 +162,8 @@ def open_source(path=None, data: Optional[bytes] = None, name: Optional[str] = N
     try:
         head = raw.read(16)
         raw.seek(0)
+        if codec is None and sniff_codec(head) in SNIFFED:
+            codec = sniff_codec(head)  # e.g. a gzipped CHGCAR saved without its suffix
         _check_codec(head, codec, name)
     except BaseException:
         raw.close()
