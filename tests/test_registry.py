@@ -192,3 +192,39 @@ def test_factory_calling_sys_exit_is_one_line(tmp_path):
     reg.register(make_plugin("p", {"readout": {"quits": factory}}), "p", "test")
     with pytest.raises(CdpError, match=r"^readout 'quits': failed to build \(SystemExit: 4\)$"):
         reg.build("readout", {"name": "quits"})
+
+
+def test_misspelt_hook_is_reported_not_silently_ok(tmp_path):
+    reg = Registry(write_registry(tmp_path, {"plugins": [], "presets": {}}), entry_points=False)
+    mod = types.ModuleType("typo")
+
+    @hookimpl
+    def cdp_component():  # the hook is cdp_components
+        return {"readout": {"dummy": Dummy}}
+
+    mod.cdp_component = cdp_component
+    info = reg.register(mod, "typo", "test")
+    assert not info.ok and info.error.startswith("unknown hook") and "cdp_component" in info.error
+    assert "dummy" not in reg.components["readout"]
+    assert reg.register(make_plugin("fine", {"readout": {"dummy": Dummy}}), "fine", "test").ok  # others still load
+
+
+def test_plugin_that_registers_nothing_is_reported(tmp_path):
+    reg = Registry(write_registry(tmp_path, {"plugins": [], "presets": {}}), entry_points=False)
+    info = reg.register(types.ModuleType("empty"), "empty", "test")
+    assert not info.ok and "registers no components and no presets" in info.error
+
+
+def test_registry_yaml_preset_shadows_a_plugin_preset(tmp_path, monkeypatch):
+    shipped = load_registry_yaml(REPO / "registry.yaml")
+    (tmp_path / "shadowing_plugin.py").write_text(
+        "from cdp.core.hookspec import hookimpl\n"
+        f"PRESET = {shipped['presets']['equideepdft-cpu']!r}\n"
+        "@hookimpl\n"
+        "def cdp_presets():\n"
+        "    return {'chargee3net-cpu': PRESET}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = {"plugins": ["shadowing_plugin"], "presets": {"chargee3net-cpu": shipped["presets"]["chargee3net-cpu"]}}
+    reg = Registry(write_registry(tmp_path, data), entry_points=False)
+    assert reg.shadowed == {"chargee3net-cpu": "shadowing_plugin"}
+    assert reg.presets["chargee3net-cpu"]["backbone"]["name"] == "chargee3net"  # registry.yaml wins

@@ -20,6 +20,7 @@ def plugins_report() -> dict:
         ],
         "components": {kind: {n: e.plugin for n, e in sorted(entries.items())} for kind, entries in reg.components.items()},
         "presets": sorted(reg.presets),
+        "shadowed_presets": dict(sorted(reg.shadowed.items())),
     }
 
 
@@ -48,3 +49,5 @@ def list_cmd(as_json: bool) -> None:
     for kind, entries in report["components"].items():
         click.echo(f"  {kind}: {', '.join(entries) or '-'}")
     click.echo(f"presets: {', '.join(report['presets'])}")
+    for name, plugin in report["shadowed_presets"].items():
+        click.echo(f"  shadowed: preset '{name}' of plugin {plugin} (registry.yaml's preset of that name wins)")

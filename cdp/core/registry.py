@@ -110,8 +110,15 @@ class Registry:
                 dist = getattr(ep, "dist", None)
                 origin = f"entry point {ep.name} = {ep.value}" + (f" ({dist.name} {dist.version})" if dist else "")
                 self._load_entry_point(ep, origin)
+        self.preset_origin: Dict[str, str] = {name: "plugin" for name in self.presets}
+        #: plugin presets hidden by a registry.yaml preset of the same name: {name: plugin}
+        self.shadowed: Dict[str, str] = {}
+        plugin_of = {c.split(":", 1)[1]: p.name for p in self.plugins for c in p.components if c.startswith("preset:")}
         for name, preset in data["presets"].items():
+            if name in self.presets:  # registry.yaml wins; the plugin's preset is reported as shadowed
+                self.shadowed[name] = plugin_of.get(name, "a plugin")
             self.presets[name] = preset
+            self.preset_origin[name] = "registry.yaml"
 
     # -- loading ---------------------------------------------------------------------------------
     # A plugin is foreign code: anything it raises while importing or in a hook (SystemExit included,
@@ -154,6 +161,12 @@ class Registry:
         except BaseException as exc:
             info.error = f"invalid hooks: {_describe(exc)}"
             return info
+        try:  # a hook implementation whose name is no cdp hook (a misspelling) would otherwise never run
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(plugin)
+            info.error = f"unknown hook: {_describe(exc)}"
+            return info
         problems: List[str] = []
         try:
             results = self._call_hook(plugin, "cdp_components")
@@ -173,6 +186,8 @@ class Registry:
             preset_results = []
         for result in preset_results:
             self._add_presets(result, name, info, problems)
+        if not info.components and not problems:
+            problems.append("registers no components and no presets (is the hook named cdp_components?)")
         if problems:
             info.error = "; ".join(problems)
         return info
