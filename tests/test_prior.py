@@ -211,7 +211,8 @@ def test_demo_checkpoint_loads_and_predicts_as_before():
     a.center(vacuum=3.0)
     pts = np.concatenate([a.positions[:2] + np.array([[0.3, 0.1, -0.2], [0.0, 0.5, 0.4]]), [[0.0, 0.0, 0.0], [3.1, 2.9, 3.3]]])
     want = np.array([1.8846979141235352, 1.7355444431304932, 0.0, 0.09496600925922394])
-    np.testing.assert_allclose(p.predict(a, pts), want, rtol=1e-6, atol=1e-9)
+    # float32 model: positions are shifted into the local frame before the cast, so agree to 1e-6 of max |ρ|
+    np.testing.assert_allclose(p.predict(a, pts), want, rtol=0, atol=1e-6 * np.abs(want).max())
 
 
 def test_onnx_export_parity_with_prior(tmp_path):

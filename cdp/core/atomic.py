@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from cdp.core.types import CdpError
+from cdp.core.errors import CdpError
 
 
 def _umask_mode() -> int:

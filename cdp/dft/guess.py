@@ -96,7 +96,8 @@ def _autograd(predictor, atoms, points: np.ndarray, step: int) -> Tuple[np.ndarr
     """ρ [M] (e/Å³) and ∇ρ [M, 3] (e/Å⁴) by autograd through the decoder, in probe batches."""
     import torch
 
-    batch, feats = predictor.encode(atoms)
+    enc = predictor.encode(atoms)  # atoms moved into the predictor's local frame (a shift: same gradients)
+    batch, feats, points = enc.batch, enc.features, enc.frame.points(points)
     model = predictor.model
     rho = np.empty(len(points))
     grad = np.empty((len(points), 3))
