@@ -80,6 +80,7 @@ def test_threads_and_blocks_give_the_same_result(chunk):
         assert float((a - b).abs().max()) <= 1e-12 * float(a.abs().max())
 
 
+@pytest.mark.slow  # ~30-50 s: runs in CI's slow step
 def test_disabled_kernel_falls_back_with_same_numbers(tmp_path):
     code = (
         "import warnings, torch\n"
@@ -93,6 +94,7 @@ def test_disabled_kernel_falls_back_with_same_numbers(tmp_path):
     assert "fallback ok" in proc.stdout
 
 
+@pytest.mark.slow  # ~30-50 s: runs in CI's slow step
 def test_missing_compiler_warns_once_and_falls_back(tmp_path):
     code = (
         "import warnings\n"

@@ -103,6 +103,7 @@ def _dying_worker(spec, *args):
     _worker(spec, *args)
 
 
+@pytest.mark.slow  # ~30-50 s: runs in CI's slow step
 def test_dead_worker_is_reported_not_waited_for(report_dir, tiny_data, tmp_path, monkeypatch):
     import time
 

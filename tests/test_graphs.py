@@ -267,6 +267,7 @@ def test_large_cell_many_atoms_is_not_called_thin():
         assert set(s[r == i].tolist()) == expect
 
 
+@pytest.mark.slow  # ~30-50 s: runs in CI's slow step
 def test_absurdly_thin_cell_is_still_refused():
     cell = np.diag([0.001, 0.01, 3.0])
     with pytest.raises(CdpError, match="too thin"):

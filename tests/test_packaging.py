@@ -41,6 +41,7 @@ def test_wheel_ships_registry(wheel):
     assert shipped == (REPO / "registry.yaml").read_text()
 
 
+@pytest.mark.slow  # ~30-50 s: runs in CI's slow step
 def test_installed_wheel_finds_registry(wheel, tmp_path):
     target = tmp_path / "site"
     res = _pip("install", "--no-deps", "--target", str(target), str(wheel))
@@ -54,6 +55,7 @@ def test_installed_wheel_finds_registry(wheel, tmp_path):
     assert "chargee3net" in presets
 
 
+@pytest.mark.slow  # ~30-50 s: runs in CI's slow step
 def test_example_plugin_is_listed_and_usable(tmp_path):
     target = tmp_path / "site"
     res = _pip("install", "--no-deps", "--no-build-isolation", "--target", str(target), str(REPO / "examples" / "cdp-plugin-example"))
