@@ -34,7 +34,7 @@ def _eval(name: str, spec: str) -> dict:
         "eps_mae_se": round(res["eps_mae"]["stderr"], 4),
         "eps_mae_max": round(res["eps_mae"]["max"], 4),
         "seconds": round(time.perf_counter() - t0, 1),
-        "command": f"cdp evaluate --model {name} --data {data if data != 'embedded' else '(embedded)'} "
+        "command": f"cdp evaluate --model {name} {"" if data == "embedded" else "--data " + data + " "}"
                    f"--split {split or 'test'} --no-pbc --json OUT",
     }
 

@@ -345,12 +345,9 @@ def iter_grid_range(predictor, atoms, frame, start: int, stop: int, step: int, o
     """
     if start >= stop:
         return
-    batch, feats = predictor.encode(atoms)
-    model = predictor.model
+    encoded = predictor.encode(atoms)  # in the predictor's local frame, as Predictor.iter_grid
     for s in range(start, stop, step):
-        pts = frame.grid_points(s, min(s + step, stop), order)
-        chunk = torch.from_numpy(pts).to(predictor.device, model.dtype)
-        yield s, model.decode(batch, feats, chunk).detach().cpu().double().numpy()
+        yield s, predictor.decode(encoded, frame.grid_points(s, min(s + step, stop), order))
 
 
 def split_chunks(predictor, atoms, frame, order: str, probe_batch: Optional[int] = None,
