@@ -26,6 +26,7 @@ def _eval(name: str, spec: str) -> dict:
     data, _, split = spec.partition(":")
     t0 = time.perf_counter()
     res = evaluate(name, data=None if data == "embedded" else data, split=split or "test", pbc=False, progress=False)
+    where = "" if data == "embedded" else f"--data {data} "
     label = "embedded QM9 test split" if data == "embedded" else f"{os.path.basename(data.rstrip('/'))} ({split or 'test'})"
     return {
         "data": label,
@@ -34,8 +35,7 @@ def _eval(name: str, spec: str) -> dict:
         "eps_mae_se": round(res["eps_mae"]["stderr"], 4),
         "eps_mae_max": round(res["eps_mae"]["max"], 4),
         "seconds": round(time.perf_counter() - t0, 1),
-        "command": f"cdp evaluate --model {name} {"" if data == "embedded" else "--data " + data + " "}"
-                   f"--split {split or 'test'} --no-pbc --json OUT",
+        "command": f"cdp evaluate --model {name} {where}--split {split or 'test'} --no-pbc --json OUT",
     }
 
 
