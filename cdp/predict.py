@@ -177,6 +177,9 @@ def grid_shape_for(cell: np.ndarray, spacing: float) -> tuple:
     if not (np.isfinite(spacing) and spacing > 0):
         raise CdpError(f"grid spacing must be a finite positive number of Å, got {spacing}")
     lengths = np.linalg.norm(np.asarray(cell, dtype=float), axis=1)
+    if spacing > lengths.max():
+        raise CdpError(f"grid spacing {spacing:g} Å is larger than the cell ({lengths.max():.3g} Å at most): "
+                       f"it would give one grid point")
     with np.errstate(over="ignore"):
         counts = np.maximum(1.0, np.ceil(lengths / spacing - 1e-9))
         total = float(np.prod(counts))

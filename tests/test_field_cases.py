@@ -316,3 +316,34 @@ def test_stray_eof_is_an_error_not_an_abort(monkeypatch, capsys, tmp_path):
     (tmp_path / "w.xyz").write_text("1\n\nH 0 0 0\n")
     assert main(["predict", str(tmp_path / "w.xyz"), "--model", "demo", "-o", str(tmp_path / "w.cube")]) == 2
     assert capsys.readouterr().err.strip() == "error: unexpected end of file (No data left in file)"
+
+
+def test_grid_like_with_atoms_elsewhere_is_refused(tmp_path, capsys):
+    """A molecule predicted into its own box, fed back with its original positions: the grid is not its grid."""
+    water = molecule("H2O")
+    ase_write(tmp_path / "w.xyz", water)
+    assert main(["predict", str(tmp_path / "w.xyz"), "--model", "demo", "-o", str(tmp_path / "w.cube"), "--spacing", "0.4"]) == 0
+    capsys.readouterr()
+    rc = main(["predict", str(tmp_path / "w.xyz"), "--model", "demo", "--grid-like", str(tmp_path / "w.cube"),
+               "-o", str(tmp_path / "again.cube")])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and "has no O atom of the --grid-like reference within 0.01 Å" in err
+    assert not (tmp_path / "again.cube").exists()
+
+
+def test_xyz_claiming_more_atoms_than_it_can_hold_is_refused(tmp_path, capsys):
+    bomb = tmp_path / "bigcount.xyz"
+    bomb.write_text("99999999999\nx\nO 0 0 0\n")
+    (tmp_path / "empty.xyz").write_text("")
+    assert main(["predict", str(bomb), "--model", "demo", "-o", str(tmp_path / "x.cube")]) != 0
+    assert "declares 99999999999 atoms but the file has only" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "empty.xyz"), "--model", "demo", "-o", str(tmp_path / "x.cube")]) != 0
+    assert "file is empty" in capsys.readouterr().err
+
+
+def test_spacing_larger_than_the_cell_is_refused():
+    from cdp.predict import grid_shape_for
+
+    with pytest.raises(CdpError, match="larger than the cell"):
+        grid_shape_for(np.eye(3) * 5.0, 1e300)
+    assert grid_shape_for(np.eye(3) * 5.0, 5.0) == (1, 1, 1)

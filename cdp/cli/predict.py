@@ -57,6 +57,15 @@ def read_structure(path: Path):
 
     if not path.is_file():
         raise CdpError(f"{path}: no such structure file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CdpError(f"{path}: file is empty")
+    if path.suffix.lower() in (".xyz", ".extxyz"):
+        # ase reads as many lines as the first line claims: bound the claim by the file's size
+        with open(path, "rb") as fh:
+            first = fh.readline(64).strip()
+        if first.isdigit() and int(first) > size // 8 + 1:
+            raise CdpError(f"{path}: declares {int(first)} atoms but the file has only {size} bytes")
     if _is_density_name(path.name):
         from cdp.io import read
 
@@ -146,9 +155,14 @@ def _grid_for(atoms, spacing: float, reference: Optional[DensityGrid], name: str
 
 
 def _check_like(atoms, ref_atoms, name: str, like: str) -> None:
+    """The --grid-like reference's grid belongs to this structure: same atoms at the same places (any order)."""
+    from cdp.io.augmentation import match_atoms
+
     if len(atoms) != len(ref_atoms) or sorted(atoms.numbers) != sorted(ref_atoms.numbers):
         raise CdpError(f"{name}: the structure ({atoms.get_chemical_formula()}) does not match the --grid-like "
-                       f"file {like} ({ref_atoms.get_chemical_formula()}), so its augmentation cannot be carried over")
+                       f"file {like} ({ref_atoms.get_chemical_formula()}), so its grid is not this structure's")
+    # positions too: a molecule written by `cdp predict` sits in its own box, and the grid follows the box
+    match_atoms(atoms, ref_atoms, name)
 
 
 def carry_augmentation(atoms, ref_atoms, reference: DensityGrid, name: str):

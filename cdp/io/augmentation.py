@@ -64,8 +64,8 @@ def match_atoms(atoms, reference, name: str = "structure", tolerance: float = MA
         if not cands:
             sym = atoms.get_chemical_symbols()[k]
             raise CdpError(f"{name}: atom {k} ({sym}) has no {sym} atom of the --grid-like reference within "
-                           f"{tolerance} Å, so the reference's PAW augmentation occupancies cannot be attached "
-                           f"to it; use the reference's structure or write a .cube/.npy")
+                           f"{tolerance} Å: the reference's grid (and any PAW occupancies) belong to another "
+                           f"structure; predict the reference's own structure, or use --spacing")
         match[k] = cands[0]
         taken[cands[0]] = True
     return match
