@@ -16,7 +16,8 @@ import math
 import os
 from typing import Any, Mapping, Optional
 
-from cdp.core.types import CdpError
+from cdp.core.errors import CdpError
+from cdp.core.system import available_memory  # noqa: F401  (re-exported)
 
 DEFAULT_LIMIT = 8 * 2**30
 ENV = "CDP_MAX_MODEL_MEMORY"
@@ -34,21 +35,6 @@ def parse_size(text: str, what: str) -> int:
     if not (value > 0 and math.isfinite(value)):
         raise CdpError(f"{what} must be a positive size, got '{text}'")
     return int(value)
-
-
-def available_memory() -> Optional[int]:
-    """Bytes of memory available to new allocations (MemAvailable on Linux), or None when unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def memory_limit() -> int:

@@ -10,13 +10,13 @@ split with a regular expression.
 from __future__ import annotations
 
 import codecs
-import os
 import re
 from typing import List, Optional, Tuple
 
 import numpy as np
 
 from cdp.core.errors import CdpError
+from cdp.core.system import available_memory
 from cdp.io.compression import sniff_codec
 
 CHUNK = 1 << 20  #: characters of text parsed per step (1 MiB)
@@ -43,21 +43,6 @@ def parse_ints(fields: List[str]) -> List[int] | None:
     try:
         return [int(f) for f in fields]
     except ValueError:
-        return None
-
-
-def available_memory() -> Optional[int]:
-    """Bytes of memory available to a new allocation (Linux MemAvailable), or None when unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
         return None
 
 
