@@ -36,4 +36,4 @@ def test_cli_export_with_example_inputs(tmp_path, capsys):
 def test_cli_export_errors_are_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing.ckpt"), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "no such checkpoint file, shipped model (demo) or preset" in err and err.count("\n") == 1
+    assert err.startswith("error: ") and "no such checkpoint file, shipped model (demo, qm9) or preset" in err and err.count("\n") == 1

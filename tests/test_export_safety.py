@@ -54,7 +54,7 @@ def test_export_accepts_shipped_model_names():
 
     model, info, source = _load("demo")
     assert source.endswith("demo.ckpt") and info["format"] == "cdp-checkpoint"
-    with pytest.raises(CdpError, match=r"nope: no such checkpoint file, shipped model \(demo\) or preset"):
+    with pytest.raises(CdpError, match=r"nope: no such checkpoint file, shipped model \(demo, qm9\) or preset"):
         _load("nope")
 
 
