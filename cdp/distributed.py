@@ -544,7 +544,8 @@ def _split_sums(predictor, name, atoms, grid, probe_batch) -> dict:
     """Evaluate one structure with all ranks: per-batch partial sums, added on every rank in batch order."""
     import torch.distributed as dist
 
-    from cdp.evaluate.metrics import EpsMae, zeta
+    from cdp.evaluate.evaluate import structure_record
+    from cdp.evaluate.metrics import EpsMae
     from cdp.predict import check_elements, grid_frame
 
     info = session()
@@ -575,18 +576,7 @@ def _split_sums(predictor, name, atoms, grid, probe_batch) -> dict:
         pred_sum += row[2]
         acc_spin.numerator += row[3]
         acc_spin.denominator += row[4]
-    record = {
-        "name": name,
-        "eps_mae": acc.value,
-        "zeta": zeta(grid, atoms),
-        "electrons_ref": grid.electrons,
-        "electrons_pred": pred_sum * grid.voxel_volume,
-        "seconds": time.perf_counter() - t0,
-        "grid_shape": list(grid.shape),
-    }
-    if both_spin:
-        record["eps_mae_spin"] = acc_spin.value
-    return record
+    return structure_record(name, atoms, grid, acc, acc_spin if both_spin else None, pred_sum, t0)
 
 
 def evaluate_sharded(predictor, data=None, split: Optional[str] = "test", pbc: Optional[bool] = None,

@@ -139,6 +139,23 @@ def _set_molecule(atoms, grid: DensityGrid) -> None:
     grid.pbc = np.zeros(3, dtype=bool)
 
 
+def structure_record(name: str, atoms, grid: DensityGrid, acc, acc_spin, pred_sum: float, t0: float) -> dict:
+    """One structure's evaluation record from its accumulated ε_mae (and spin ε_mae, or None), the sum of the
+    predicted values and the start time (``time.perf_counter``)."""
+    record = {
+        "name": name,
+        "eps_mae": acc.value,
+        "zeta": zeta(grid, atoms),
+        "electrons_ref": grid.electrons,
+        "electrons_pred": pred_sum * grid.voxel_volume,
+        "seconds": time.perf_counter() - t0,
+        "grid_shape": list(grid.shape),
+    }
+    if acc_spin is not None:
+        record["eps_mae_spin"] = acc_spin.value
+    return record
+
+
 def evaluate_structure(predictor, name: str, atoms, grid: DensityGrid, probe_batch: Optional[int] = None,
                        bar=None) -> dict:
     """Per-structure record: ε_mae (and of the magnetisation when both sides have spin), ζ, electrons, seconds."""
@@ -166,18 +183,7 @@ def evaluate_structure(predictor, name: str, atoms, grid: DensityGrid, probe_bat
             acc_spin.update(ref_spin[start:stop], out[:, 1])
         if bar is not None:
             bar.update(len(total))
-    seconds = time.perf_counter() - t0
-    record = {
-        "name": name,
-        "eps_mae": acc.value,
-        "zeta": zeta(grid, atoms),
-        "electrons_ref": grid.electrons,
-        "electrons_pred": pred_sum * grid.voxel_volume,
-        "seconds": seconds,
-        "grid_shape": list(grid.shape),
-    }
-    if both_spin:
-        record["eps_mae_spin"] = acc_spin.value
+    record = structure_record(name, atoms, grid, acc, acc_spin if both_spin else None, pred_sum, t0)
     return record
 
 
