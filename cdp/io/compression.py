@@ -138,6 +138,16 @@ def _check_codec(head: bytes, codec: Optional[str], name: str) -> None:
         raise CdpError(f"{name}: the name says {codec} but the file holds {what}")
 
 
+def _drain(src: "Source") -> bytes:
+    """All remaining (decompressed) bytes of ``src``, read 4 MiB at a time."""
+    out = []
+    while True:
+        piece = src.read(1 << 22)
+        if not piece:
+            return b"".join(out)
+        out.append(piece)
+
+
 def open_source(path=None, data: Optional[bytes] = None, name: Optional[str] = None) -> Source:
     """A bounded decompressing :class:`Source` over a file ``path`` or in-memory ``data`` (codec from ``name``'s suffix).
 
@@ -179,13 +189,7 @@ def decompress(data: bytes, codec: Optional[str], name: str) -> bytes:
     if codec is None:
         return data
     _check_codec(data[:16], codec, name)
-    src = Source(io.BytesIO(data), codec, name)
-    out = []
-    while True:
-        piece = src.read(1 << 22)
-        if not piece:
-            return b"".join(out)
-        out.append(piece)
+    return _drain(Source(io.BytesIO(data), codec, name))
 
 
 def compress(data: bytes, codec: Optional[str]) -> bytes:
@@ -209,12 +213,7 @@ def read_file_bytes(path) -> bytes:
     """Read a file's bytes, decompressing by suffix; missing or unreadable files raise CdpError."""
     path = Path(path)
     with open_source(path) as src:
-        out = []
-        while True:
-            piece = src.read(1 << 22)
-            if not piece:
-                return b"".join(out)
-            out.append(piece)
+        return _drain(src)
 
 
 def write_file_bytes(path, data: bytes) -> None:
