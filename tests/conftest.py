@@ -10,21 +10,7 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("CDP_TEST_THREADS", "1")))
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _find_shared() -> Path:
-    env = os.environ.get("CDP_SHARED")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO.parent / "shared", REPO / "shared"]
-    for c in candidates:
-        if (c / "fixtures" / "reference").is_dir():
-            return c
-    return candidates[-1]
-
-
-SHARED = _find_shared()
-FIXTURES = SHARED / "fixtures" / "reference"
+from tests.helpers.paths import FIXTURES
 
 
 @pytest.fixture(scope="session")

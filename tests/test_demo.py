@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from cdp.data import load_dataset
 from cdp.evaluate.metrics import eps_mae
 from cdp.predict import _named_models, load_model
-from tests.conftest import REPO
+from tests.helpers.paths import REPO
 
 
 def test_demo_is_shipped_with_its_recorded_command():

@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers.paths import REPO
 
 
 def _pip(*args, cwd=None):
