@@ -1,0 +1,156 @@
+"""Tabulated radial networks: a piecewise-cubic table of a function of the edge length, for inference.
+
+A radial network maps one scalar, the edge length r, to a row of weights w(r) ∈ R^W (in ChargE3Net the
+tensor-product weights of a convolution: ``fc(basis(r))``).  At inference the same function can be read
+from a table over [0, r_max] instead of being recomputed by the MLP for every edge — the idea behind
+DeePMD-kit's "model compression" of its embedding nets.  Each of the ``n`` uniform intervals holds the
+monomial coefficients of the cubic Hermite interpolant built from w and dw/dr at its two knots:
+
+    i = clamp(floor(r · inv_h), 0, n − 1),   t = r · inv_h − i,   inv_h = n / r_max
+    w(r) = c₀ + t·(c₁ + t·(c₂ + t·c₃)),     c_k = coef[i, k]              (coef: [n, 4, W])
+
+This layout is shared with the native kernels, which evaluate a row per edge without writing [E, W].
+The interpolation error is h⁴/384 · max|w''''| (h = r_max / n); :meth:`RadialTable.fit` measures it in
+float64 against the function itself and doubles ``n`` until it is below the requested tolerance.
+Tables are built from trained weights (at model load) and never trained.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+RadialFunction = Callable[[Tensor], Tensor]
+MIN_INTERVALS = 64
+MAX_INTERVALS = 8192
+PROBE_POINTS = (0.125, 0.375, 0.5, 0.625, 0.875)  # where in each interval the error is measured
+
+
+def _values_and_slopes(fn: RadialFunction, r: Tensor) -> tuple[Tensor, Tensor]:
+    """(w(r), dw/dr(r)) [K, W] in float64, by forward-mode differentiation (one pass for all W columns)."""
+    tangent = torch.ones_like(r)
+    with torch.no_grad():
+        try:
+            value, slope = torch.func.jvp(fn, (r,), (tangent,))
+        except (RuntimeError, NotImplementedError):  # an operation without a forward-mode rule
+            eps = 1e-6 * max(1.0, float(r.abs().max()))
+            value = fn(r)
+            slope = (fn(r + eps) - fn(r - eps)) / (2 * eps)
+    return value.double(), slope.double()
+
+
+def hermite_coefficients(value: Tensor, slope: Tensor, h: float) -> Tensor:
+    """Per-interval monomial coefficients [n, 4, W] of the cubic Hermite interpolant.
+
+    value, slope: [n + 1, W], w and dw/dr at the knots r_i = i·h.
+    """
+    f0, f1 = value[:-1], value[1:]
+    d0, d1 = slope[:-1] * h, slope[1:] * h
+    c2 = -3.0 * f0 - 2.0 * d0 + 3.0 * f1 - d1
+    c3 = 2.0 * f0 + d0 - 2.0 * f1 + d1
+    return torch.stack([f0, d0, c2, c3], dim=1)
+
+
+def evaluate(coef: Tensor, inv_h: float, r: Tensor) -> Tensor:
+    """w(r) [E, W] from coefficients ``coef`` [n, 4, W] for lengths ``r`` [E] (Å); see the module docstring.
+
+    Written with plain tensor operations (floor, gather, multiply-add), so graph capture (TorchScript,
+    torch.export, ONNX) records it as a handful of nodes.
+    """
+    n = coef.shape[0]
+    x = r.to(coef.dtype) * inv_h
+    i = torch.clamp(torch.floor(x), 0, n - 1)
+    t = (x - i).unsqueeze(-1)
+    c = coef.index_select(0, i.long())
+    return c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
+
+
+class RadialTable(nn.Module):
+    """w(r) for r in [0, r_max] as piecewise cubics on ``n`` uniform intervals (module docstring).
+
+    Args:
+        coef: [n, 4, W] monomial coefficients per interval (a buffer: moves with ``.to()``, is not a parameter).
+        r_max: upper end of the table in Å (the cutoff); lengths beyond it extrapolate the last cubic.
+        error: the measured max |table − function| (float64) over the fit's probe points, for reports.
+    Shapes: forward takes r [E] and returns [E, W] in ``coef``'s dtype.
+    """
+
+    def __init__(self, coef: Tensor, r_max: float, error: float = float("nan")):
+        super().__init__()
+        if coef.dim() != 3 or coef.shape[1] != 4 or coef.shape[0] < 1:
+            raise ValueError(f"coef must be [n, 4, W], got {tuple(coef.shape)}")
+        if not r_max > 0:
+            raise ValueError(f"r_max must be positive, got {r_max}")
+        self.register_buffer("coef", coef.contiguous())
+        self.r_max = float(r_max)
+        self.inv_h = coef.shape[0] / self.r_max
+        self.error = float(error)
+
+    @property
+    def num_intervals(self) -> int:
+        return int(self.coef.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.coef.shape[2])
+
+    def forward(self, r: Tensor) -> Tensor:
+        return evaluate(self.coef, self.inv_h, r)
+
+    @classmethod
+    def build(cls, fn: RadialFunction, r_max: float, num_intervals: int,
+              dtype: Optional[torch.dtype] = None) -> "RadialTable":
+        """Table of ``fn`` (r [K] float64 → [K, W]) on ``num_intervals`` intervals, with its measured error.
+
+        ``fn`` is called in float64 (the caller passes a float64 copy of its module).  ``dtype``: the table's
+        storage type (default float32).
+        """
+        n = int(num_intervals)
+        if n < 1:
+            raise ValueError(f"num_intervals must be ≥ 1, got {num_intervals}")
+        h = float(r_max) / n
+        knots = torch.arange(n + 1, dtype=torch.float64) * h
+        value, slope = _values_and_slopes(fn, knots)
+        coef = hermite_coefficients(value, slope, h)
+        table = cls(coef, r_max)
+        table.error = table.measure(fn)
+        return table.to(dtype or torch.float32)
+
+    @classmethod
+    def fit(cls, fn: RadialFunction, r_max: float, rtol: float = 1e-7, dtype: Optional[torch.dtype] = None,
+            min_intervals: int = MIN_INTERVALS, max_intervals: int = MAX_INTERVALS) -> "RadialTable":
+        """The coarsest power-of-two table whose measured error is ≤ ``rtol · max|w|`` over [0, r_max].
+
+        The error is measured in float64 at five points inside every interval (where a cubic Hermite
+        interpolant's error peaks), so it bounds what float32 storage adds on top (rounding, ~6e-8 relative).
+        Raises ValueError when ``max_intervals`` is not enough (a non-smooth function).
+        """
+        n = int(min_intervals)
+        while True:
+            table = cls.build(fn, r_max, n, dtype=torch.float64)
+            scale = float(table.coef[:, 0].abs().max()) or 1.0
+            if table.error <= rtol * scale:
+                return table.to(dtype or torch.float32)
+            if 2 * n > max_intervals:
+                raise ValueError(f"radial table: error {table.error / scale:.2e} of max|w| with {n} intervals "
+                                 f"exceeds {rtol:.1e}; the function is not smooth enough to tabulate")
+            # the error falls as h⁴: jump to the power of two that this predicts (then verify it)
+            ratio = table.error / (rtol * scale)
+            n = min(max_intervals, max(2 * n, n * 2 ** math.ceil(math.log2(ratio) / 4)))
+
+    def measure(self, fn: RadialFunction) -> float:
+        """max |table − fn| in float64 at :data:`PROBE_POINTS` of every interval (and both ends)."""
+        n, h = self.num_intervals, self.r_max / self.num_intervals
+        frac = torch.tensor(PROBE_POINTS, dtype=torch.float64)
+        r = ((torch.arange(n, dtype=torch.float64).unsqueeze(1) + frac) * h).reshape(-1)
+        r = torch.cat([r, torch.tensor([0.0, self.r_max], dtype=torch.float64)])
+        with torch.no_grad():
+            exact = fn(r).double()
+            approx = evaluate(self.coef.double(), self.inv_h, r)
+        return float((approx - exact).abs().max())
+
+    def extra_repr(self) -> str:
+        return f"intervals={self.num_intervals}, width={self.width}, r_max={self.r_max}, error={self.error:.2e}"
