@@ -57,6 +57,7 @@ def test_cli_checkpoint_predicts_published_density(fixtures_dir, stem, tmp_path)
     meta = json.loads((REF / f"{stem}.json").read_text())
     data = np.load(REF / f"{stem}_cases.npz")
     f32 = lambda a: a.astype(np.float32).astype(np.float64)  # noqa: E731  (the published pipeline's inputs)
+    # measured through load_model: float64 8.3e-10 (positions wrapped into the cell), float32 2.7e-6
     for dtype, key, tol in (("float64", "density_f64", 1e-8), ("float32", "density_f32", 1e-5)):
         pred = load_model(out, dtype=dtype, probe_batch=23)
         for s in meta["structures"]:

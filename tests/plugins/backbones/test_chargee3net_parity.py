@@ -20,7 +20,7 @@ from tests.helpers.deepdft import predict
 from tests.helpers.paths import FIXTURES as REF
 
 STEMS = ["charge3net_small", "charge3net_paper"]
-TOL = 1e-4  # of max |ρ| of the structure
+TOL = 2e-6  # of max |ρ| of the structure; measured ≤ 7.1e-7 (AVX-512, AVX2 and plain C builds)
 
 
 @functools.lru_cache(maxsize=None)

@@ -43,7 +43,7 @@ def _f32(a):
     return np.asarray(a).astype(np.float32).astype(np.float64)
 
 
-@pytest.mark.parametrize("dtype,key,tol", [(torch.float64, "density_f64", 1e-8), (torch.float32, "density_f32", 1e-5)])
+@pytest.mark.parametrize("dtype,key,tol", [(torch.float64, "density_f64", 1e-12), (torch.float32, "density_f32", 1e-5)])
 @pytest.mark.parametrize("stem,structure", CASES)
 def test_density_matches_published(fixtures_dir, stem, structure, dtype, key, tol):
     mods = _model(stem, dtype)
