@@ -299,3 +299,12 @@ def get_registry(reload: bool = False) -> Registry:
     if _DEFAULT is None or reload:
         _DEFAULT = Registry()
     return _DEFAULT
+
+
+def build_parts(config: dict, registry: Optional["Registry"] = None) -> tuple:
+    """(featurizer, backbone, readout) of a model config ``{"featurizer": {...}, "backbone": {...}, "readout":
+    {...}}``, each built by name through the registry (the importers use this, never a plugin module)."""
+    registry = registry or get_registry()
+    backbone = registry.build("backbone", dict(config["backbone"]))
+    featurizer = registry.build("featurizer", dict(config["featurizer"]))
+    return featurizer, backbone, registry.build("readout", dict(config["readout"]), in_spec=backbone.out_spec)

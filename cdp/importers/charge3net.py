@@ -18,6 +18,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
+from cdp.core.registry import build_parts
+from cdp.nn.irreps import get_irreps
 from cdp.core.types import CdpError
 
 NUM_ELEMENTS = 119
@@ -221,8 +223,6 @@ def _numel(sd, key, source) -> int:
 
 
 def _hidden_muls(mul: int, lmax: int):
-    from cdp.plugins.backbones.chargee3net.irreps import get_irreps
-
     return [m for m, ir in get_irreps(mul, lmax) if ir.p == (-1) ** ir.l]
 
 
@@ -310,16 +310,8 @@ def model_config(hp: Mapping[str, Any]) -> dict:
 
 
 def build_components(config: Mapping):
-    """(featurizer, backbone, readout) of a ChargE3Net config, without the plugin registry."""
-    from cdp.plugins.backbones.chargee3net import ChargE3NetBackbone
-    from cdp.plugins.featurizers.onehot import OneHot
-    from cdp.plugins.readouts.e3nn_linear import LinearReadout, LinearSpinCompatReadout, LinearSpinReadout
-
-    params = {k: v for k, v in config["backbone"].items() if k != "name"}
-    backbone = ChargE3NetBackbone(**params)
-    heads = {"linear": LinearReadout, "linear-spin-compat": LinearSpinCompatReadout, "linear-spin": LinearSpinReadout}
-    readout = heads[config["readout"]["name"]](in_spec=backbone.out_spec)
-    return OneHot(), backbone, readout
+    """(featurizer, backbone, readout) of a ChargE3Net config, built through the plugin registry."""
+    return build_parts(config)
 
 
 def rename(sd: Mapping[str, torch.Tensor], source: str, origin: Optional[Dict[str, str]] = None) -> Dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from cdp.core.registry import build_parts
 from cdp.core.types import CdpError
 
 ARGUMENTS = "arguments.json"
@@ -152,20 +153,8 @@ def import_deepdft(model_dir) -> Tuple[dict, Dict[str, torch.Tensor]]:
 
 
 def build_components(config: dict):
-    """(featurizer, backbone, readout) for a DeepDFT config, without the plugin registry."""
-    from cdp.plugins.featurizers.embedding import EmbeddingFeaturizer
-    from cdp.plugins.readouts.mlp import MLPReadout
-
-    bb = dict(config["backbone"])
-    name = bb.pop("name")
-    if name == "equideepdft":
-        from cdp.plugins.backbones.painn import EquiDeepDFT as cls
-    else:
-        from cdp.plugins.backbones.schnet import InvDeepDFT as cls
-    backbone = cls(**bb)
-    feat = {k: v for k, v in config["featurizer"].items() if k != "name"}
-    head = {k: v for k, v in config["readout"].items() if k != "name"}
-    return EmbeddingFeaturizer(**feat), backbone, MLPReadout(in_spec=backbone.out_spec, **head)
+    """(featurizer, backbone, readout) for a DeepDFT config, built through the plugin registry."""
+    return build_parts(config)
 
 
 def _check_against(config: dict, sd: Dict[str, torch.Tensor], source: str) -> None:
