@@ -3,7 +3,8 @@
 Subcommands are imported lazily, so a broken or slow module never breaks ``cdp --help`` or the others;
 user errors (:class:`~cdp.core.types.CdpError`) print one line and exit with status 2.  SIGTERM (what
 schedulers send) is handled as Ctrl-C: it raises :class:`Terminated`, a KeyboardInterrupt, so temp files
-are removed and a training run keeps its last checkpoint and prints how to resume (exit status 130).
+are removed and a training run keeps its last checkpoint and prints how to resume (exit status 130 for Ctrl-C, 143
+for SIGTERM, as shells report them).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import threading
 from typing import Dict, Optional
 
 import click
+
+from cdp.cli.signals import SIGINT_STATUS, SIGTERM_STATUS, Terminated, on_sigterm
 
 from cdp._version import __version__
 from cdp.core.types import CdpError
@@ -81,19 +84,11 @@ def cli() -> None:
     keep_freed_memory()  # reuse per-batch temporaries instead of page-faulting them every batch
 
 
-class Terminated(KeyboardInterrupt):
-    """Raised in the main thread by SIGTERM, so that it unwinds exactly like Ctrl-C."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
 def main(argv=None) -> int:
     """Entry point of the console script: one-line errors, non-zero exit codes, no tracebacks for user errors."""
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return _run(argv)
     finally:
@@ -111,11 +106,17 @@ def _run(argv) -> int:
         if isinstance(exc.__cause__, EOFError):  # click turns any EOFError into Abort: a file ended early
             click.echo(f"error: unexpected end of file ({exc.__cause__ or 'EOFError'})", err=True)
             return 2
-        click.echo("terminated" if isinstance(exc.__cause__, Terminated) else "aborted", err=True)
-        return 130
+        if isinstance(exc.__cause__, Terminated):
+            click.echo("terminated", err=True)
+            return SIGTERM_STATUS
+        click.echo("aborted", err=True)
+        return SIGINT_STATUS
+    except Terminated:
+        click.echo("terminated", err=True)
+        return SIGTERM_STATUS
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        return 130
+        return SIGINT_STATUS
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

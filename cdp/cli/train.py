@@ -13,6 +13,8 @@ from typing import Optional
 
 import click
 
+from cdp.cli.signals import SIGINT_STATUS, SIGTERM_STATUS, Terminated
+
 
 @click.command("train")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
@@ -45,8 +47,8 @@ def command(config: Optional[str], run_dir: Optional[str], resume: Optional[str]
             cfg["time_budget"] = time_budget
     try:
         result = train_run(cfg, run_dir=run_dir, resume=resume, device=device, progress=False if no_progress else None)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None  # the trainer has printed the one line saying how to resume
+    except KeyboardInterrupt as exc:  # the trainer has printed the one line saying how to resume
+        raise SystemExit(SIGTERM_STATUS if isinstance(exc, Terminated) else SIGINT_STATUS) from None
     if int(os.environ.get("RANK", "0")) == 0:
         best = f", best {result.best_metric:.4g}% val NMAPE at step {result.best_step}" if result.best_metric is not None else ""
         if result.prior is not None:

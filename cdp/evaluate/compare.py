@@ -9,6 +9,7 @@ the comparison end with an error after the report of the other models is written
 from __future__ import annotations
 
 import multiprocessing as mp
+import math
 import os
 import queue as queue_module
 import resource
@@ -63,7 +64,8 @@ def parse_models(text: str, size: str = "cpu") -> List[ModelSpec]:
             preset = name if (size == "paper" or name.endswith("-cpu")) else f"{name}-cpu"
             if preset not in reg.presets:
                 preset = name if name in reg.presets else preset
-            reg.preset(preset)  # clear error for an unknown name
+            if preset not in reg.presets:  # name what was typed, not the -cpu variant it was looked up as
+                raise CdpError(f"--models: unknown model '{name}' (presets: {', '.join(sorted(reg.presets))})")
             spec = ModelSpec(name, preset, None)
         if spec.name in seen:
             raise CdpError(f"--models: '{spec.name}' is named twice")
@@ -252,12 +254,16 @@ def compare(
         raise CdpError("give either --steps or --time-budget, not both")
     if steps is not None and steps < 1:
         raise CdpError("--steps must be at least 1")
-    if time_budget is not None and time_budget <= 0:
-        raise CdpError("--time-budget must be positive")
-    specs = parse_models(models, size)
-    outdir = prepare_out_dir(out, force)
+    if time_budget is not None and not (math.isfinite(time_budget) and time_budget > 0):
+        raise CdpError(f"--time-budget must be a positive number of seconds, got {time_budget}")
     if threads < 1:
         raise CdpError("--threads must be at least 1")
+    specs = parse_models(models, size)
+    if data is not None:  # refuse a bad dataset here, once, not in every worker after start-up
+        from cdp.data import load_dataset
+
+        load_dataset(data)
+    outdir = prepare_out_dir(out, force)
     ctx = mp.get_context("spawn")
     results, errors = [], {}
     budget: dict = {}

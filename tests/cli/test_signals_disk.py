@@ -62,7 +62,7 @@ def test_sigterm_keeps_checkpoint_no_temp_file_and_resumes(dataset, tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     err = proc.stderr.read()
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=60) == 143  # 128 + SIGTERM
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"resume with: cdp train --resume {run}" in lines[0], err
     assert temp_files(run) == []

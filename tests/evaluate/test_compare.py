@@ -83,12 +83,26 @@ def test_element_outside_training_set_is_refused(report_dir, tmp_path):
 def test_parse_models_errors(tmp_path):
     assert [s.preset for s in parse_models("chargee3net,invdeepdft")] == ["chargee3net-cpu", "invdeepdft-cpu"]
     assert [s.preset for s in parse_models("chargee3net", size="paper")] == ["chargee3net"]
-    with pytest.raises(CdpError, match="unknown model preset"):
+    with pytest.raises(CdpError, match="unknown model 'nope' "):  # the name typed, not 'nope-cpu'
         parse_models("nope")
     with pytest.raises(CdpError, match="no such checkpoint"):
         parse_models(f"x={tmp_path}/missing.ckpt")
     with pytest.raises(CdpError, match="named twice"):
         parse_models("equideepdft,equideepdft")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"time_budget": float("nan")}, "--time-budget must be a positive number of seconds, got nan"),
+    ({"time_budget": float("inf")}, "--time-budget must be a positive number of seconds, got inf"),
+    ({"threads": 0}, "--threads must be at least 1"),
+    ({"data": "/nonexistent-dataset"}, "/nonexistent-dataset: no such dataset"),
+])
+def test_arguments_refused_before_any_work(tmp_path, kwargs, message):
+    out = tmp_path / "report"
+    with pytest.raises(CdpError, match=message.replace("(", r"\(")):
+        compare(**{"models": "equideepdft", "steps": 1, "out": out, "echo": lambda *a: None,
+                   **({"steps": None} if "time_budget" in kwargs else {}), **kwargs})
+    assert not out.exists()  # refused before the report directory was made
 
 
 def _dying_worker(spec, *args):
