@@ -190,8 +190,8 @@ def parse_bytes(text: str) -> int:
         raise CdpError(f"--max-memory: cannot read '{text}' as a size (e.g. 2G, 500M)") from None
     try:
         return check_memory(value)
-    except CdpError:
-        raise CdpError(f"--max-memory must be a finite positive size (e.g. 2G, 500M), got '{text}'") from None
+    except CdpError as exc:  # says which bound: at least one byte, finite, at most 2^62
+        raise CdpError(f"--max-memory {text}: {exc}") from None
 
 
 def load_probes(path: str) -> np.ndarray:

@@ -48,7 +48,7 @@ __all__ = [
 def _poscar(name) -> CdpError:
     return CdpError(
         f"{name}: a .vasp file (format 'vasp') is a POSCAR structure, not a density; name a density file "
-        f"CHGCAR/CHG/*.chgcar or pass format='chgcar'"
+        f"CHGCAR/CHG/*.chgcar or give the format (--format chgcar; format='chgcar' in Python)"
     )
 
 
@@ -74,7 +74,8 @@ def detect_format(name, format: Optional[str] = None) -> str:
         return "cube"
     if low.endswith(".chgcar") or any(k in base.upper() for k in ("CHGCAR", "CHG", "AECCAR", "PARCHG")):
         return "chgcar"
-    raise CdpError(f"{name}: cannot tell the density format from the name; pass format='chgcar' or 'cube'")
+    raise CdpError(f"{name}: not a density file name (*.cube, CHGCAR, CHG, *.chgcar); give the format if it is one "
+                   f"(--format cube|chgcar; format='cube' in Python)")
 
 
 def _finish(atoms: Atoms, grid: DensityGrid, name: str, pbc) -> Tuple[Atoms, DensityGrid]:

@@ -210,8 +210,9 @@ def test_train_refuses_overlapping_item(cases, tmp_path, capsys):
     (["--spacing", "-0.1"], "--spacing must be a finite positive number of Å, got -0.1"),
     (["--spacing", "1e-300"], "grid spacing 1e-300 Å gives inf points over the cell (at most 1e+10)"),
     (["--spacing", "1e-3"], "grid spacing 0.001 Å gives 2.98e+11 points over the cell (at most 1e+10)"),
-    (["--max-memory", "1e400"], "--max-memory must be a finite positive size (e.g. 2G, 500M), got '1e400'"),
-    (["--max-memory", "nan"], "--max-memory must be a finite positive size"),
+    (["--max-memory", "1e400"], "--max-memory 1e400: max memory must be a finite positive number of bytes, got inf"),
+    (["--max-memory", "nan"], "--max-memory nan: max memory must be a finite positive number of bytes, got nan"),
+    (["--max-memory", "1e30"], "--max-memory 1e30: max memory 1e+30 bytes is beyond any machine (at most 2^62)"),
     (["--max-memory", "1k"], "--max-memory: max memory 1.0 KiB is below the"),
 ])
 def test_sizes_refused(cases, tmp_path, capsys, args, needle):
