@@ -49,7 +49,10 @@ def command(config: Optional[str], run_dir: Optional[str], resume: Optional[str]
         result = train_run(cfg, run_dir=run_dir, resume=resume, device=device, progress=False if no_progress else None)
     except KeyboardInterrupt as exc:  # the trainer has printed the one line saying how to resume
         raise SystemExit(SIGTERM_STATUS if isinstance(exc, Terminated) else SIGINT_STATUS) from None
-    if int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0 and resume is not None and result.steps_taken == 0:
+        click.echo(f"{resume}: the run already holds step {result.steps} and stops there ({result.stopped_by}); "
+                   f"nothing trained (raise --steps or --time-budget to train further)")
+    elif int(os.environ.get("RANK", "0")) == 0:
         best = f", best {result.best_metric:.4g}% val NMAPE at step {result.best_step}" if result.best_metric is not None else ""
         if result.prior is not None:
             click.echo(prior_line(result.prior))

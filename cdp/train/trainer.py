@@ -67,6 +67,7 @@ class TrainResult:
     skipped: List[str] = field(default_factory=list)
     ddp_weight_spread: Optional[float] = None
     prior: Optional[dict] = None  # the atomic prior's fit record (None: the model has no prior)
+    steps_taken: Optional[int] = None  # steps of this call (a resumed run that had reached its budget: 0)
     load_average: Optional[List[float]] = None  # os.getloadavg() when training stopped
 
     def to_dict(self) -> dict:
@@ -547,7 +548,7 @@ class Trainer:
         start_wall = time.perf_counter()
         start_elapsed = self.elapsed
         stopped = None
-        last_saved = self.step
+        last_saved = first_step = self.step
         try:
             while True:
                 self.elapsed = start_elapsed + (time.perf_counter() - start_wall)
@@ -600,6 +601,7 @@ class Trainer:
         result = TrainResult(
             run_dir=str(self.run_dir),
             steps=self.step,
+            steps_taken=self.step - first_step,
             stopped_by=stopped or "steps",
             train_seconds=self.train_seconds,
             elapsed_seconds=self.elapsed,

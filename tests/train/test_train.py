@@ -233,7 +233,7 @@ def test_split_errors(dataset, tmp_path):
 
 
 # -- CLI -------------------------------------------------------------------------------------------
-def test_cli_train_and_resume(dataset, tmp_path):
+def test_cli_train_and_resume(dataset, tmp_path, capsys):
     from cdp.cli.main import main
 
     cfg = tmp_path / "c.yaml"
@@ -242,6 +242,12 @@ def test_cli_train_and_resume(dataset, tmp_path):
     assert main(["train", str(cfg), "--run", str(run), "--device", "cpu", "--no-progress"]) == 0
     assert len(losses(run)) == 3
     assert main(["train", "--resume", str(run), "--steps", "5", "--no-progress"]) == 0
+    assert len(losses(run)) == 5
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # already at its 5 steps
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"{run}: the run already holds step 5 and stops there (steps); nothing trained "
+                   f"(raise --steps or --time-budget to train further)"]
     assert len(losses(run)) == 5
     assert main(["train", str(tmp_path / "missing.yaml"), "--run", str(tmp_path / "x")]) == 2
 
