@@ -29,11 +29,7 @@ def model_elements(model, info: Optional[dict] = None) -> List[int]:
     recorded = ((info or {}).get("metadata") or {}).get("elements")
     if recorded:
         return checked_elements(recorded, "checkpoint metadata")
-    n = getattr(model.featurizer, "num_elements", None)
-    if n is None:
-        emb = getattr(model.featurizer, "embedding", None)
-        n = getattr(emb, "num_embeddings", 119)
-    return list(range(1, min(int(n), 119)))
+    return list(range(1, min(int(model.featurizer.num_elements), 119)))  # Featurizer contract: Z < num_elements
 
 
 def check_out_dir(out: Path, force: bool) -> None:
