@@ -12,11 +12,13 @@ import importlib
 import signal
 import sys
 import threading
+import warnings
 from typing import Dict, Optional
 
 import click
 
 from cdp._version import __version__
+from cdp.core.errors import CdpWarning
 from cdp.core.types import CdpError
 
 # command name -> (module, one-line help shown in `cdp --help`)
@@ -89,8 +91,19 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+_format_warning = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    """cdp's own warnings (:class:`CdpWarning`) as ``warning: ...``; others as Python formats them."""
+    if issubclass(category, CdpWarning):
+        return f"warning: {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
+
+
 def main(argv=None) -> int:
     """Entry point of the console script: one-line errors, non-zero exit codes, no tracebacks for user errors."""
+    warnings.formatwarning = _one_line_warning
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -28,4 +28,12 @@ def cdp_components() -> Dict[str, Dict[str, Callable]]:
 
 @hookspec
 def cdp_presets() -> Dict[str, dict]:
-    """Return model presets ``{name: {featurizer, graph, backbone, readout, train}}`` (see registry.yaml)."""
+    """Return model presets ``{name: config}``, each config as in registry.yaml.
+
+    A config is ``{featurizer, graph, backbone, readout: {name, **params}}`` plus optional ``prior``
+    (``{kind: atomic, n_basis: ...}`` or null), ``train`` (training defaults: loss, lr, beta, batch_size,
+    probes) and ``description``; a config that fails this check is reported and skipped.  A preset is
+    then usable as ``model: <name>`` in a training config and by ``cdp.load_model("<name>")``.  A name
+    already taken by another plugin's preset is reported as a duplicate (the first stays); a preset of
+    registry.yaml with the same name wins and ``cdp plugins list`` shows the plugin's as shadowed.
+    """
