@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+import torch
+
+from cdp import __version__
 from cdp.testing import assert_component, assert_export_round_trip, assert_model, tiny_model
 
 
@@ -21,14 +25,17 @@ def test_backbone_contract_in_a_model(base, backbone):
 
 
 def test_backbone_float32_model():
-    assert_model(tiny_model("chargee3net", dtype=__import__("torch").float32))
+    assert_model(tiny_model("chargee3net", dtype=torch.float32))
 
 
 def test_export_round_trip_onnx(tmp_path):
-    assert_export_round_trip(tiny_model("invdeepdft", dtype=__import__("torch").float32), tmp_path / "onnx")
+    assert_export_round_trip(tiny_model("invdeepdft", dtype=torch.float32), tmp_path / "onnx")
+    recorded = json.loads((tmp_path / "onnx" / "cdp_export.json").read_text())["components"]
+    assert recorded["backbone"] == {"name": "invdeepdft", "class": "cdp.plugins.backbones.schnet.InvDeepDFT",
+                                    "distribution": "cdp", "version": __version__}
 
 
 @pytest.mark.slow  # ONNX export of the e3nn and PaiNN models takes minutes on a small CPU
 @pytest.mark.parametrize("base", ["chargee3net", "equideepdft"])
 def test_export_round_trip_onnx_equivariant_backbones(base, tmp_path):
-    assert_export_round_trip(tiny_model(base, dtype=__import__("torch").float32), tmp_path / "onnx")
+    assert_export_round_trip(tiny_model(base, dtype=torch.float32), tmp_path / "onnx")
