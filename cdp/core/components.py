@@ -250,7 +250,7 @@ def check_component(component, kind: str) -> None:
                 raise CdpError(f"{who}: 'cutoff' must be a positive number of Å, got {value!r}")
     if kind == "featurizer":
         n = getattr(component, "num_elements", None)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 2:
             raise CdpError(f"{who}: 'num_elements' must be an integer ≥ 2 (Z = 0 … num_elements − 1), got {n!r}")
     if kind == "readout" and not isinstance(getattr(component, "spin", None), (bool, np.bool_)):
         raise CdpError(f"{who}: 'spin' must be True or False, got {getattr(component, 'spin', None)!r}")

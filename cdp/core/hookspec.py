@@ -21,7 +21,9 @@ def cdp_components() -> Dict[str, Dict[str, Callable]]:
 
     ``kind`` is one of ``featurizer``, ``graph``, ``backbone``, ``readout``; ``factory(**params)``
     builds the component (a class is a factory).  A readout factory also receives ``in_spec``, the
-    :class:`~cdp.core.components.Spec` produced by the backbone it is attached to.
+    :class:`~cdp.core.components.Spec` produced by the backbone it is attached to.  What a factory builds
+    must keep the contract of its kind, the base classes of :mod:`cdp.core.components` (checked when a
+    model is assembled; :mod:`cdp.testing` checks the rest in a plugin's own tests).
     Names must be unique per kind across all plugins; a duplicate is reported, not overridden.
     """
 

@@ -36,7 +36,7 @@ def tiny_model(base: str = "invdeepdft", *, featurizer: Override = None, graph: 
     8 plain features).  Each override is a config ``{"name": ..., **params}`` built through the registry
     (the plugin must be installed, or registered in ``registry``), or a component instance; a readout may
     also be a class or function called as ``readout(in_spec=backbone.out_spec)``.  Weights are seeded
-    with ``seed``, the model is in ``dtype`` and in eval mode.  Raises CdpError when pieces do not fit.
+    with ``torch.manual_seed(seed)`` (the global generator), the model is in ``dtype`` and in eval mode.  Raises CdpError when pieces do not fit.
     """
     from cdp.core.registry import get_registry
     from cdp.export.examples import TINY_CONFIGS
