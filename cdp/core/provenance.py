@@ -132,7 +132,10 @@ def check_provenance(recorded, registry, where: str) -> None:
                                f"installed (pip install '{dist}{'==' + version if version else ''}')")
             raise CdpError(f"{where}: its {kind} '{name}' comes from the plugin package {saved}; {dist} {installed} "
                            f"is installed but registers no {kind} '{name}' (see `cdp plugins list`)")
-        now = distribution_of(entry.factory.__module__ if hasattr(entry.factory, "__module__") else "")
+        module = getattr(entry.factory, "__module__", None)
+        if not isinstance(module, str):  # a factory object without a module (functools.partial): nothing to compare
+            continue
+        now = distribution_of(module)
         if now is None or now[0] != dist:
             differ.append(f"{kind} '{name}' was built by {saved}, now by {now[0] + ' ' + now[1] if now else 'a local module'}")
         elif version is not None and now[1] != version:
