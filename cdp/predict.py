@@ -52,20 +52,22 @@ class Predictor:
     def batch_for_memory(self, atoms, max_memory: Optional[int] = None) -> int:
         """Probes per batch that keep one decode call within ``max_memory`` bytes.
 
-        Uses the backbone's ``probe_memory(itemsize, edges_per_probe)`` estimate when it has one (edges per
+        Uses the backbone's ``probe_memory(itemsize, edges_per_probe)`` estimate when it gives one (edges per
         probe from the atom density within the cutoff sphere); otherwise the configured probe batch.  A
         budget below one probe's cost (the fixed part plus one probe) is a CdpError giving that minimum.
         """
         budget = self.max_memory if max_memory is None else check_memory(max_memory)
-        estimate = getattr(self.model.backbone, "probe_memory", None)
-        if budget is None or estimate is None:
+        if budget is None:
             return self.probe_batch
         n = len(atoms)
         volume = abs(float(np.linalg.det(np.asarray(atoms.cell.array, dtype=np.float64)))) if any(atoms.pbc) else 0.0
         sphere = 4.0 / 3.0 * np.pi * self.cutoff**3
         edges = n / volume * sphere * 1.5 if volume > 1e-9 else float(n)  # 1.5: margin over the mean
         itemsize = torch.finfo(self.model.dtype).bits // 8
-        fixed, per_probe = estimate(itemsize, max(edges, 1.0))
+        estimate = self.model.backbone.probe_memory(itemsize, max(edges, 1.0))  # Backbone contract
+        if estimate is None:
+            return self.probe_batch
+        fixed, per_probe = estimate
         per_probe = max(int(per_probe), 1)
         if budget < fixed + per_probe:
             raise CdpError(f"max memory {format_bytes(budget)} is below the {format_bytes(fixed + per_probe)} "

@@ -13,6 +13,7 @@ import importlib
 import signal
 import sys
 import threading
+import warnings
 from typing import Dict, Optional
 
 import click
@@ -20,6 +21,7 @@ import click
 from cdp.cli.signals import SIGINT_STATUS, SIGTERM_STATUS, Terminated, on_sigterm
 
 from cdp._version import __version__
+from cdp.core.errors import CdpWarning
 from cdp.core.types import CdpError
 
 # command name -> (module, one-line help shown in `cdp --help`)
@@ -84,8 +86,19 @@ def cli() -> None:
     keep_freed_memory()  # reuse per-batch temporaries instead of page-faulting them every batch
 
 
+_format_warning = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    """cdp's own warnings (:class:`CdpWarning`) as ``warning: ...``; others as Python formats them."""
+    if issubclass(category, CdpWarning):
+        return f"warning: {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
+
+
 def main(argv=None) -> int:
     """Entry point of the console script: one-line errors, non-zero exit codes, no tracebacks for user errors."""
+    warnings.formatwarning = _one_line_warning
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, on_sigterm)

@@ -1,11 +1,15 @@
 """cdp's own checkpoint format: a torch zip file of plain containers and tensors, loaded with weights_only.
 
 ``{"format": "cdp-checkpoint", "format_version": 2, "cdp_version", "config": model config,
-"state_dict", "metadata": {...}, "train_state": optional}``.  Nothing in it needs pickled code, so
-loading never executes any.  Version 2 added the optional ``config["prior"]`` (atomic reference
-densities, their fitted coefficients as ``prior.*`` buffers in the state_dict); version-1 files have no
-prior and load unchanged.  A model without a prior is still written as version 1, so that older cdp
-releases read it.
+"state_dict", "metadata": {...}, "components": {...}, "train_state": optional}``.  Nothing in it needs
+pickled code, so loading never executes any.  Version 2 added the optional ``config["prior"]`` (atomic
+reference densities, their fitted coefficients as ``prior.*`` buffers in the state_dict); version-1 files
+have no prior and load unchanged.  A model without a prior is still written as version 1, so that older
+cdp releases read it.
+
+``components`` (optional, any version; older readers ignore it, older files lack it) records which
+installed package built each component (:mod:`cdp.core.provenance`): loading refuses a checkpoint whose
+plugin package is missing and warns when its version differs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from cdp.core.atomic import atomic_write
+from cdp.core.provenance import check_provenance, component_provenance
 from cdp.core.types import CdpError
 
 FORMAT = "cdp-checkpoint"
@@ -39,6 +44,7 @@ def save_checkpoint(path, model, metadata: Optional[dict] = None, train_state: O
         "config": model.config,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
+        "components": component_provenance(model),
     }
     if train_state is not None:
         payload["train_state"] = train_state
@@ -121,12 +127,18 @@ def load_state_dict_checked(model, state_dict: dict, source: str) -> None:
 
 
 def load_checkpoint(path, registry=None) -> Tuple["DensityModel", dict]:  # noqa: F821
-    """Rebuild the DensityModel stored at ``path``; returns (model in eval mode, raw checkpoint dict)."""
-    from cdp.core.model import DensityModel
+    """Rebuild the DensityModel stored at ``path``; returns (model in eval mode, raw checkpoint dict).
 
+    A checkpoint whose recorded plugin package is not installed is refused (CdpError naming the
+    package); one saved with another version of a plugin package loads with a one-line CdpWarning.
+    """
+    from cdp.core.model import DensityModel
     from cdp.core.model_size import check_model_memory
+    from cdp.core.registry import get_registry
 
     data = read_checkpoint(path)
+    registry = registry or get_registry()
+    check_provenance(data.get("components"), registry, str(path))
     sd = data["state_dict"]
     floats = [v.dtype for v in sd.values() if isinstance(v, torch.Tensor) and v.dtype.is_floating_point]
     check_model_memory(data["config"], str(path), floats[0].itemsize if floats else 4)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cdp.core.components import Backbone, Featurizer, GraphBuilder, Readout
+from cdp.core.components import Backbone, Featurizer, GraphBuilder, Readout, check_component
 from cdp.core.prior import AtomicDensityPrior, check_prior_config
 from cdp.core.types import AtomFeatures, AtomGraph, Batch, CdpError, ProbeGraph, edge_vectors
 
@@ -36,6 +36,7 @@ class DensityModel(nn.Module):
         prior: Optional[AtomicDensityPrior] = None,
     ):
         super().__init__()
+        check_component(graph, "graph")
         check_fit(featurizer, backbone, readout)
         self.featurizer = featurizer
         self.backbone = backbone
@@ -58,6 +59,7 @@ class DensityModel(nn.Module):
         prior_cfg = check_prior_config(config.get("prior"))
         featurizer = registry.build("featurizer", config["featurizer"])
         backbone = registry.build("backbone", config["backbone"])
+        check_component(backbone, "backbone")  # its out_spec is the readout's in_spec
         readout = registry.build("readout", config["readout"], in_spec=backbone.out_spec)
         graph = registry.build("graph", config["graph"])
         model_config = {k: copy.deepcopy(config[k]) for k in ("featurizer", "graph", "backbone", "readout")}
@@ -73,7 +75,7 @@ class DensityModel(nn.Module):
 
     @property
     def spin(self) -> bool:
-        return bool(getattr(self.readout, "spin", False))
+        return bool(self.readout.spin)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -196,7 +198,10 @@ def add_prior(network: Tensor, prior: Tensor) -> Tensor:
 
 
 def check_fit(featurizer: Featurizer, backbone: Backbone, readout: Readout) -> None:
-    """Refuse an assembly whose pieces do not fit, naming both sides."""
+    """Refuse an assembly whose pieces miss part of their contract or do not fit, naming both sides (CdpError)."""
+    check_component(featurizer, "featurizer")
+    check_component(backbone, "backbone")
+    check_component(readout, "readout")
     if not featurizer.out_spec.fits(backbone.in_spec):
         raise CdpError(
             f"featurizer produces {featurizer.out_spec} but backbone {type(backbone).__name__} consumes {backbone.in_spec}"

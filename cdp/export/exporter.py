@@ -29,11 +29,7 @@ def model_elements(model, info: Optional[dict] = None) -> List[int]:
     recorded = ((info or {}).get("metadata") or {}).get("elements")
     if recorded:
         return checked_elements(recorded, "checkpoint metadata")
-    n = getattr(model.featurizer, "num_elements", None)
-    if n is None:
-        emb = getattr(model.featurizer, "embedding", None)
-        n = getattr(emb, "num_embeddings", 119)
-    return list(range(1, min(int(n), 119)))
+    return list(range(1, min(int(model.featurizer.num_elements), 119)))  # Featurizer contract: Z < num_elements
 
 
 def check_out_dir(out: Path, force: bool) -> None:
@@ -66,6 +62,7 @@ def export_model(
     """
     from cdp._version import __version__
     from cdp.core.checkpoint import file_sha256
+    from cdp.core.provenance import component_provenance
 
     if fmt not in md.ARTIFACTS:
         raise CdpError(f"unknown export format '{fmt}' (one of {', '.join(md.ARTIFACTS)})")
@@ -114,6 +111,7 @@ def export_model(
                                               "cutoff": float(prior.cutoff), "elements": prior.elements(),
                                               "note": "the decoder adds the prior: its density output is the total"},
         "model_config": getattr(model, "config", {}),
+        "components": component_provenance(model),  # the package and version that built each component
         "edge_convention": "edge_index [2,E] int64 = [sender, receiver]; edge_vec = r_receiver - (r_sender + n @ cell); probe edges are [atom, probe]; distance <= cutoff",
         "encoder": {
             "file": f"encoder.{md.ARTIFACTS[fmt]}",

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from cdp.core.atomic import atomic_write_text
 from cdp.core.checkpoint import load_state_dict_checked, read_checkpoint, save_checkpoint
-from cdp.core.registry import PRESET_KEYS
+from cdp.core.provenance import check_provenance
+from cdp.core.registry import PRESET_KEYS, get_registry
 from cdp.core.types import Batch, CdpError
 from cdp.core.validate import MAX_Z, check_overlap
 from cdp.train import ddp
@@ -475,6 +476,7 @@ class Trainer:
     def _restore(self) -> None:
         path = self.run_dir / LAST
         data = read_checkpoint(path)
+        check_provenance(data.get("components"), get_registry(), str(path))
         ts = data.get("train_state")
         if not isinstance(ts, dict):
             raise CdpError(f"{path}: holds no training state to resume from")

@@ -38,6 +38,17 @@ def test_unknown_command_is_usage_error():
 
 
 def test_console_error_is_one_line(tmp_path):
-    res = run_cli("plugins", "list")
-    assert res.returncode == 0, res.stderr
-    assert "registry:" in res.stdout
+    res = run_cli("inspect", str(tmp_path / "missing.CHGCAR"))  # the console path: python -m cdp
+    assert res.returncode == 2
+    assert res.stderr == f"error: {tmp_path / 'missing.CHGCAR'}: no such file\n" and res.stdout == ""
+
+
+def test_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    bad = tmp_path / "bad.xyz"
+    bad.write_text("2\nnot an xyz file\nH 0 0\n")
+    assert main(["predict", str(tmp_path / "missing.xyz"), "--model", "demo", "-o", str(tmp_path / "o.npy")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'missing.xyz'}: no such structure file\n"
+    assert main(["predict", str(bad), "--model", "demo", "-o", str(tmp_path / "o.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}") and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.xyz"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import pytest
 import yaml
@@ -47,8 +48,15 @@ def test_shipped_registry_lists_presets_and_components():
     assert "periodic" in reg.components["graph"]
 
 
-def test_top_level_registry_is_the_packaged_one():
-    assert (REPO / "registry.yaml").read_text() == (REPO / "cdp" / "registry.yaml").read_text()
+def test_registry_file_is_the_packaged_one_unless_cdp_registry(tmp_path, monkeypatch):
+    import cdp
+    from cdp.core.registry import registry_file
+
+    monkeypatch.delenv("CDP_REGISTRY", raising=False)
+    assert registry_file() == Path(cdp.__file__).parent / "registry.yaml"  # the wheel test checks what ships there
+    assert load_registry_yaml(registry_file()) == load_registry_yaml(REPO / "registry.yaml")
+    monkeypatch.setenv("CDP_REGISTRY", str(write_registry(tmp_path, {"plugins": [], "presets": {}})))
+    assert registry_file() == tmp_path / "registry.yaml" and Registry().presets == {}
 
 
 def test_numbers_in_registry_are_numbers():
@@ -228,3 +236,47 @@ def test_registry_yaml_preset_shadows_a_plugin_preset(tmp_path, monkeypatch):
     reg = Registry(write_registry(tmp_path, data), entry_points=False)
     assert reg.shadowed == {"chargee3net-cpu": "shadowing_plugin"}
     assert reg.presets["chargee3net-cpu"]["backbone"]["name"] == "chargee3net"  # registry.yaml wins
+
+
+def test_plugins_list_shows_the_shadowed_preset(tmp_path, monkeypatch, capsys):
+    import cdp.core.registry as registry
+    from cdp.cli.main import main
+
+    (tmp_path / "shadowing_plugin2.py").write_text(
+        "from cdp.core.hookspec import hookimpl\n"
+        "from cdp.core.registry import load_registry_yaml, registry_file\n"
+        "@hookimpl\n"
+        "def cdp_presets():\n"
+        "    return {'invdeepdft-cpu': load_registry_yaml(registry_file())['presets']['equideepdft-cpu']}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    shipped = load_registry_yaml(REPO / "registry.yaml")
+    path = write_registry(tmp_path, {"plugins": shipped["plugins"] + ["shadowing_plugin2"], "presets": shipped["presets"]})
+    monkeypatch.setenv("CDP_REGISTRY", str(path))
+    monkeypatch.setattr(registry, "_DEFAULT", None)
+    assert main(["plugins", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "  shadowed: preset 'invdeepdft-cpu' of plugin shadowing_plugin2 (registry.yaml's preset of that name wins)" in out
+    assert get_registry().preset("invdeepdft-cpu")["backbone"]["name"] == "invdeepdft"
+    monkeypatch.setattr(registry, "_DEFAULT", None)
+    import sys
+
+    sys.modules.pop("shadowing_plugin2", None)
+
+
+def test_plugin_presets_are_registered_and_build(tmp_path):
+    from cdp.core.model import DensityModel
+    from tests.helpers.toy_components import TOY_CONFIG, toy_registry
+
+    reg = toy_registry(tmp_path)
+    mod = types.ModuleType("presets_plugin")
+    mod.cdp_presets = hookimpl(lambda: {"toy-wide": dict(TOY_CONFIG, featurizer={"name": "toy", "size": 6},
+                                                         backbone={"name": "toy", "size": 6, "cutoff": 2.5})})
+    info = reg.register(mod, "presets_plugin", "test")
+    assert info.ok and info.components == ["preset:toy-wide"]
+    model = DensityModel.from_config(reg.preset("toy-wide"), registry=reg)
+    assert model.cutoff == 2.5 and model.backbone.out_spec == Spec(size=6)
+    again = types.ModuleType("presets_again")
+    again.cdp_presets = hookimpl(lambda: {"toy-wide": TOY_CONFIG})
+    info = reg.register(again, "presets_again", "test")
+    assert not info.ok and info.error == "duplicate preset 'toy-wide'"
+    assert reg.preset("toy-wide")["backbone"]["size"] == 6  # the first one stays

@@ -12,6 +12,7 @@ import re
 import tracemalloc
 
 import numpy as np
+import pytest
 from ase import Atoms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -109,11 +110,15 @@ def test_compressed_damage_only_cdp_errors(name, cut, flip):
     data = bytearray(BASE[name])
     data[int(flip[0] * len(data))] = flip[1]
     packed = gzip.compress(bytes(data), mtime=0)
-    for blob in (packed[: max(1, int(len(packed) * cut))], packed):
-        try:
-            cio.read_bytes(blob, name + ".gz")
-        except CdpError:
-            pass
+    truncated = packed[: max(1, int(len(packed) * cut))]
+    if len(truncated) < len(packed):  # a gzip stream cut short is refused, whatever the text would have been
+        with pytest.raises(CdpError) as err:
+            cio.read_bytes(truncated, name + ".gz")
+        assert "\n" not in str(err.value) and str(err.value).startswith(name + ".gz")
+    try:
+        cio.read_bytes(packed, name + ".gz")
+    except CdpError as exc:  # the damaged text inside an intact stream: read or refused in one line
+        assert "\n" not in str(exc) and str(exc).startswith(name + ".gz")
 
 
 def test_base_files_read():

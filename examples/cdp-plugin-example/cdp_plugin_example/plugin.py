@@ -1,14 +1,20 @@
-"""A readout head that reads only the invariant (0e) channels of any backbone through a small MLP.
+"""Two components: a readout head that reads only the invariant (0e) channels of any backbone through a
+small MLP, and a brute-force graph builder (every periodic image checked, a reference for small systems).
 
 Registered with cdp's ``cdp_components`` hook; the package's entry point (group ``cdp``) names this module.
+Their tests (``tests/``) run cdp's contract kit, :mod:`cdp.testing`.
 """
 
 from __future__ import annotations
 
+import itertools
+from typing import Tuple
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cdp.core.components import Readout, Spec
+from cdp.core.components import GraphBuilder, Readout, Spec
 from cdp.core.hookspec import hookimpl
 
 
@@ -43,6 +49,45 @@ class ScalarMLPReadout(Readout):
         return out if self.spin else out[:, 0]
 
 
+class BruteForceGraph(GraphBuilder):
+    """All pairs within the cutoff over every periodic image that can reach: O(N·M·images), for small systems.
+
+    cdp's conventions: edges ``[sender, receiver]``, offsets [E, 3] int64 = the sender's periodic image
+    (vector = r_receiver − (r_sender + offsets @ cell)), zero on non-periodic axes (whose cell rows may
+    be zero), no atom paired with itself at offset 0.
+    """
+
+    def atom_edges(self, positions, cell, pbc, cutoff) -> Tuple[np.ndarray, np.ndarray]:
+        return _edges(positions, cell, pbc, positions, cutoff, drop_self=True)
+
+    def probe_edges(self, positions, cell, pbc, probes, cutoff) -> Tuple[np.ndarray, np.ndarray]:
+        return _edges(positions, cell, pbc, probes, cutoff, drop_self=False)
+
+
+def _edges(positions, cell, pbc, queries, cutoff: float, drop_self: bool) -> Tuple[np.ndarray, np.ndarray]:
+    positions, queries = np.asarray(positions, np.float64), np.asarray(queries, np.float64)
+    cell, pbc = np.asarray(cell, np.float64), np.asarray(pbc, bool)
+    periodic = np.nonzero(pbc)[0]
+    reach = np.zeros(3, dtype=np.int64)
+    if periodic.size:
+        inv = np.linalg.pinv(cell[periodic])  # fractional coordinates along the periodic axes
+        frac = np.concatenate([positions, queries]) @ inv
+        height = 1.0 / np.linalg.norm(inv, axis=0)  # distance between lattice planes
+        reach[periodic] = np.ceil(cutoff / height + np.ptp(frac, axis=0)).astype(np.int64)
+    senders, receivers, offsets = [], [], []
+    for image in itertools.product(*(range(-r, r + 1) for r in reach)):
+        shift = np.asarray(image, np.float64) @ cell
+        dist = np.linalg.norm(queries[None, :, :] - (positions[:, None, :] + shift), axis=-1)
+        s, r = np.nonzero(dist <= cutoff)
+        if drop_self and not any(image):
+            s, r = s[s != r], r[s != r]
+        senders.append(s)
+        receivers.append(r)
+        offsets.append(np.tile(np.asarray(image, np.int64), (s.size, 1)))
+    edge_index = np.stack([np.concatenate(senders), np.concatenate(receivers)]).astype(np.int64)
+    return edge_index, np.concatenate(offsets).astype(np.int64).reshape(-1, 3)
+
+
 @hookimpl
 def cdp_components():
-    return {"readout": {"example-scalar-mlp": ScalarMLPReadout}}
+    return {"readout": {"example-scalar-mlp": ScalarMLPReadout}, "graph": {"example-brute-force": BruteForceGraph}}

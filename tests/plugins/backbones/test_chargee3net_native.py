@@ -83,15 +83,28 @@ def test_threads_and_blocks_give_the_same_result(chunk):
 @pytest.mark.slow  # ~30-50 s: runs in CI's slow step
 def test_disabled_kernel_falls_back_with_same_numbers(tmp_path):
     code = (
-        "import warnings, torch\n"
+        "import torch\n"
         "from cdp.plugins.backbones.chargee3net import native\n"
+        "from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution\n"
+        "from tests.helpers.chargee3net import _pair, _run, _structure\n"
         "assert native.load() is None\n"
-        "print('fallback ok')\n"
+        "ref, fast = _pair(2, mul=20, seed=22, dtype=torch.float64)\n"
+        "conv = next(m for m in fast.modules() if isinstance(m, FastE3Convolution))\n"
+        "assert conv._native_fn(torch.zeros(3, conv.irreps_sender.dim, dtype=torch.float64)) is None\n"
+        "s = _structure(seed=8, n_atoms=5, n_probes=40)\n"
+        "with torch.no_grad():\n"
+        "    a, b = _run(ref, *s, torch.float64), _run(fast, *s, torch.float64)\n"
+        "for x, y in zip([*a[0], a[1]], [*b[0], b[1]]):\n"
+        "    assert float((x - y).abs().max()) <= 1e-12 * float(x.abs().max()), float((x - y).abs().max())\n"
+        "print('fallback equals e3nn')\n"
     )
-    env = {"CDP_NATIVE": "0", "CDP_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    from tests.helpers.paths import REPO
+
+    env = {"CDP_NATIVE": "0", "CDP_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr
-    assert "fallback ok" in proc.stdout
+    assert "fallback equals e3nn" in proc.stdout
 
 
 @pytest.mark.slow  # ~30-50 s: runs in CI's slow step
