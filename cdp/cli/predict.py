@@ -253,8 +253,6 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
     spacing = DEFAULT_SPACING if spacing is None else spacing
     if max_memory is not None and probe_batch is not None:
         raise CdpError("--max-memory and --probe-batch exclude each other")
-    if runtime == "onnx" and max_memory is not None:
-        raise CdpError("--max-memory sizes PyTorch decoder batches; with --runtime onnx use --probe-batch")
     budget = parse_bytes(max_memory) if max_memory is not None else None
     if runtime == "torch":
         resolve_device(device)  # an unknown or absent device fails before any file is read

@@ -6,9 +6,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from cdp.core.constants import MAX_Z  # noqa: F401  (re-exported: cdp.core.validate.MAX_Z)
 from cdp.core.errors import CdpError
 
-MAX_Z = 118
 MIN_DISTANCE = 0.5  # Å: closer atoms (or periodic images) mean a wrong cell, a wrong pbc or a duplicated atom
 _AXES = "abc"
 

@@ -17,13 +17,13 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cdp.core.constants import DEFAULT_PROBE_BATCH  # noqa: F401  (re-exported for cdp.cli.experiment)
 from cdp.core.types import CdpError
 from cdp.evaluate.experiments import atomic_figure, atomic_text, json_default, peak_rss_mb, prepare_out, run_in_process
 
 DEFAULT_MODEL = "chargee3net-cpu"
 DEFAULT_MAX_ATOMS = 512
 DEFAULT_PROBES_PER_ATOM = 50
-DEFAULT_PROBE_BATCH = 2500
 DEFAULT_FIT_MIN_ATOMS = 64  # smaller cells are dominated by fixed per-call overheads
 SCALING_FILES = ("scaling.json", "scaling.md", "scaling.png")
 PARTS = ("graph_s", "encode_s", "decode_s")

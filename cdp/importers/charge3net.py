@@ -18,9 +18,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
+from cdp.core.constants import NUM_ELEMENTS
 from cdp.core.types import CdpError
 
-NUM_ELEMENTS = 119
 PAPER_DEFAULTS: Dict[str, Any] = {
     "num_interactions": 3,
     "num_neighbors": 20,

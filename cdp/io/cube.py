@@ -18,6 +18,7 @@ from ase.units import Bohr
 
 from cdp.core.errors import CdpError
 from cdp.core.grid import DensityGrid
+from cdp.core.validate import MAX_Z
 from cdp.io._text import TextSource, check_finite, check_grid_size, check_room, snippet
 
 KIND = "cube"
@@ -116,7 +117,7 @@ def read_cube(source, name: str, units: str = "bohr") -> Tuple[Atoms, DensityGri
             ) from None
         if not np.isfinite(zf) or zf != int(zf):
             raise CdpError(f"{name}: line {lines.lineno}: atomic number {f[0]!r} is not an integer")
-        if not 0 < zf < 119:
+        if not 0 < zf <= MAX_Z:
             raise CdpError(f"{name}: line {lines.lineno}: unknown element (atomic number {f[0]})")
         z[i] = int(zf)
     positions = pos * length

@@ -10,6 +10,7 @@ from e3nn.nn import Gate
 from torch import Tensor, nn
 
 from cdp.core.components import Backbone, Spec
+from cdp.core.constants import NUM_ELEMENTS
 from cdp.core.types import CdpError
 from cdp.plugins.backbones.chargee3net._build_cache import memoized_activation_moments
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
@@ -18,7 +19,6 @@ from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, captu
 from cdp.plugins.backbones.chargee3net.irreps import gate_layout, get_irreps
 from cdp.plugins.backbones.chargee3net.radial import RadialBasis
 
-NUM_ELEMENTS = 119
 _GATE_ROWS = 4096  # rows gated at once in inference: a few MB of temporaries instead of several [N, dim] copies
 _ACT = {1: torch.nn.functional.silu, -1: torch.tanh}
 _ACT_GATE = {1: torch.sigmoid, -1: torch.tanh}
