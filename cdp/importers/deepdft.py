@@ -15,6 +15,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from cdp.core.configs import EquiDeepDFTConfig, InvDeepDFTConfig
 from cdp.core.types import CdpError
 
 ARGUMENTS = "arguments.json"
@@ -83,11 +84,11 @@ def model_config(args: dict, spin: bool = False) -> dict:
     n, size, cutoff = int(args["num_interactions"]), int(args["node_size"]), float(args["cutoff"])
     if bool(args.get("use_painn_model", False)):
         backbone = {"name": "equideepdft", "num_interactions": n, "node_size": size, "cutoff": cutoff,
-                    "distance_embedding_size": int(args.get("distance_embedding_size", 30))}
+                    "distance_embedding_size": int(args.get("distance_embedding_size", EquiDeepDFTConfig.distance_embedding_size))}
         activation = "silu"
     else:
         backbone = {"name": "invdeepdft", "num_interactions": n, "node_size": size, "cutoff": cutoff,
-                    "gaussian_expansion_step": float(args.get("gaussian_expansion_step", 0.1))}
+                    "gaussian_expansion_step": float(args.get("gaussian_expansion_step", InvDeepDFTConfig.gaussian_expansion_step))}
         activation = "ssp"
     readout = {"name": "mlp", "activation": activation}
     if spin:
