@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, List, Optional, Tuple
 
+from e3nn import o3
 import numpy as np
 from torch import Tensor, nn
 
@@ -30,15 +31,12 @@ class Spec:
     def dim(self) -> int:
         if self.size is not None:
             return int(self.size)
-        from e3nn import o3
 
         return o3.Irreps(self.irreps).dim
 
     def fits(self, other: "Spec") -> bool:
         """True when features described by ``self`` can be fed where ``other`` is expected."""
         if self.irreps is not None and other.irreps is not None:
-            from e3nn import o3
-
             return o3.Irreps(self.irreps).simplify() == o3.Irreps(other.irreps).simplify()
         return self.dim == other.dim
 

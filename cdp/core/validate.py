@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+from ase.geometry import minkowski_reduce
 import numpy as np
+from scipy.spatial import cKDTree
 
 from cdp.core.constants import MAX_Z  # noqa: F401  (re-exported: cdp.core.validate.MAX_Z)
 from cdp.core.errors import CdpError
@@ -84,8 +86,6 @@ def closest_pair(atoms, within: float = np.inf) -> Optional[ClosestPair]:
     vector)`` of a Minkowski-reduced cell), so the cost is O(N log N).  Returns None for a single atom
     without periodicity, or when no pair is closer than ``within`` Å.
     """
-    from scipy.spatial import cKDTree
-
     pos = np.asarray(atoms.positions, dtype=np.float64)
     pbc = np.asarray(atoms.pbc, dtype=bool)
     n = len(pos)
@@ -95,7 +95,6 @@ def closest_pair(atoms, within: float = np.inf) -> Optional[ClosestPair]:
             return None
         dist, idx = cKDTree(pos, balanced_tree=False).query(pos, k=2, distance_upper_bound=within)
         return _nearest_other(dist, idx, within)
-    from ase.geometry import minkowski_reduce
 
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     reduced = np.array(minkowski_reduce(cell, pbc=pbc)[0], dtype=np.float64)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from cdp.core.atomic import atomic_write_text  # noqa: F401  (re-exported)
+from cdp.core.checkpoint import file_sha256
 from cdp.core.constants import MAX_Z
 from cdp.core.types import CdpError
 
@@ -61,8 +62,6 @@ def read_metadata(model_dir, expect_format: Optional[str] = None, check_files: b
     Loading a TorchScript or pt2 artifact runs code by nature, so each file must be a plain name inside
     ``model_dir`` whose SHA-256 matches the one recorded here; any other value is a one-line CdpError.
     """
-    from cdp.core.checkpoint import file_sha256
-
     model_dir = Path(model_dir)
     path = model_dir / METADATA_FILE
     if not model_dir.is_dir():

@@ -21,8 +21,14 @@ import torch
 from cdp.core.configs import ChargE3NetConfig, preset_params
 from cdp.core.constants import NUM_ELEMENTS
 from cdp.core.interpolation import resolve_section
+from cdp.core.model_size import check_model_memory
+from cdp.core.safe_pickle import load_torch_file
 from cdp.core.types import CdpError
 from cdp.core.yamlio import safe_yaml_load
+from cdp.plugins.backbones.chargee3net import ChargE3NetBackbone
+from cdp.plugins.backbones.chargee3net.irreps import get_irreps
+from cdp.plugins.featurizers.onehot import OneHot
+from cdp.plugins.readouts.e3nn_linear import LinearReadout, LinearSpinCompatReadout, LinearSpinReadout
 
 # the published hyperparameters a checkpoint does not record (cdp.core.configs.ChargE3NetConfig), and spin
 PAPER_DEFAULTS: Dict[str, Any] = {**preset_params("chargee3net")[0], "spin": False}
@@ -146,8 +152,6 @@ def parse_config(config: Union[None, str, Path, Mapping], where: Optional[str] =
 
 def read_state_dict(path) -> Dict[str, torch.Tensor]:
     """Published weights with published keys (``atom_model.*``/``probe_model.*``), either format."""
-    from cdp.core.safe_pickle import load_torch_file
-
     path = Path(path)
     data = load_torch_file(str(path))
     if not isinstance(data, Mapping):
@@ -177,8 +181,6 @@ def _numel(sd, key, source) -> int:
 
 
 def _hidden_muls(mul: int, lmax: int):
-    from cdp.plugins.backbones.chargee3net.irreps import get_irreps
-
     return [m for m, ir in get_irreps(mul, lmax) if ir.p == (-1) ** ir.l]
 
 
@@ -267,10 +269,6 @@ def model_config(hp: Mapping[str, Any]) -> dict:
 
 def build_components(config: Mapping):
     """(featurizer, backbone, readout) of a ChargE3Net config, without the plugin registry."""
-    from cdp.plugins.backbones.chargee3net import ChargE3NetBackbone
-    from cdp.plugins.featurizers.onehot import OneHot
-    from cdp.plugins.readouts.e3nn_linear import LinearReadout, LinearSpinCompatReadout, LinearSpinReadout
-
     params = {k: v for k, v in config["backbone"].items() if k != "name"}
     backbone = ChargE3NetBackbone(**params)
     heads = {"linear": LinearReadout, "linear-spin-compat": LinearSpinCompatReadout, "linear-spin": LinearSpinReadout}
@@ -337,7 +335,6 @@ def import_charge3net_components(path, config=None):
     sd = read_state_dict(path)
     hp = resolve_hyperparameters(given, sd, source, where)
     cfg = model_config(hp)
-    from cdp.core.model_size import check_model_memory
 
     check_model_memory(cfg, where)
     modules = build_components(cfg)

@@ -16,7 +16,13 @@ from typing import Dict, List, Tuple
 import torch
 
 from cdp.core.configs import EquiDeepDFTConfig, InvDeepDFTConfig
+from cdp.core.model_size import check_model_memory
+from cdp.core.safe_pickle import load_torch_file
 from cdp.core.types import CdpError
+from cdp.plugins.backbones.painn import EquiDeepDFT
+from cdp.plugins.backbones.schnet import InvDeepDFT
+from cdp.plugins.featurizers.embedding import EmbeddingFeaturizer
+from cdp.plugins.readouts.mlp import MLPReadout
 
 ARGUMENTS = "arguments.json"
 WEIGHTS = "best_model.pth"
@@ -101,14 +107,7 @@ def _load_weights(path: Path) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         raise CdpError(f"{path}: missing (a DeepDFT model directory holds {ARGUMENTS} and {WEIGHTS})")
     try:
-        from cdp.core.safe_pickle import load_torch_file
-    except ImportError:  # pragma: no cover - safe_pickle ships with cdp
-        load_torch_file = None
-    try:
-        if load_torch_file is not None:
-            data = load_torch_file(str(path))
-        else:  # pragma: no cover
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_torch_file(str(path))
     except CdpError:
         raise
     except Exception as exc:  # corrupt or foreign file
@@ -136,8 +135,6 @@ def _rename(sd: Dict[str, torch.Tensor], painn: bool, source: str) -> Dict[str, 
 
 def import_deepdft(model_dir) -> Tuple[dict, Dict[str, torch.Tensor]]:
     """Read a DeepDFT model directory; return (cdp model config, state_dict with cdp keys), shapes checked."""
-    from cdp.core.model_size import check_model_memory
-
     model_dir = Path(model_dir)
     args = read_arguments(model_dir)
     check_model_memory(model_config(args), str(model_dir / ARGUMENTS))  # before any weight is read
@@ -154,15 +151,9 @@ def import_deepdft(model_dir) -> Tuple[dict, Dict[str, torch.Tensor]]:
 
 def build_components(config: dict):
     """(featurizer, backbone, readout) for a DeepDFT config, without the plugin registry."""
-    from cdp.plugins.featurizers.embedding import EmbeddingFeaturizer
-    from cdp.plugins.readouts.mlp import MLPReadout
-
     bb = dict(config["backbone"])
     name = bb.pop("name")
-    if name == "equideepdft":
-        from cdp.plugins.backbones.painn import EquiDeepDFT as cls
-    else:
-        from cdp.plugins.backbones.schnet import InvDeepDFT as cls
+    cls = EquiDeepDFT if name == "equideepdft" else InvDeepDFT
     backbone = cls(**bb)
     feat = {k: v for k, v in config["featurizer"].items() if k != "name"}
     head = {k: v for k, v in config["readout"].items() if k != "name"}

@@ -20,6 +20,7 @@ from cdp.core.errors import CdpError
 from cdp.core.grid import DensityGrid
 from cdp.core.validate import MAX_Z
 from cdp.io._text import TextSource, check_finite, check_grid_size, check_room, snippet
+from cdp.io.compression import open_source
 
 KIND = "cube"
 UNITS = ("bohr", "angstrom")
@@ -153,8 +154,6 @@ def parse_cube(text: str, name: str, units: str = "bohr") -> Tuple[Atoms, Densit
 
 def read_cube_bytes(data: bytes, name: str, units: str = "bohr") -> Tuple[Atoms, DensityGrid]:
     """Parse (uncompressed) cube bytes."""
-    from cdp.io.compression import open_source
-
     with open_source(data=data, name="x.cube") as source:
         source.name = name
         return read_cube(source, name, units=units)

@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from cdp.core.model_size import check_model_memory
 from cdp.core.registry import PRESET_KEYS, get_registry, validate_preset
 from cdp.core.prior import check_prior_config
 from cdp.core.types import CdpError
@@ -168,7 +169,6 @@ def resolve_config(config: Union[dict, str, Path], registry=None) -> dict:
     if cfg["dataset"] is not None and not isinstance(cfg["dataset"], str):
         raise CdpError(f"{where}: 'dataset' must be a path or null (null: the embedded dataset)")
     _check_split(cfg["split"], where)
-    from cdp.core.model_size import check_model_memory
 
     check_model_memory(model, f"{where}: model", 8 if cfg["dtype"] == "float64" else 4)
     return {k: cfg[k] for k in KEYS}
