@@ -206,7 +206,6 @@ def torchrun_entry(fn: Callable) -> Callable:
         info = _env_session()
         if not info.enabled:
             return fn(*args, **kwargs)
-
         threads = os.environ.get("OMP_NUM_THREADS")
         if threads and threads.isdigit() and int(threads) > 0:
             torch.set_num_threads(int(threads))
@@ -488,7 +487,6 @@ def run_grids(predictor, jobs: Sequence[GridJob], finish: Callable[[GridJob, flo
             finish(job, electrons)
             written.append(job)
         if info.enabled:  # stay until every rank is done: a rank dying late is still cleaned up and reported
-
             _wait(dist.barrier(async_op=True))
     except BaseException:
         if created and not info.enabled:
