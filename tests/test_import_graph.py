@@ -171,7 +171,7 @@ def test_shared_blocks_come_from_cdp_nn(mod):
 
 def test_entry_points_import_no_torch():
     """`cdp --help`, `import cdp` and the lazy packages stay quick: torch loads when a command or model needs it."""
-    code = ("import sys, cdp, cdp.cli.main, cdp.data, cdp.export, cdp.train; "
+    code = ("import sys, cdp, cdp.cli.main, cdp.data, cdp.export, cdp.train, cdp.io, cdp.io.chgcar, cdp.io.cube; "
             "print(sorted(m for m in ('torch', 'e3nn', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, check=True)
     assert out.stdout.strip() == "[]"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from ase.geometry import minkowski_reduce
 import numpy as np
-from scipy.spatial import cKDTree
+from ase.geometry import minkowski_reduce
 
 from cdp.core.constants import MAX_Z  # noqa: F401  (re-exported: cdp.core.validate.MAX_Z)
 from cdp.core.errors import CdpError
@@ -86,6 +85,8 @@ def closest_pair(atoms, within: float = np.inf) -> Optional[ClosestPair]:
     vector)`` of a Minkowski-reduced cell), so the cost is O(N log N).  Returns None for a single atom
     without periodicity, or when no pair is closer than ``within`` Å.
     """
+    from scipy.spatial import cKDTree  # start-up: cdp.io reads files through this module without loading scipy
+
     pos = np.asarray(atoms.positions, dtype=np.float64)
     pbc = np.asarray(atoms.pbc, dtype=bool)
     n = len(pos)
