@@ -11,7 +11,7 @@ __all__ = ["__version__", "load_model", "Predictor"]
 def __getattr__(name):
     # Lazy, so that `import cdp` (and `cdp --help`) stay cheap.
     if name in ("load_model", "Predictor"):
-        from cdp import predict
+        from cdp import predict  # start-up: torch loads on first use, not on `import cdp`
 
         return getattr(predict, name)
     raise AttributeError(f"module 'cdp' has no attribute {name!r}")

@@ -24,11 +24,13 @@ identical to a single-process run.
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,10 +38,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import click
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from cdp.core.types import CdpError
+from cdp.evaluate.evaluate import _set_molecule, evaluate, evaluate_structure, open_data, structure_record
+from cdp.evaluate.metrics import EpsMae, summarize
+from cdp.io.stream import stream_grid, stream_predicted_grid
+from cdp.predict import check_elements, grid_frame
 
 _POLL = 0.05  # seconds between checks of a pending transfer (keeps SIGTERM deliverable)
 _BLOCK = 1 << 20  # float64 values per transfer message of a split structure
@@ -198,9 +206,6 @@ def torchrun_entry(fn: Callable) -> Callable:
         info = _env_session()
         if not info.enabled:
             return fn(*args, **kwargs)
-        import click
-        import torch.distributed as dist
-
         threads = os.environ.get("OMP_NUM_THREADS")
         if threads and threads.isdigit() and int(threads) > 0:
             torch.set_num_threads(int(threads))
@@ -242,8 +247,6 @@ def torchrun_entry(fn: Callable) -> Callable:
 
 def _remove_temporaries(targets: Sequence[Path]) -> None:
     """Delete the atomic-write temporaries (``.<name>*.tmp`` beside each target) of unfinished outputs."""
-    import glob
-
     for target in targets:
         for tmp in glob.glob(os.path.join(glob.escape(str(target.parent)), f".{glob.escape(target.name)}*.tmp")):
             try:
@@ -290,8 +293,6 @@ def _wait(work) -> None:
 
 def broadcast_json(obj, src: int = 0):
     """``obj`` (JSON-serialisable) from rank ``src`` on every rank; no pickling."""
-    import torch.distributed as dist
-
     data = json.dumps(obj).encode("utf-8") if session().rank == src else b""
     size = torch.tensor([len(data)], dtype=torch.int64)
     _wait(dist.broadcast(size, src, async_op=True))
@@ -303,8 +304,6 @@ def broadcast_json(obj, src: int = 0):
 
 def gather_json(obj, dst: int = 0) -> Optional[list]:
     """Every rank's ``obj`` as a list on rank ``dst`` (None elsewhere), sent point to point as JSON."""
-    import torch.distributed as dist
-
     info = session()
     if info.rank != dst:
         data = torch.frombuffer(bytearray(json.dumps(obj).encode("utf-8")), dtype=torch.uint8)
@@ -358,10 +357,6 @@ def split_chunks(predictor, atoms, frame, order: str, probe_batch: Optional[int]
 
     ``width`` is 2 for spin models ([k, 2] values).  Memory: one probe batch plus one transfer block.
     """
-    import tempfile
-
-    import torch.distributed as dist
-
     info = session()
     total = int(np.prod(frame.values.shape))
     step = _batch_step(predictor, atoms, probe_batch)
@@ -442,9 +437,6 @@ def run_grids(predictor, jobs: Sequence[GridJob], finish: Callable[[GridJob, flo
     ``directory`` is created when missing (and removed again if a single-process run fails before
     writing into it).  ``progress(job)`` may return a per-batch callback (points done).
     """
-    from cdp.io.stream import stream_grid, stream_predicted_grid
-    from cdp.predict import grid_frame
-
     info = session()
     todo = [i for i, j in enumerate(jobs) if not (skip_existing and _done(j))]
     for i in sorted(set(range(len(jobs))) - set(todo)):
@@ -495,8 +487,6 @@ def run_grids(predictor, jobs: Sequence[GridJob], finish: Callable[[GridJob, flo
             finish(job, electrons)
             written.append(job)
         if info.enabled:  # stay until every rank is done: a rank dying late is still cleaned up and reported
-            import torch.distributed as dist
-
             _wait(dist.barrier(async_op=True))
     except BaseException:
         if created and not info.enabled:
@@ -542,12 +532,6 @@ def _load_item(items, i: int, report: bool = True):
 
 def _split_sums(predictor, name, atoms, grid, probe_batch) -> dict:
     """Evaluate one structure with all ranks: per-batch partial sums, added on every rank in batch order."""
-    import torch.distributed as dist
-
-    from cdp.evaluate.evaluate import structure_record
-    from cdp.evaluate.metrics import EpsMae
-    from cdp.predict import check_elements, grid_frame
-
     info = session()
     check_elements(predictor, atoms, name)
     t0 = time.perf_counter()
@@ -588,9 +572,6 @@ def evaluate_sharded(predictor, data=None, split: Optional[str] = "test", pbc: O
     ``evaluate`` with the records in dataset order — identical metrics to one process (``seconds``
     aside); other ranks return None.  ``on_structure(record)`` runs on the rank that evaluated it.
     """
-    from cdp.evaluate.evaluate import _set_molecule, evaluate, evaluate_structure, open_data
-    from cdp.evaluate.metrics import summarize
-
     info = session()
     if not info.enabled:
         return evaluate(predictor, data=data, split=split, pbc=pbc, probe_batch=probe_batch, progress=False,

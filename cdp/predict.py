@@ -6,22 +6,27 @@ does not grow with the number of probes (full grids included).
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
-from typing import Iterable, Callable, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Set, Union
 
 import numpy as np
 import torch
+from ase.data import atomic_numbers, chemical_symbols
 
 from cdp.core.checkpoint import load_checkpoint
-from cdp.core.model import DensityModel
-from cdp.core.types import AtomFeatures, Batch, CdpError, DensityGrid
-from cdp.core.validate import check_overlap, validate_atoms, validate_probes
+from cdp.core.constants import DEFAULT_PROBE_BATCH  # noqa: F401  (re-exported: cdp.predict.DEFAULT_PROBE_BATCH)
 from cdp.core.device import resolve_device  # noqa: F401  (re-exported: cdp.predict.resolve_device)
 from cdp.core.frame import LocalFrame  # noqa: F401  (re-exported)
 from cdp.core.grid import MAX_GRID_POINTS, assemble_grid, check_grid_points, grid_frame  # noqa: F401  (re-exported)
+from cdp.core.model import DensityModel
+from cdp.core.predictor import DensityPredictor, check_memory, format_bytes  # noqa: F401  (re-exported)
+from cdp.core.registry import get_registry
+from cdp.core.types import AtomFeatures, Batch, CdpError, DensityGrid  # noqa: F401  (DensityGrid re-exported)
+from cdp.core.validate import check_overlap, validate_atoms
+from cdp.export.runtime import load_onnx_predictor
 
-DEFAULT_PROBE_BATCH = 2500
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -33,47 +38,18 @@ class Encoded(NamedTuple):
     frame: LocalFrame
 
 
-class Predictor:
-    """Densities from a DensityModel at arbitrary points or on full grids, in probe batches."""
+class Predictor(DensityPredictor):
+    """Densities from a DensityModel at arbitrary points or on full grids, in probe batches.
+
+    ``predict`` / ``iter_grid`` / ``predict_grid`` / ``batch_for_memory`` come from
+    :class:`cdp.core.predictor.DensityPredictor`; this class runs the model's encode and decode in PyTorch.
+    """
 
     def __init__(self, model: DensityModel, device: Optional[str] = "cpu", probe_batch: int = DEFAULT_PROBE_BATCH,
                  name: str = "model", max_memory: Optional[int] = None):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.probe_batch = int(probe_batch)
-        self.name = name
-        self.metadata: dict = {}
-        self.max_memory = None
-        if self.probe_batch < 1:
-            raise CdpError("probe batch size must be at least 1")
-        if max_memory is not None:
-            self.max_memory = check_memory(max_memory)
-
-    def batch_for_memory(self, atoms, max_memory: Optional[int] = None) -> int:
-        """Probes per batch that keep one decode call within ``max_memory`` bytes.
-
-        Uses the backbone's ``probe_memory(itemsize, edges_per_probe)`` estimate when it gives one (edges per
-        probe from the atom density within the cutoff sphere); otherwise the configured probe batch.  A
-        budget below one probe's cost (the fixed part plus one probe) is a CdpError giving that minimum.
-        """
-        budget = self.max_memory if max_memory is None else check_memory(max_memory)
-        if budget is None:
-            return self.probe_batch
-        n = len(atoms)
-        volume = abs(float(np.linalg.det(np.asarray(atoms.cell.array, dtype=np.float64)))) if any(atoms.pbc) else 0.0
-        sphere = 4.0 / 3.0 * np.pi * self.cutoff**3
-        edges = n / volume * sphere * 1.5 if volume > 1e-9 else float(n)  # 1.5: margin over the mean
-        itemsize = torch.finfo(self.model.dtype).bits // 8
-        estimate = self.model.backbone.probe_memory(itemsize, max(edges, 1.0))  # Backbone contract
-        if estimate is None:
-            return self.probe_batch
-        fixed, per_probe = estimate
-        per_probe = max(int(per_probe), 1)
-        if budget < fixed + per_probe:
-            raise CdpError(f"max memory {format_bytes(budget)} is below the {format_bytes(fixed + per_probe)} "
-                           f"one probe of this model needs for this structure (fixed {format_bytes(fixed)} "
-                           f"+ {format_bytes(per_probe)} per probe); give at least {fixed + per_probe} bytes")
-        return int((budget - fixed) // per_probe)
+        super().__init__(probe_batch=probe_batch, max_memory=max_memory, name=name)
 
     @property
     def spin(self) -> bool:
@@ -82,6 +58,14 @@ class Predictor:
     @property
     def cutoff(self) -> float:
         return self.model.cutoff
+
+    @property
+    def itemsize(self) -> int:
+        return torch.finfo(self.model.dtype).bits // 8
+
+    def probe_memory(self, itemsize: int, edges_per_probe: float):
+        """The backbone's ``probe_memory`` estimate (fixed bytes, bytes per probe), or None without one."""
+        return self.model.backbone.probe_memory(itemsize, edges_per_probe)  # Backbone contract (default None)
 
     def _batch(self, atoms) -> Batch:
         validate_atoms(atoms)
@@ -106,54 +90,6 @@ class Predictor:
         pts = encoded.frame.points(probes)
         chunk = torch.from_numpy(pts).to(self.device, self.model.dtype)
         return self.model.decode(encoded.batch, encoded.features, chunk).detach().cpu().double().numpy()
-
-    @torch.no_grad()
-    def predict(self, atoms, probes, probe_batch: Optional[int] = None) -> np.ndarray:
-        """ρ at ``probes`` [M, 3] (Å) for ``atoms``: [M] in e/Å³, or [M, 2] (total, magnetisation) with spin."""
-        pts = validate_probes(probes)
-        encoded = self.encode(atoms)
-        step = int(probe_batch or self.batch_for_memory(atoms))
-        chunks = [self.decode(encoded, pts[start : start + step]) for start in range(0, len(pts), step)]
-        width = (0, 2) if self.spin else (0,)
-        return np.concatenate(chunks) if chunks else np.zeros(width, dtype=np.float64)
-
-    @torch.no_grad()
-    def iter_grid(
-        self,
-        atoms,
-        shape: Sequence[int],
-        cell: Optional[np.ndarray] = None,
-        origin: Optional[np.ndarray] = None,
-        probe_batch: Optional[int] = None,
-        order: str = "C",
-    ) -> Iterator[tuple]:
-        """Stream a full grid: yields ``(start, values)`` per probe batch over the flat grid index in
-        ``order`` ("C": z fastest; "F": x fastest, CHGCAR's order).
-
-        ``values`` is [k] (or [k, 2] with spin). Atom features are computed once, before the first batch;
-        memory stays independent of the grid size, so a caller may reduce or write each slice as it comes.
-        """
-        grid = grid_frame(atoms, shape, cell, origin)
-        step = int(probe_batch or self.batch_for_memory(atoms))
-        encoded = self.encode(atoms)
-        total = int(np.prod(grid.values.shape))
-        for start in range(0, total, step):
-            yield start, self.decode(encoded, grid.grid_points(start, start + step, order))
-
-    @torch.no_grad()
-    def predict_grid(
-        self,
-        atoms,
-        shape: Sequence[int],
-        cell: Optional[np.ndarray] = None,
-        origin: Optional[np.ndarray] = None,
-        probe_batch: Optional[int] = None,
-        progress: Optional[Callable[[int], None]] = None,
-    ) -> DensityGrid:
-        """The density on a full grid ``shape`` over ``cell`` (default: the structure's cell), streamed."""
-        frame = grid_frame(atoms, shape, cell, origin)
-        chunks = self.iter_grid(atoms, frame.values.shape, frame.cell, frame.origin, probe_batch)
-        return assemble_grid(frame, chunks, self.spin, progress)
 
 
 def molecule_box(atoms, vacuum: float = 3.0):
@@ -191,28 +127,6 @@ def grid_shape_for(cell: np.ndarray, spacing: float) -> tuple:
     return tuple(int(c) for c in counts)
 
 
-def check_memory(value) -> int:
-    """A memory budget in bytes: a finite number of at least one byte, else a CdpError."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise CdpError(f"max memory must be a number of bytes, got {value!r}") from None
-    if not np.isfinite(v) or v < 1:
-        raise CdpError(f"max memory must be a finite positive number of bytes, got {value}")
-    if v > 2.0**62:
-        raise CdpError(f"max memory {value} bytes is beyond any machine (at most 2^62)")
-    return int(v)
-
-
-def format_bytes(n: float) -> str:
-    """'1.5 GiB'-style text for a byte count."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024.0
-    return f"{n:.1f} TiB"
-
-
 def load_model(
     model: Union[str, os.PathLike, DensityModel],
     device: Optional[str] = "cpu",
@@ -220,19 +134,17 @@ def load_model(
     probe_batch: int = DEFAULT_PROBE_BATCH,
     runtime: str = "torch",
     max_memory: Optional[int] = None,
-) -> Predictor:
+) -> DensityPredictor:
     """A Predictor from a cdp checkpoint path, a preset name (untrained weights), or a DensityModel.
 
-    ``runtime="onnx"`` loads an exported directory with onnxruntime (``cdp[onnx]`` / ``cdp[gpu]``).
+    ``runtime="onnx"`` loads an exported directory with onnxruntime (``cdp[onnx]`` / ``cdp[gpu]``) as an
+    :class:`cdp.export.runtime.ExportedPredictor` (same interface).  ``max_memory`` (bytes) sizes the
+    probe batches of one decode call instead of ``probe_batch`` (see ``batch_for_memory``).
     """
     if runtime not in ("torch", "onnx"):
         raise CdpError(f"unknown runtime '{runtime}' (torch or onnx)")
     if runtime == "onnx":
-        try:
-            from cdp.export.runtime import load_onnx_predictor
-        except ImportError as exc:
-            raise CdpError(f"the onnx runtime is not available: {exc}") from None
-        return load_onnx_predictor(model, device=device, probe_batch=probe_batch)
+        return load_onnx_predictor(model, device=device, probe_batch=probe_batch, max_memory=max_memory)
     name = "model"
     metadata: dict = {}
     if isinstance(model, DensityModel):
@@ -249,8 +161,6 @@ def load_model(
             net, info = load_checkpoint(_named_models()[text])
             name, metadata = text, dict(info.get("metadata") or {})
         else:
-            from cdp.core.registry import get_registry
-
             reg = get_registry()
             if text in reg.presets:
                 net = DensityModel.from_config(reg.preset(text))
@@ -270,8 +180,6 @@ def load_model(
 
 def model_elements(predictor) -> Optional[set]:
     """Atomic numbers a model was trained on (checkpoint metadata ``elements``), or None when unrecorded."""
-    from ase.data import atomic_numbers
-
     elements = (getattr(predictor, "metadata", None) or {}).get("elements")
     if not elements:
         return None
@@ -288,8 +196,6 @@ def model_elements(predictor) -> Optional[set]:
 
 def check_elements(predictor, atoms, name: str = "structure") -> None:
     """Refuse a structure holding an element the model was not trained on, naming the element."""
-    from ase.data import chemical_symbols
-
     known = model_elements(predictor)
     if known is None:
         return
@@ -301,7 +207,5 @@ def check_elements(predictor, atoms, name: str = "structure") -> None:
 
 def _named_models() -> dict:
     """Checkpoints shipped with the package, by name (e.g. ``demo``)."""
-    import importlib.resources
-
     root = Path(str(importlib.resources.files("cdp").joinpath("assets")))
     return {p.stem: p for p in root.glob("*.ckpt")} if root.is_dir() else {}

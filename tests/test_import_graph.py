@@ -116,8 +116,9 @@ def test_no_import_cycles():
 
 
 def test_graph_sees_function_level_and_relative_imports():
-    # the rule counts imports inside functions: cdp.predict loads the exported runtime lazily
+    # the rule counts imports inside functions: cdp.data loads its datasets module lazily
     edges, _ = import_graph()
+    assert "cdp.data.datasets" in edges["cdp.data"]
     assert "cdp.export.runtime" in edges["cdp.predict"]
     assert "cdp.core.errors" in edges["cdp.core.types"]
 
@@ -166,3 +167,31 @@ def test_io_imports_no_torch():
 def test_shared_blocks_come_from_cdp_nn(mod):
     edges, _ = import_graph()
     assert "cdp.nn.blocks" in edges[mod]
+
+
+def test_entry_points_import_no_torch():
+    """`cdp --help`, `import cdp` and the lazy packages stay quick: torch loads when a command or model needs it."""
+    code = ("import sys, cdp, cdp.cli.main, cdp.data, cdp.export, cdp.train, cdp.io, cdp.io.chgcar, cdp.io.cube; "
+            "print(sorted(m for m in ('torch', 'e3nn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_function_level_imports_say_why():
+    """An import inside a function is there for an optional dependency or start-up time, and says so."""
+    missing = []
+    for path in sorted(ROOT.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines))
+        for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    here = lines[node.lineno - 1 : node.end_lineno]
+                    around = lines[node.lineno - 2] + lines[min(node.end_lineno, len(lines) - 1)]
+                    if not any("#" in line for line in here) and "#" not in around:
+                        missing.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}")
+    # files under rework elsewhere (export speed-up, ChargE3Net convolutions): their lazy imports are
+    # commented when that work lands
+    pending = ("cdp/export/onnx.py", "cdp/export/pt2.py", "cdp/export/wrappers.py", "cdp/export/programs.py",
+               "cdp/plugins/backbones/chargee3net/")
+    assert sorted(m for m in set(missing) if not m.startswith(pending)) == []

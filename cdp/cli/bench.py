@@ -13,7 +13,7 @@ from cdp.core.types import CdpError
 def command(name, args) -> None:
     """Run benchmark NAME (extra ARGS go to it, e.g. ``cdp bench chargee3net --quick``)."""
     try:
-        from benchmarks.__main__ import main
+        from benchmarks.__main__ import main  # optional: the benchmarks folder is in a source checkout, not the wheel
     except ImportError:
         raise CdpError("the benchmarks package is not importable: run cdp bench from a source checkout") from None
     main([name, *args])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import click
+import torch
 
-from cdp.evaluate.compare import DEFAULT_MODELS, DEFAULT_STEPS, DEFAULT_TIME_BUDGET
+from cdp.evaluate.compare import DEFAULT_MODELS, DEFAULT_STEPS, DEFAULT_TIME_BUDGET, compare
 
 
 @click.command("compare")
@@ -27,10 +28,6 @@ from cdp.evaluate.compare import DEFAULT_MODELS, DEFAULT_STEPS, DEFAULT_TIME_BUD
               help="CPU threads per model process (1 is robust when other work shares the cores).")
 def command(models, size, data, steps, time_budget, out, force, seed, device, threads):
     """Train models on the same data, seed and budget; evaluate them on the same test grids, side by side."""
-    import torch
-
-    from cdp.evaluate.compare import compare
-
     if size is None:
         size = "paper" if torch.cuda.is_available() and device != "cpu" else "cpu"
     compare(models=models, size=size, data=data, steps=steps, time_budget=time_budget, out=out, force=force,

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import click
 
 from cdp.core.types import CdpError
+from cdp.data.crystals import builtin_crystals, make_crystals
+from cdp.data.info import dataset_info, format_info
+from cdp.data.molecules import make_molecules
+from cdp.data.structures import structures_from_files, structures_from_qm9
+from cdp.data.verify import verify_regeneration
 
 
 def _summary(rep) -> None:
@@ -41,9 +47,6 @@ def make():
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 def make_molecules_cmd(qm9, files, spacing, vacuum, compress, workers, threads, allow_reserved_qm9, progress, out_dir):
     """PySCF RKS-PBE / gth-dzvp / gth-pbe valence densities for molecules in a vacuum box."""
-    from cdp.data.molecules import make_molecules
-    from cdp.data.structures import structures_from_files, structures_from_qm9
-
     if not qm9 and not files:
         raise CdpError("give --qm9 RANGE and/or --from FILE")
     structures, missing = [], []
@@ -80,9 +83,6 @@ def make_molecules_cmd(qm9, files, spacing, vacuum, compress, workers, threads, 
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False))
 def make_crystals_cmd(files, builtin, cutoff, kpt_density, compress, workers, threads, progress, out_dir):
     """GPAW plane-wave PAW PBE pseudo valence densities for crystals."""
-    from cdp.data.crystals import builtin_crystals, make_crystals
-    from cdp.data.structures import structures_from_files
-
     if not files and not builtin:
         raise CdpError("give --from FILE and/or --builtin")
     structures = (builtin_crystals() if builtin else []) + structures_from_files(files, periodic=True)
@@ -100,10 +100,6 @@ def make_crystals_cmd(files, builtin, cutoff, kpt_density, compress, workers, th
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def info_cmd(dataset, split, as_json):
     """Describe a dataset (default: the embedded one)."""
-    import json
-
-    from cdp.data.info import dataset_info, format_info
-
     info = dataset_info(dataset, split=split)
     click.echo(json.dumps(info, indent=1) if as_json else format_info(info))
 
@@ -115,10 +111,6 @@ def info_cmd(dataset, split, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def verify_cmd(new, reference, as_json):
     """Check a regenerated dataset against an earlier one: SCF energy, electrons and ε_mae per structure."""
-    import json
-
-    from cdp.data.verify import verify_regeneration
-
     res = verify_regeneration(new, reference)
     if as_json:
         click.echo(json.dumps(res, indent=1))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 import sys
 from typing import Optional
 
 import click
 
-from cdp.distributed import torchrun_entry
+from cdp.core.types import CdpError
+from cdp.distributed import evaluate_sharded, session, torchrun_entry
+from cdp.evaluate.evaluate import CheckedItems, as_predictor, evaluate, write_json
+from cdp.predict import resolve_device
 
 
 def _num(x, fmt: str) -> str:
@@ -39,16 +43,8 @@ HEADER = f"{'structure':<28} {'eps_mae%':>9} {'zeta':>7} {'electrons':>11} {'pre
 def command(model: str, data: Optional[str], split: str, no_pbc: bool, device: str, probe_batch: Optional[int],
             json_out: Optional[str], progress: Optional[bool]) -> None:
     """Evaluate MODEL on the full density grids of a dataset: ε_mae per structure and its summary."""
-    from cdp.evaluate.evaluate import evaluate, write_json
-
-    from pathlib import Path
-
-    from cdp.core.types import CdpError
-
     if json_out and not Path(json_out).resolve().parent.is_dir():
         raise CdpError(f"{json_out}: the directory for the JSON output does not exist")
-    from cdp.evaluate.evaluate import CheckedItems, as_predictor
-    from cdp.predict import resolve_device
 
     show = sys.stderr.isatty() if progress is None else progress
     resolve_device(device)
@@ -56,7 +52,6 @@ def command(model: str, data: Optional[str], split: str, no_pbc: bool, device: s
     items = CheckedItems(data, split, pbc=False if no_pbc else None)
     predictor = as_predictor(model, device=device, probe_batch=probe_batch)  # a bad model fails before any output
     predictor.name = model  # the report names the model as the user gave it
-    from cdp.distributed import evaluate_sharded, session
 
     if session().is_main:
         click.echo(HEADER)

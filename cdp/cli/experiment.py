@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import time
 import click
 
-from cdp.evaluate.experiments import DEFAULT_PRESET, DEFAULT_TIME_BUDGET
+from cdp.evaluate.experiments import DEFAULT_PRESET, DEFAULT_TIME_BUDGET, lsweep, parse_lmax
 from cdp.evaluate.scaling import DEFAULT_MAX_ATOMS, DEFAULT_MODEL, DEFAULT_PROBE_BATCH, DEFAULT_PROBES_PER_ATOM
+from cdp.evaluate.scaling import scaling_study
 
 
 @click.group("experiment")
@@ -29,8 +33,6 @@ def command() -> None:
               help="Torch threads per training process (1 is robust when other work shares the cores).")
 def lsweep_cmd(lmax, preset, mul, data, steps, time_budget, seed, out, force, device, threads):
     """Train and evaluate ChargE3Net at each L with the same channel budget, data, seed and budget."""
-    from cdp.evaluate.experiments import lsweep, parse_lmax
-
     lsweep(lmax=parse_lmax(lmax), preset=preset, mul=mul, data=data, steps=steps, time_budget=time_budget, seed=seed,
            out=out, force=force, device=device, threads=threads, echo=click.echo)
 
@@ -51,11 +53,6 @@ def lsweep_cmd(lmax, preset, mul, data, steps, time_budget, seed, out, force, de
 @click.option("--force", is_flag=True, help="Overwrite results that already exist in --out.")
 def scaling_cmd(model, structure, max_atoms, probes_per_atom, probe_batch, threads, backend, seed, out, force):
     """Time graph construction, encoder and decoder on n×n×n supercells; fit time ∝ N^α."""
-    import time
-    from pathlib import Path
-
-    from cdp.evaluate.scaling import scaling_study
-
     out = Path(out) if out is not None else Path(time.strftime("cdp-scaling-%Y%m%d-%H%M%S"))
     scaling_study(model=model, structure=structure, max_atoms=max_atoms, probes_per_atom=probes_per_atom,
                   threads=threads, backend=backend, out=out, probe_batch=probe_batch, seed=seed, force=force,

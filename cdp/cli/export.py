@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ase.io
 import click
 
+from cdp.core.checkpoint import load_checkpoint
+from cdp.core.model import DensityModel
+from cdp.core.registry import get_registry
 from cdp.core.types import CdpError
+from cdp.export.examples import default_structure, example_probes, write_example_inputs
+from cdp.export.exporter import check_out_dir, export_model
+from cdp.predict import Predictor, _named_models
 
 
 def _load(model_text: str):
     """(DensityModel, checkpoint dict or None, source path or None) from a checkpoint file or a preset name."""
-    from cdp.core.checkpoint import load_checkpoint
-    from cdp.core.model import DensityModel
-    from cdp.core.registry import get_registry
-
-    from cdp.predict import _named_models
-
     path = Path(model_text)
     if path.is_file():
         model, info = load_checkpoint(path)
@@ -45,8 +46,6 @@ def _load(model_text: str):
 def command(model, fmt, out_dir, example_dir, structure, opset, force):
     """Export MODEL (a cdp checkpoint, a shipped model such as demo, or a preset name) as a two-stage
     encoder/decoder for deployment.  DIR must be missing or empty unless --force."""
-    from cdp.export.exporter import check_out_dir, export_model
-
     check_out_dir(Path(out_dir), force)  # before loading anything: a refused DIR is never touched
     net, info, source = _load(model)
     meta = export_model(net, out_dir, fmt, info=info, source=source, opset=opset, force=force,
@@ -54,12 +53,7 @@ def command(model, fmt, out_dir, example_dir, structure, opset, force):
     click.echo(f"wrote {out_dir}/{meta['encoder']['file']}, {meta['decoder']['file']}, cdp_export.json "
                f"({fmt}, cutoff {meta['cutoff']} Å, {meta['num_layers']} layers, {meta['dtype']})")
     if example_dir:
-        from cdp.export.examples import default_structure, example_probes, write_example_inputs
-        from cdp.predict import Predictor
-
         if structure:
-            import ase.io
-
             try:
                 atoms = ase.io.read(structure)
             except Exception as exc:

@@ -11,11 +11,11 @@ import click
 def write_imported(out, config: dict, state_dict: dict, source: str, kind: str, components=None) -> None:
     """Assemble the model (from already built ``components`` when given), load the imported weights
     (checked) and save a cdp checkpoint atomically."""
-    from cdp.core.checkpoint import load_state_dict_checked, save_checkpoint
-    from cdp.core.model import DensityModel
+    from cdp.core.checkpoint import load_state_dict_checked, save_checkpoint  # start-up: loaded when the command runs, not for --help
+    from cdp.core.model import DensityModel  # start-up: loaded when the command runs, not for --help
 
     if components is not None:
-        from cdp.core.registry import get_registry
+        from cdp.core.registry import get_registry  # start-up: loaded when the command runs, not for --help
 
         graph = get_registry().build("graph", config["graph"])
         model = DensityModel(*components, graph, config)
@@ -41,7 +41,7 @@ def command() -> None:
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True, help="Output .ckpt file.")
 def charge3net(checkpoint: str, config: Optional[str], output: str) -> None:
     """Import a ChargE3Net checkpoint (trainer or Lightning format)."""
-    from cdp.importers.charge3net import import_charge3net_components
+    from cdp.importers.charge3net import import_charge3net_components  # start-up: loaded when the command runs, not for --help
 
     cfg, sd, components = import_charge3net_components(checkpoint, config)
     write_imported(output, cfg, sd, checkpoint, "charge3net", components)
@@ -56,14 +56,3 @@ from cdp.cli.import_deepdft import deepdft as _deepdft  # noqa: E402  (DeepDFT m
 
 command.add_command(_deepdft)
 
-
-def _attach_optional_subcommands() -> None:
-    """Subcommands kept in their own modules (e.g. ``deepdft``) join this group when present."""
-    try:
-        from cdp.cli.import_deepdft import deepdft
-    except ImportError:
-        return
-    command.add_command(deepdft)
-
-
-_attach_optional_subcommands()

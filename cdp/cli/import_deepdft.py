@@ -9,9 +9,9 @@ import click
 
 def write_deepdft_checkpoint(model_dir, output) -> dict:
     """Import ``model_dir``, load the weights into a checked DensityModel, save atomically; return the config."""
-    from cdp.core.checkpoint import load_state_dict_checked, save_checkpoint
-    from cdp.core.model import DensityModel
-    from cdp.importers.deepdft import WEIGHTS, import_deepdft, read_arguments
+    from cdp.core.checkpoint import load_state_dict_checked, save_checkpoint  # start-up: loaded when the command runs, not for --help
+    from cdp.core.model import DensityModel  # start-up: loaded when the command runs, not for --help
+    from cdp.importers.deepdft import WEIGHTS, import_deepdft, read_arguments  # start-up: loaded when the command runs, not for --help
 
     config, state_dict = import_deepdft(model_dir)
     args = read_arguments(model_dir)

@@ -8,6 +8,7 @@ import sys
 import click
 
 from cdp.core.types import CdpError
+from cdp.io import describe
 
 
 def _fail(message: str) -> None:
@@ -64,8 +65,6 @@ def _text(info: dict) -> str:
 def command(file: str, as_json: bool, fmt, units: str, frame: int, no_pbc: bool) -> None:
     """Print the structure, grid shape, spacing, electron count, density range, closest atoms, spin and step
     count of FILE."""
-    from cdp.io import describe
-
     try:
         info = describe(file, format=fmt, units=units, frame=frame, pbc=False if no_pbc else None)
     except CdpError as exc:

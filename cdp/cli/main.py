@@ -21,8 +21,8 @@ import click
 from cdp.cli.signals import SIGINT_STATUS, SIGTERM_STATUS, Terminated, on_sigterm
 
 from cdp._version import __version__
-from cdp.core.errors import CdpWarning
-from cdp.core.types import CdpError
+from cdp.core.errors import CdpError, CdpWarning
+from cdp.core.malloc import keep_freed_memory
 
 # command name -> (module, one-line help shown in `cdp --help`)
 COMMANDS: Dict[str, tuple] = {
@@ -81,8 +81,6 @@ def _unavailable(name: str, help_text: str) -> click.Command:
 @click.version_option(__version__, prog_name="cdp")
 def cli() -> None:
     """cdp: machine-learned electron charge density prediction (ChargE3Net, DeepDFT)."""
-    from cdp.core.malloc import keep_freed_memory
-
     keep_freed_memory()  # reuse per-batch temporaries instead of page-faulting them every batch
 
 

@@ -15,11 +15,20 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from ase.io import read as ase_read
+from ase.io.formats import UnknownFileTypeError
 import click
 import numpy as np
+from tqdm import tqdm
 
+from cdp.core.atomic import atomic_write_bytes
 from cdp.core.types import CdpError, DensityGrid
-from cdp.distributed import torchrun_entry
+from cdp.core.validate import check_overlap, validate_atoms, validate_probes
+from cdp.distributed import GridJob, run_grids, session, torchrun_entry
+from cdp.io import detect_format, read
+from cdp.io.augmentation import grouped_by_species, match_atoms, reorder_augmentation
+from cdp.io.compression import split_compression
+from cdp.predict import DEFAULT_PROBE_BATCH, check_elements, check_memory, grid_shape_for, load_model, molecule_box, resolve_device
 
 VACUUM = 3.0
 DEFAULT_SPACING = 0.1
@@ -30,8 +39,6 @@ SUFFIX = {"chgcar": ".CHGCAR", "cube": ".cube", "npy": ".npy"}
 
 
 def _is_density_name(name: str) -> bool:
-    from cdp.io import detect_format
-
     try:
         detect_format(name)
         return True
@@ -41,8 +48,6 @@ def _is_density_name(name: str) -> bool:
 
 def structure_name(path: Path) -> str:
     """File stem without compression and density/structure suffixes (``x.CHGCAR.gz`` → ``x``)."""
-    from cdp.io.compression import split_compression
-
     base = split_compression(path.name)[0]
     stem, dot, ext = base.rpartition(".")
     return stem if dot and stem else base
@@ -50,11 +55,6 @@ def structure_name(path: Path) -> str:
 
 def read_structure(path: Path):
     """ase.Atoms from a density file (CHGCAR/cube, pbc from its sidecar) or any format ase reads (.traj, .xyz, ...)."""
-    from ase.io import read as ase_read
-    from ase.io.formats import UnknownFileTypeError
-
-    from cdp.core.validate import validate_atoms
-
     if not path.is_file():
         raise CdpError(f"{path}: no such structure file")
     size = path.stat().st_size
@@ -67,8 +67,6 @@ def read_structure(path: Path):
         if first.isdigit() and int(first) > size // 8 + 1:
             raise CdpError(f"{path}: declares {int(first)} atoms but the file has only {size} bytes")
     if _is_density_name(path.name):
-        from cdp.io import read
-
         return read(path)[0]
     try:
         atoms = ase_read(str(path))
@@ -105,7 +103,6 @@ def output_format(path: Path) -> str:
     """chgcar, cube or npy from an output file name."""
     if path.name.lower().endswith(".npy"):
         return "npy"
-    from cdp.io import detect_format
 
     try:
         return detect_format(path.name)
@@ -124,8 +121,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def npy_sidecar(path: Path, cell, origin, pbc, shape, spin: bool, extra: dict) -> None:
     """``<file>.json`` beside a .npy grid: cell, origin, pbc, shape, units and channels (atomic)."""
-    from cdp.core.atomic import atomic_write_bytes
-
     pbc = np.broadcast_to(np.asarray(pbc if pbc is not None else True, dtype=bool), (3,))
     meta = {
         "cell": np.asarray(cell, dtype=float).tolist(),
@@ -142,8 +137,6 @@ def npy_sidecar(path: Path, cell, origin, pbc, shape, spin: bool, extra: dict) -
 
 def _grid_for(atoms, spacing: float, reference: Optional[DensityGrid], name: str):
     """(atoms to write, shape, cell, origin, augmentation source) for one structure."""
-    from cdp.predict import grid_shape_for, molecule_box
-
     if reference is not None:
         return atoms, reference.shape, reference.cell, reference.origin
     if not np.any(atoms.pbc):
@@ -156,8 +149,6 @@ def _grid_for(atoms, spacing: float, reference: Optional[DensityGrid], name: str
 
 def _check_like(atoms, ref_atoms, name: str, like: str) -> None:
     """The --grid-like reference's grid belongs to this structure: same atoms at the same places (any order)."""
-    from cdp.io.augmentation import match_atoms
-
     if len(atoms) != len(ref_atoms) or sorted(atoms.numbers) != sorted(ref_atoms.numbers):
         raise CdpError(f"{name}: the structure ({atoms.get_chemical_formula()}) does not match the --grid-like "
                        f"file {like} ({ref_atoms.get_chemical_formula()}), so its grid is not this structure's")
@@ -168,8 +159,6 @@ def _check_like(atoms, ref_atoms, name: str, like: str) -> None:
 def carry_augmentation(atoms, ref_atoms, reference: DensityGrid, name: str):
     """(atoms grouped by species as a CHGCAR lists them, augmentation, magnetisation augmentation) with the
     reference's per-atom PAW blocks moved to follow those atoms (matched by species and position)."""
-    from cdp.io.augmentation import grouped_by_species, match_atoms, reorder_augmentation
-
     aug, spin_aug = reference.augmentation, reference.spin_augmentation
     if not (aug or spin_aug):
         return atoms, None, None
@@ -180,8 +169,6 @@ def carry_augmentation(atoms, ref_atoms, reference: DensityGrid, name: str):
 
 def parse_bytes(text: str) -> int:
     """'2G', '500M', '64k' or a plain number of bytes → bytes (binary multiples); finite and positive."""
-    from cdp.predict import check_memory
-
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     t = str(text).strip().lower().rstrip("b").rstrip("i")
     try:
@@ -196,8 +183,6 @@ def parse_bytes(text: str) -> int:
 
 def load_probes(path: str) -> np.ndarray:
     """Probe points [M, 3] (Å, float64) from a .npy file; an empty or unreadable file is a CdpError."""
-    from cdp.core.validate import validate_probes
-
     p = Path(path)
     if not p.is_file():
         raise CdpError(f"{path}: no such probes file")
@@ -241,9 +226,6 @@ def load_probes(path: str) -> np.ndarray:
 def command(structures, model, output, spacing, grid_like, probes, fmt, device, probe_batch, max_memory, runtime,
             no_pbc, skip_existing, progress) -> None:
     """Predict the density of STRUCTURE... (files or directories) with MODEL and write it to OUTPUT."""
-    from cdp.core.validate import check_overlap
-    from cdp.predict import DEFAULT_PROBE_BATCH, check_elements, load_model, resolve_device
-
     if spacing is not None and grid_like is not None:
         raise CdpError("--spacing and --grid-like exclude each other")
     if probes is not None and (spacing is not None or grid_like is not None):
@@ -253,8 +235,6 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
     spacing = DEFAULT_SPACING if spacing is None else spacing
     if max_memory is not None and probe_batch is not None:
         raise CdpError("--max-memory and --probe-batch exclude each other")
-    if runtime == "onnx" and max_memory is not None:
-        raise CdpError("--max-memory sizes PyTorch decoder batches; with --runtime onnx use --probe-batch")
     budget = parse_bytes(max_memory) if max_memory is not None else None
     if runtime == "torch":
         resolve_device(device)  # an unknown or absent device fails before any file is read
@@ -292,8 +272,6 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
         raise CdpError(f"several inputs would write the same output name '{dup[0]}'")
     reference = ref_atoms = None
     if grid_like is not None:
-        from cdp.io import read
-
         ref_atoms, reference = read(grid_like)
         for name, _, atoms in inputs:
             _check_like(atoms, ref_atoms, name, grid_like)
@@ -321,9 +299,6 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
                 raise CdpError(f"{f}: --max-memory: {exc}") from None
 
     if points is not None:
-        from cdp.core.atomic import atomic_write_bytes
-        from cdp.distributed import session
-
         if not session().is_main:  # one output file: rank 0 writes it
             return
 
@@ -331,8 +306,6 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
         atomic_write_bytes(out, _npy_bytes(values))
         click.echo(f"{inputs[0][0]}: {len(points)} points -> {out}")
         return
-
-    from cdp.distributed import GridJob, run_grids, session
 
     jobs = []
     for (name, f, _), (atoms, shape, cell, origin), (aug, spin_aug) in zip(inputs, plans, augmentations):
@@ -343,7 +316,6 @@ def command(structures, model, output, spacing, grid_like, probes, fmt, device, 
     def bar_for(job):
         if not show:
             return None
-        from tqdm import tqdm
 
         bar = tqdm(total=job.points, desc=job.name, unit="pt", unit_scale=True, leave=False)
 

@@ -12,7 +12,11 @@ from pathlib import Path
 
 import click
 
+from cdp.cli.predict import read_structure, structure_name
+from cdp.core.atomic import atomic_write_bytes
 from cdp.core.types import CdpError
+from cdp.dft.runs import ENERGY_TOLERANCE, check_guesses, check_molecule, compare_guesses
+from cdp.predict import check_elements, load_model
 
 
 @click.command("scf")
@@ -30,9 +34,6 @@ from cdp.core.types import CdpError
 @click.option("--device", "device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 def command(structure, model, guess, json_out, charge, gradient, rescale, device) -> None:
     """Run the recipe's SCF for STRUCTURE (a molecule) from each guess and compare iterations and energies."""
-    from cdp.cli.predict import read_structure, structure_name
-    from cdp.dft.runs import ENERGY_TOLERANCE, check_guesses, check_molecule, compare_guesses
-
     guesses = check_guesses(guess.split(","))
     if "cdp" in guesses and model is None:
         raise CdpError("guess 'cdp' needs --model")
@@ -44,8 +45,6 @@ def command(structure, model, guess, json_out, charge, gradient, rescale, device
     check_molecule(atoms, charge, str(path))
     predictor = None
     if "cdp" in guesses:
-        from cdp.predict import check_elements, load_model
-
         predictor = load_model(model, device=device)
         check_elements(predictor, atoms, str(path))
     res = compare_guesses(atoms, predictor, guesses, charge=charge, gradient=gradient, rescale=rescale,
@@ -61,8 +60,6 @@ def command(structure, model, guess, json_out, charge, gradient, rescale, device
         click.echo(f"{r['guess']:<11} {r['iterations']:>10} {str(r['converged']):>9} {r['energy_hartree']:>18.10f} "
                    f"{r['scf_seconds']:>8.2f} {r['guess_seconds']:>8.2f}")
     if json_out is not None:
-        from cdp.core.atomic import atomic_write_bytes
-
         atomic_write_bytes(Path(json_out), (json.dumps(res, indent=1) + "\n").encode("utf-8"))
     if not res["energies_agree"]:
         bad = [r["guess"] for r in res["runs"] if not r["converged"]]

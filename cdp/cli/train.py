@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from ase.data import chemical_symbols
 import click
 
 from cdp.cli.signals import SIGINT_STATUS, SIGTERM_STATUS, Terminated
@@ -28,9 +29,9 @@ from cdp.cli.signals import SIGINT_STATUS, SIGTERM_STATUS, Terminated
 def command(config: Optional[str], run_dir: Optional[str], resume: Optional[str], device: Optional[str],
             steps: Optional[int], time_budget: Optional[float], no_progress: bool) -> None:
     """Train a model from CONFIG.yaml (or continue one with --resume DIR)."""
-    from cdp.core.types import CdpError
-    from cdp.train.config import load_config_file
-    from cdp.train.trainer import CONFIG_FILE, train_run
+    from cdp.core.types import CdpError  # start-up: loaded when the command runs, not for --help
+    from cdp.train.config import load_config_file  # start-up: loaded when the command runs, not for --help
+    from cdp.train.trainer import CONFIG_FILE, train_run  # start-up: loaded when the command runs, not for --help
 
     if config is None and resume is None:
         raise CdpError("give a CONFIG.yaml to train, or --resume DIR to continue a run")
@@ -70,6 +71,4 @@ def prior_line(record: dict) -> str:
 
 
 def _symbol(z) -> str:
-    from ase.data import chemical_symbols
-
     return chemical_symbols[int(z)]

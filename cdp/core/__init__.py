@@ -4,6 +4,8 @@ Names are loaded on first use, so that torch-free parts (``cdp.core.errors``, ``
 through them ``cdp.io``) do not import torch.
 """
 
+import importlib
+
 _NAMES = {
     "AtomFeatures": "types", "AtomGraph": "types", "Batch": "types", "ProbeGraph": "types", "edge_vectors": "types",
     "CdpError": "errors", "DensityGrid": "grid",
@@ -15,7 +17,5 @@ __all__ = list(_NAMES)
 
 def __getattr__(name):
     if name in _NAMES:
-        import importlib
-
         return getattr(importlib.import_module(f"cdp.core.{_NAMES[name]}"), name)
     raise AttributeError(f"module 'cdp.core' has no attribute {name!r}")

@@ -18,10 +18,16 @@ import hashlib
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from ase.data import atomic_numbers
 import torch
 
+from cdp._version import __version__
 from cdp.core.atomic import atomic_write
+from cdp.core.model import DensityModel
+from cdp.core.model_size import check_model_memory
 from cdp.core.provenance import check_provenance, component_provenance
+from cdp.core.registry import get_registry
+from cdp.core.safe_pickle import check_torch_save_layout
 from cdp.core.types import CdpError
 
 FORMAT = "cdp-checkpoint"
@@ -35,8 +41,6 @@ def atomic_save(obj, path) -> None:
 
 def save_checkpoint(path, model, metadata: Optional[dict] = None, train_state: Optional[dict] = None) -> None:
     """Write ``model`` (a DensityModel) with its config and optional metadata/training state."""
-    from cdp._version import __version__
-
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION if getattr(model, "prior", None) is not None else 1,
@@ -56,7 +60,6 @@ def read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CdpError(f"{path}: no such checkpoint file")
-    from cdp.core.safe_pickle import check_torch_save_layout
 
     check_torch_save_layout(path)
     try:
@@ -91,8 +94,6 @@ def checked_elements(value, where: str) -> List[int]:
     Raises CdpError (one line, naming ``where``) for anything else: a string, a number out of range,
     an unknown symbol, a nested list.
     """
-    from ase.data import atomic_numbers
-
     if not isinstance(value, (list, tuple)):
         raise CdpError(f"{where}: 'elements' must be a list of atomic numbers or symbols, got {_short(value)}")
     out = set()
@@ -132,10 +133,6 @@ def load_checkpoint(path, registry=None) -> Tuple["DensityModel", dict]:  # noqa
     A checkpoint whose recorded plugin package is not installed is refused (CdpError naming the
     package); one saved with another version of a plugin package loads with a one-line CdpWarning.
     """
-    from cdp.core.model import DensityModel
-    from cdp.core.model_size import check_model_memory
-    from cdp.core.registry import get_registry
-
     data = read_checkpoint(path)
     registry = registry or get_registry()
     check_provenance(data.get("components"), registry, str(path))

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from e3nn import o3
 import numpy as np
 from torch import Tensor, nn
 
@@ -47,14 +48,11 @@ class Spec:
         """Width of the feature tensors: ``size``, or the dimension of ``irreps``."""
         if self.size is not None:
             return int(self.size)
-        from e3nn import o3
 
         return o3.Irreps(self.irreps).dim
 
     def as_irreps(self) -> str:
         """The irreps these features transform as (plain features: ``{size}x0e``), simplified."""
-        from e3nn import o3
-
         irreps = self.irreps if self.irreps is not None else f"{int(self.size)}x0e"
         return str(o3.Irreps(irreps).simplify())
 

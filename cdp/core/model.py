@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from cdp.core.components import Backbone, Featurizer, GraphBuilder, Readout, check_component
 from cdp.core.prior import AtomicDensityPrior, check_prior_config
+from cdp.core.registry import get_registry, validate_preset
 from cdp.core.types import AtomFeatures, AtomGraph, Batch, CdpError, ProbeGraph, edge_vectors
 
 
@@ -52,8 +53,6 @@ class DensityModel(nn.Module):
     def from_config(cls, config: dict, registry=None) -> "DensityModel":
         """Build from ``{"featurizer": {...}, "graph": {...}, "backbone": {...}, "readout": {...}}`` and an
         optional ``"prior": {kind: atomic, n_basis: ...}`` (absent or null: no prior; an unfitted prior is zero)."""
-        from cdp.core.registry import get_registry, validate_preset
-
         registry = registry or get_registry()
         validate_preset(config, "model config")
         prior_cfg = check_prior_config(config.get("prior"))

@@ -16,12 +16,12 @@ import math
 import os
 from typing import Any, Mapping, Optional
 
+from cdp.core.constants import NUM_ELEMENTS
 from cdp.core.errors import CdpError
 from cdp.core.system import available_memory  # noqa: F401  (re-exported)
 
 DEFAULT_LIMIT = 8 * 2**30
 ENV = "CDP_MAX_MODEL_MEMORY"
-NUM_ELEMENTS = 119
 
 
 def parse_size(text: str, what: str) -> int:

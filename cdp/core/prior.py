@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cdp.core.constants import MAX_Z
 from cdp.core.types import CdpError
 
-MAX_Z = 118
 PRIOR_KINDS = ("atomic",)
 DEFAULT_N_BASIS = 12
 DEFAULT_MIN_WIDTH = 0.1  # Å, narrowest Gaussian σ

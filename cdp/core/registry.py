@@ -7,6 +7,7 @@ the other plugins keep working.  The core never imports a plugin by name: the na
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.metadata
 import importlib.resources
@@ -19,6 +20,8 @@ import pluggy
 
 from cdp.core import hookspec
 from cdp.core.components import COMPONENT_KINDS
+from cdp.core.configs import fill_backbone
+from cdp.core.prior import check_prior_config
 from cdp.core.types import CdpError
 from cdp.core.yamlio import read_yaml_mapping
 
@@ -53,6 +56,11 @@ def registry_file() -> Path:
     env = os.environ.get("CDP_REGISTRY")
     if env:
         return Path(env)
+    return packaged_registry_file()
+
+
+def packaged_registry_file() -> Path:
+    """Path of the registry.yaml shipped in the package."""
     return Path(str(importlib.resources.files("cdp").joinpath("registry.yaml")))
 
 
@@ -65,9 +73,15 @@ def load_registry_yaml(path: Path) -> dict:
     presets = data.get("presets", {})
     if not isinstance(presets, dict):
         raise CdpError(f"{path}: 'presets' must be a mapping of preset names")
+    presets = {name: copy.deepcopy(preset) for name, preset in presets.items()}  # YAML aliases share one object
     for name, preset in presets.items():
         validate_preset(preset, f"{path}: presets.{name}")
-    return {"plugins": plugins, "presets": presets}
+        preset["backbone"] = fill_backbone(preset["backbone"])
+    training = data.get("training", {})
+    if not isinstance(training, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in training.items()):
+        raise CdpError(f"{path}: 'training' must be a mapping of training preset names to mappings of keys")
+    training = {name: copy.deepcopy(preset) for name, preset in training.items()}
+    return {"plugins": plugins, "presets": presets, "training": training}
 
 
 def validate_preset(preset: Any, where: str) -> None:
@@ -87,8 +101,6 @@ def validate_preset(preset: Any, where: str) -> None:
     if unknown:
         raise CdpError(f"{where}: unknown key '{sorted(unknown)[0]}'")
     if "prior" in preset:
-        from cdp.core.prior import check_prior_config
-
         check_prior_config(preset["prior"], f"{where}.prior")
 
 
@@ -110,6 +122,10 @@ class Registry:
                 dist = getattr(ep, "dist", None)
                 origin = f"entry point {ep.name} = {ep.value}" + (f" ({dist.name} {dist.version})" if dist else "")
                 self._load_entry_point(ep, origin)
+        #: named training presets ({name: {key: value}}); a registry file without any uses the packaged ones
+        self.training: Dict[str, dict] = data["training"]
+        if not self.training and self.path != packaged_registry_file():
+            self.training = load_registry_yaml(packaged_registry_file())["training"]
         self.preset_origin: Dict[str, str] = {name: "plugin" for name in self.presets}
         #: plugin presets hidden by a registry.yaml preset of the same name: {name: plugin}
         self.shadowed: Dict[str, str] = {}
@@ -270,6 +286,12 @@ class Registry:
         if name not in self.presets:
             raise CdpError(f"unknown model preset '{name}' (presets: {', '.join(sorted(self.presets))})")
         return self.presets[name]
+
+    def training_preset(self, name: str) -> dict:
+        """A copy of the named training preset, or a CdpError listing the known names."""
+        if name not in self.training:
+            raise CdpError(f"unknown training preset '{name}' (presets: {', '.join(sorted(self.training))})")
+        return copy.deepcopy(self.training[name])
 
 
 def _describe(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from cdp.core.errors import CdpError  # noqa: F401  (re-exported: cdp.core.types.CdpError)
 from cdp.core.grid import DensityGrid  # noqa: F401  (re-exported: cdp.core.types.DensityGrid)
+from cdp.core.validate import validate_atoms
 
 
 @dataclass
@@ -54,8 +55,6 @@ class Batch:
     @staticmethod
     def from_atoms(atoms_list, dtype: torch.dtype = torch.float64) -> "Batch":
         """Build a batch from a list of ``ase.Atoms`` (validated: non-empty, finite, known elements)."""
-        from cdp.core.validate import validate_atoms
-
         if not isinstance(atoms_list, (list, tuple)):
             atoms_list = [atoms_list]
         numbers, positions, cells, pbcs, owner = [], [], [], [], []

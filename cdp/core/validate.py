@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import numpy as np
+from ase.geometry import minkowski_reduce
 
+from cdp.core.constants import MAX_Z  # noqa: F401  (re-exported: cdp.core.validate.MAX_Z)
 from cdp.core.errors import CdpError
 
-MAX_Z = 118
 MIN_DISTANCE = 0.5  # Å: closer atoms (or periodic images) mean a wrong cell, a wrong pbc or a duplicated atom
 _AXES = "abc"
 
@@ -84,7 +85,7 @@ def closest_pair(atoms, within: float = np.inf) -> Optional[ClosestPair]:
     vector)`` of a Minkowski-reduced cell), so the cost is O(N log N).  Returns None for a single atom
     without periodicity, or when no pair is closer than ``within`` Å.
     """
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # start-up: cdp.io reads files through this module without loading scipy
 
     pos = np.asarray(atoms.positions, dtype=np.float64)
     pbc = np.asarray(atoms.pbc, dtype=bool)
@@ -95,7 +96,6 @@ def closest_pair(atoms, within: float = np.inf) -> Optional[ClosestPair]:
             return None
         dist, idx = cKDTree(pos, balanced_tree=False).query(pos, k=2, distance_upper_bound=within)
         return _nearest_other(dist, idx, within)
-    from ase.geometry import minkowski_reduce
 
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     reduced = np.array(minkowski_reduce(cell, pbc=pbc)[0], dtype=np.float64)

@@ -9,12 +9,16 @@ GPAW is optional; without it the command explains how to install it.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Dict, List, Optional, Tuple
 
+from ase.build import bulk
 import numpy as np
 
 from cdp.core.types import CdpError, DensityGrid
+from cdp.data.files import write_chgcar
+from cdp.data.generate import generate
 
 RECIPE: Dict[str, object] = {
     "code": "gpaw",
@@ -54,8 +58,6 @@ BUILTIN: List[Tuple[str, dict]] = [
 
 def builtin_crystals() -> List[Tuple[str, object]]:
     """[(name, ase.Atoms)] of cdp's built-in simple crystals (primitive cells)."""
-    from ase.build import bulk
-
     return [(name, bulk(**kw)) for name, kw in BUILTIN]
 
 
@@ -71,7 +73,7 @@ def require_gpaw():
 def compute_crystal(atoms, recipe: Optional[dict] = None, name: str = "crystal"):
     """(atoms, DensityGrid, electrons expected, seconds) for one periodic structure."""
     require_gpaw()
-    from gpaw import GPAW, PW, FermiDirac
+    from gpaw import GPAW, PW, FermiDirac  # optional dependency (GPAW, not on PyPI wheels)
 
     rc = dict(RECIPE if recipe is None else recipe)
     if not np.all(atoms.pbc) or atoms.cell.rank < 3:
@@ -110,10 +112,6 @@ def compute_crystal(atoms, recipe: Optional[dict] = None, name: str = "crystal")
 
 def crystal_job(name: str, atoms, options: dict) -> dict:
     """Generation job: compute one crystal, write ``<name>.CHGCAR[.suffix]`` atomically, return its manifest entry."""
-    import os
-
-    from cdp.data.files import write_chgcar
-
     at, grid, expected, seconds = compute_crystal(atoms, options.get("recipe"), name=name)
     found = grid.electrons
     if abs(found - expected) > 1e-3 * max(expected, 1.0):
@@ -144,14 +142,12 @@ def make_crystals(
     report=None,
 ):
     """Make GPAW reference densities for ``[(name, ase.Atoms), ...]`` into ``out_dir`` (resumable)."""
-    from cdp.data.generate import generate
-
     require_gpaw()
     if cutoff <= 0 or kpt_density <= 0:
         raise CdpError("--cutoff and --kpt-density must be positive")
     recipe = dict(RECIPE, cutoff_eV=float(cutoff), kpt_density=float(kpt_density))
     try:
-        import gpaw
+        import gpaw  # optional dependency (GPAW, not on PyPI wheels)
 
         versions = {"gpaw": gpaw.__version__}
     except Exception:  # pragma: no cover

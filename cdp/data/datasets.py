@@ -19,6 +19,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 
 from cdp.core.types import CdpError, DensityGrid
+from cdp.data.paths import embedded_path
+from cdp.data.safe_atoms import load_atoms_pickle
 import cdp.io
 from cdp.data.files import density_kind, parse_density, split_compression
 
@@ -292,8 +294,6 @@ class Charge3NetDataset(Dataset):
             self.splits = load_split(split)
 
     def load(self, i: int) -> Sample:
-        from cdp.data.safe_atoms import load_atoms_pickle
-
         ident = self.names[i]
         npy = os.path.join(self.source, f"{ident}.npy")
         pkl = os.path.join(self.source, f"{ident}_atoms.pkl")
@@ -354,8 +354,6 @@ def list_dataset(path: str) -> Dataset:
 def load_dataset(path: Optional[str] = None) -> Dataset:
     """Open a dataset: None → the embedded one; a directory, ``.tar``, ``.txt`` list or single density file."""
     if path is None:
-        from cdp.data.paths import embedded_path
-
         path = embedded_path()
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -377,8 +375,6 @@ def load_dataset(path: Optional[str] = None) -> Dataset:
 def load_split(path: Optional[str] = None) -> Dict[str, List]:
     """``{train, validation, test}`` lists from a split JSON (None → the embedded dataset's split)."""
     if path is None:
-        from cdp.data.paths import embedded_path
-
         path = os.path.join(embedded_path(), SPLIT_FILE)
     try:
         with open(path) as fh:

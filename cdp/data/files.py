@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Optional
 
 from cdp.core.types import CdpError, DensityGrid
+from cdp.io import detect_format
+import cdp.io
 from cdp.io.compression import split_compression
 
 def density_kind(name: str) -> Optional[str]:
     """``'chgcar'``, ``'cube'`` or None from a file name (compression suffix ignored)."""
-    from cdp.io import detect_format
-
     base = split_compression(Path(str(name)).name)[0]
     if base.lower().endswith((".json", ".txt", ".npy", ".pkl", ".csv", ".md", ".tar")):
         return None
@@ -24,8 +24,6 @@ def density_kind(name: str) -> Optional[str]:
 
 def parse_density(data: bytes, name: str, pbc=None):
     """(ase.Atoms, DensityGrid) from the bytes of a possibly compressed CHGCAR/cube file called ``name``."""
-    import cdp.io
-
     try:
         return cdp.io.read_bytes(data, name, pbc=pbc)
     except CdpError:
@@ -36,8 +34,6 @@ def parse_density(data: bytes, name: str, pbc=None):
 
 def write_chgcar(path: str, atoms, grid: DensityGrid) -> None:
     """Atomically write a CHGCAR compressed by the suffix of ``path``; pbc lives in the dataset manifest."""
-    import cdp.io
-
     cdp.io.write(path, atoms, grid, format="chgcar", sidecar=False)
 
 

@@ -17,6 +17,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from tqdm import tqdm
+
 from cdp.core.types import CdpError
 from cdp.core.atomic import atomic_write_bytes
 from cdp.data.files import clean_temporaries
@@ -63,7 +65,7 @@ def _set_threads(threads: int) -> None:
     os.environ["MKL_NUM_THREADS"] = str(threads)
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     try:
-        from pyscf import lib
+        from pyscf import lib  # optional dependency (cdp[data])
 
         lib.num_threads(threads)
     except Exception:  # pyscf missing or not needed by this recipe
@@ -132,12 +134,7 @@ def generate(
 
     bar = None
     if progress and todo:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(todo), unit="structure", file=sys.stderr, disable=None)
-        except ImportError:  # pragma: no cover
-            bar = None
+        bar = tqdm(total=len(todo), unit="structure", file=sys.stderr, disable=None)
 
     def finish(name: str, entry: Optional[dict], error: Optional[str]) -> None:
         if entry is not None:

@@ -7,9 +7,12 @@ import os
 from collections import Counter
 from typing import Optional
 
+from ase.formula import Formula
 import numpy as np
 
 from cdp.core.types import CdpError
+from cdp.data.datasets import load_dataset, load_split
+from cdp.data.paths import embedded_path
 
 
 def _manifest(path: str) -> Optional[dict]:
@@ -38,9 +41,6 @@ def dataset_info(path: Optional[str] = None, split: Optional[str] = None, read_a
     Uses the generator manifest when it has per-structure metadata; otherwise (or with
     ``read_all=True``) reads every item.  Unreadable items are counted, not fatal.
     """
-    from cdp.data.paths import embedded_path
-    from cdp.data.datasets import load_dataset, load_split
-
     path = embedded_path() if path is None else os.fspath(path)
     ds = load_dataset(path)
     info = {
@@ -56,8 +56,6 @@ def dataset_info(path: Optional[str] = None, split: Optional[str] = None, read_a
     elements: Counter = Counter()
     shapes, points, electrons, unreadable = [], [], [], []
     if use_manifest:
-        from ase.formula import Formula
-
         for n in ds.names:
             e = entries[n]
             if "formula" in e:

@@ -11,13 +11,18 @@ periodic: the density is that of an isolated molecule.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from ase import Atoms
 import numpy as np
 
 from cdp.core.types import CdpError, DensityGrid
+from cdp.data.files import write_chgcar
+from cdp.data.generate import generate
+from cdp.predict import grid_shape_for, molecule_box
 
 BOHR = 0.52917721092  # Å per Bohr (CODATA 2010, the value PySCF uses)
 
@@ -57,7 +62,6 @@ def make_box(atoms, vacuum: float, spacing: float):
         raise CdpError(f"vacuum must be a non-negative number of Å, got {vacuum}")
     if spacing <= 0 or not math.isfinite(spacing):
         raise CdpError(f"spacing must be a positive number of Å, got {spacing}")
-    from cdp.predict import grid_shape_for, molecule_box  # the one box recipe, shared with `cdp predict`
 
     pos = np.asarray(atoms.positions, dtype=np.float64)
     if np.any(pos.max(axis=0) - pos.min(axis=0) + 2.0 * vacuum <= 0):
@@ -86,7 +90,7 @@ def recipe_mol(atoms, recipe: Optional[dict] = None, charge: int = 0, spin: Opti
     ``spin`` is 2S (None: 0 or 1 from the electron count's parity); ``charge`` in e.
     """
     try:
-        from pyscf import gto
+        from pyscf import gto  # optional dependency (cdp[data])
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise CdpError("PySCF is not installed: pip install 'cdp[data]' (pyscf==2.14.*)") from exc
     rc = dict(RECIPE if recipe is None else recipe)
@@ -103,7 +107,7 @@ def recipe_mol(atoms, recipe: Optional[dict] = None, charge: int = 0, spin: Opti
 
 def recipe_mf(mol, recipe: Optional[dict] = None):
     """The recipe's RKS object for ``mol`` (density-fitting tensor built), not yet run."""
-    from pyscf import dft
+    from pyscf import dft  # optional dependency (cdp[data])
 
     rc = dict(RECIPE if recipe is None else recipe)
     mf = dft.RKS(mol, xc=rc["xc"])
@@ -134,7 +138,7 @@ def run_scf(atoms, recipe: Optional[dict] = None, name: Optional[str] = None):
 
 def density_on_points(mol, dm: np.ndarray, points_ang: np.ndarray, block: int = 20000) -> np.ndarray:
     """Electron density (e/Å³) of density matrix ``dm`` at Cartesian points in Å, evaluated in blocks."""
-    from pyscf.dft import numint
+    from pyscf.dft import numint  # optional dependency (cdp[data])
 
     out = np.empty(len(points_ang), dtype=np.float64)
     for start in range(0, len(points_ang), block):
@@ -191,10 +195,6 @@ def compute_molecule(
 
 def molecule_job(name: str, atoms, options: dict) -> dict:
     """Generation job: compute one molecule, write ``<name>.CHGCAR[.suffix]`` atomically, return its manifest entry."""
-    import os
-
-    from cdp.data.files import write_chgcar
-
     t0 = time.perf_counter()
     res = compute_molecule(
         atoms,
@@ -232,8 +232,6 @@ def make_molecules(
     max_grid_points: int = MAX_GRID_POINTS,
 ):
     """Make reference densities for ``[(name, ase.Atoms), ...]`` into ``out_dir`` (resumable); returns a GenerationReport."""
-    from cdp.data.generate import generate
-
     if compress not in (None, "gz", "lz4", "zz"):
         raise CdpError(f"--compress must be gz, lz4, zz or none, got {compress!r}")
     make_box(structures[0][1] if structures else _dummy(), vacuum, spacing)  # validate numbers early
@@ -252,8 +250,6 @@ def make_molecules(
 
 
 def _dummy():
-    from ase import Atoms
-
     return Atoms("H", positions=[[0.0, 0.0, 0.0]])
 
 

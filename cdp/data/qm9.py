@@ -15,6 +15,8 @@ import re
 import sys
 from typing import Dict, Iterable, List, Sequence
 
+from ase import Atoms
+
 from cdp.core.types import CdpError
 
 CDP_MAX_INDEX = 100_000
@@ -62,8 +64,6 @@ def check_indices(indices: Iterable[int], allow_reserved: bool = False) -> List[
 
 
 def _row_atoms(row: dict):
-    from ase import Atoms
-
     symbols = ast.literal_eval(row["Elements"])
     positions = ast.literal_eval(row["XYZ_Ang"])
     return Atoms(symbols=symbols, positions=positions)

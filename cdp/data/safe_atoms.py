@@ -7,21 +7,21 @@ constraints, NumPy array/dtype/scalar rebuilding); any other global, and any res
 
 from __future__ import annotations
 
+import _compat_pickle
+import copyreg
 import io
 import pickle
 from typing import Any, Dict, Tuple
 
-from cdp.core.types import CdpError
+from ase.atoms import Atoms
 
+from ase.cell import Cell
+from cdp.core.types import CdpError
+from ase.constraints import FixAtoms, FixCartesian
+
+import numpy as np
 
 def _allowed() -> Dict[Tuple[str, str], Any]:
-    import copyreg
-
-    import numpy as np
-    from ase.atoms import Atoms
-    from ase.cell import Cell
-    from ase.constraints import FixAtoms, FixCartesian
-
     out: Dict[Tuple[str, str], Any] = {
         ("ase.atoms", "Atoms"): Atoms,
         ("ase.cell", "Cell"): Cell,
@@ -59,14 +59,12 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
 
 
 def _np_frombuffer(buf, dtype, shape, order):
-    import numpy as np
-
     return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order).copy()
 
 
 def _np_reconstruct():
     try:
-        from numpy._core.multiarray import _reconstruct
+        from numpy._core.multiarray import _reconstruct  # NumPy ≥ 2 name; which one exists is known only at run time
     except ImportError:  # NumPy < 2
         from numpy.core.multiarray import _reconstruct
     return _reconstruct
@@ -74,7 +72,7 @@ def _np_reconstruct():
 
 def _np_scalar():
     try:
-        from numpy._core.multiarray import scalar
+        from numpy._core.multiarray import scalar  # NumPy ≥ 2 name, as above
     except ImportError:  # NumPy < 2
         from numpy.core.multiarray import scalar
     return scalar
@@ -89,8 +87,6 @@ class AtomsUnpickler(pickle.Unpickler):
         self._allowed = _allowed()
 
     def find_class(self, module: str, name: str):
-        import _compat_pickle  # Python 2 names of protocols 0-2, renamed as pickle.Unpickler does
-
         if (module, name) in _compat_pickle.NAME_MAPPING:
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
@@ -102,8 +98,6 @@ class AtomsUnpickler(pickle.Unpickler):
 
 def load_atoms_pickle(data: bytes, name: str = "pickle"):
     """The ``ase.Atoms`` pickled in ``data``; anything else raises CdpError."""
-    from ase.atoms import Atoms
-
     try:
         obj = AtomsUnpickler(io.BytesIO(data), name=name).load()
     except CdpError:

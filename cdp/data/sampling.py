@@ -15,8 +15,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
+from ase import Atoms
 import numpy as np
 
+from cdp.core.atomic import atomic_write_bytes
 from cdp.core.types import DensityGrid
 
 
@@ -76,8 +78,6 @@ class GridCache:
         return os.path.join(self.cache_dir, f"{safe}-{key}.npz")
 
     def _from_disk(self, path: str, name: str) -> Optional[CachedGrid]:
-        from ase import Atoms
-
         try:
             with np.load(path, allow_pickle=False) as z:
                 spin = z["spin"] if "spin" in z.files else None
@@ -87,8 +87,6 @@ class GridCache:
             return None  # unreadable cache entry: rebuilt from the source
 
     def _to_disk(self, path: str, item: CachedGrid) -> None:
-        from cdp.core.atomic import atomic_write_bytes
-
         arrays = dict(
             values=item.values, cell=item.cell, origin=item.origin, pbc=item.pbc,
             numbers=np.asarray(item.atoms.numbers), positions=np.asarray(item.atoms.positions),

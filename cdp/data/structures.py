@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from typing import List, Sequence, Tuple
 
+import ase.io
+
 from cdp.core.types import CdpError
+from cdp.data.qm9 import load_qm9, parse_range, qm9_name
 
 
 def structures_from_qm9(text: str, allow_reserved: bool = False) -> Tuple[List[Tuple[str, object]], List[str]]:
     """([(qm9_000001, Atoms), ...], names of requested indices that qm9pack lacks) for a range text."""
-    from cdp.data.qm9 import load_qm9, parse_range, qm9_name
-
     idx = parse_range(text)
     found = load_qm9(idx, allow_reserved=allow_reserved, strict=False)
     missing = [qm9_name(i) for i in idx if i not in found]
@@ -20,8 +21,6 @@ def structures_from_qm9(text: str, allow_reserved: bool = False) -> Tuple[List[T
 
 def structures_from_files(paths: Sequence[str], periodic: bool = False) -> List[Tuple[str, object]]:
     """Frames of ase-readable files: ``<stem>`` for one frame, ``<stem>_<i>`` for each of several."""
-    import ase.io
-
     out: List[Tuple[str, object]] = []
     for path in paths:
         stem = os.path.basename(path).split(".")[0] or "structure"

@@ -8,12 +8,15 @@ count (≤ 1e-6 relative) and, when the earlier grids are at hand, ε_mae betwee
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Dict, Optional
 
 import numpy as np
 
 from cdp.core.errors import CdpError
+from cdp.data.generate import read_manifest
+from cdp.io import read
 
 ENERGY_TOLERANCE = 1e-6  # Ha
 ELECTRON_TOLERANCE = 1e-6  # relative
@@ -21,13 +24,10 @@ EPS_MAE_TOLERANCE = 1e-3  # percent
 
 
 def _manifest(path: str) -> dict:
-    from cdp.data.generate import read_manifest
-
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "manifest.json")):
             raise CdpError(f"{path}: no manifest.json (not a dataset made by `cdp data make`)")
         return read_manifest(path)
-    import json
 
     try:
         with open(path) as fh:
@@ -40,8 +40,6 @@ def _manifest(path: str) -> dict:
 
 
 def _grid_values(directory: str, entry: dict) -> np.ndarray:
-    from cdp.io import read
-
     return read(os.path.join(directory, entry["file"]), pbc=False)[1].values
 
 

@@ -25,9 +25,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
+from ase import Atoms
 import numpy as np
+import scipy.linalg
+import torch
 
 from cdp.core.types import CdpError
+from cdp.data.molecules import BOHR, recipe_mf
+from cdp.predict import check_elements, load_model
 
 FD_STEP = 1e-3  # Å, central-difference step for ∇ρ when the predictor has no autograd path
 AO_BLOCK = 4000  # grid points per AO evaluation block (4 × block × nao float64 in memory)
@@ -67,16 +72,12 @@ class Guess:
 
 def atoms_from_mol(mol):
     """ase Atoms (Å, no periodicity) of a PySCF Mole."""
-    from ase import Atoms
-
     symbols = [mol.atom_pure_symbol(i) for i in range(mol.natm)]
     return Atoms(symbols=symbols, positions=mol.atom_coords(unit="Angstrom"), pbc=False)
 
 
 def _as_mf(mol_or_mf):
     """(mol, mf): a Mole gets the data recipe's RKS object."""
-    from cdp.data.molecules import recipe_mf
-
     if hasattr(mol_or_mf, "get_hcore") and hasattr(mol_or_mf, "mol"):
         return mol_or_mf.mol, mol_or_mf
     if hasattr(mol_or_mf, "atom_coords") and hasattr(mol_or_mf, "nelectron"):
@@ -94,8 +95,6 @@ def _total(values: np.ndarray) -> np.ndarray:
 
 def _autograd(predictor, atoms, points: np.ndarray, step: int) -> Tuple[np.ndarray, np.ndarray]:
     """ρ [M] (e/Å³) and ∇ρ [M, 3] (e/Å⁴) by autograd through the decoder, in probe batches."""
-    import torch
-
     enc = predictor.encode(atoms)  # atoms moved into the predictor's local frame (a shift: same gradients)
     batch, feats, points = enc.batch, enc.features, enc.frame.points(points)
     model = predictor.model
@@ -153,7 +152,7 @@ def predict_density(predictor, atoms, points_ang: np.ndarray, gradient: str = "a
 
 def _auxmol(mf):
     """The auxiliary basis of a density-fitted ``mf`` (built), or PySCF's default one for its basis."""
-    from pyscf.df import addons
+    from pyscf.df import addons  # optional dependency (cdp[data])
 
     with_df = getattr(mf, "with_df", None)
     if with_df is not None:
@@ -168,8 +167,7 @@ def coulomb_fit(mol, auxmol, coords: np.ndarray, weights: np.ndarray, rho: np.nd
 
     c = J⁻¹ b, J_PQ = (P|Q), b_P = Σ_g w_g ρ_g ∫ χ_P(r)/|r - r_g| dr.
     """
-    import scipy.linalg
-    from pyscf import gto
+    from pyscf import gto  # optional dependency (cdp[data])
 
     b = np.zeros(auxmol.nao)
     wr = weights * rho
@@ -186,8 +184,8 @@ def coulomb_fit(mol, auxmol, coords: np.ndarray, weights: np.ndarray, rho: np.nd
 
 def hartree_matrix(mol, auxmol, coeff: np.ndarray) -> np.ndarray:
     """V_J[μν] = Σ_P (μν|P) c_P, [nao, nao] in Hartree."""
-    from pyscf import lib
-    from pyscf.df import incore
+    from pyscf import lib  # optional dependency (cdp[data])
+    from pyscf.df import incore  # optional dependency (cdp[data])
 
     j3c = incore.aux_e2(mol, auxmol, intor="int3c2e", aosym="s2ij")  # [nao_pair, naux]
     return lib.unpack_tril(j3c @ coeff)
@@ -195,7 +193,7 @@ def hartree_matrix(mol, auxmol, coeff: np.ndarray) -> np.ndarray:
 
 def xc_matrix(mf, coords: np.ndarray, weights: np.ndarray, rho: np.ndarray, grad: Optional[np.ndarray]) -> np.ndarray:
     """V_xc[μν] [nao, nao] of ρ (e/Bohr³) and ∇ρ (e/Bohr⁴, GGAs) on the grid, with PySCF's numint."""
-    from pyscf.dft import numint
+    from pyscf.dft import numint  # optional dependency (cdp[data])
 
     mol, ni, xc = mf.mol, mf._numint, mf.xc
     xctype = ni._xc_type(xc)
@@ -245,12 +243,8 @@ def density_guess(mol_or_mf, predictor, rescale: bool = True, gradient: str = "a
     ``rescale``: scale ρ (and ∇ρ) so that ∫ρ = N on PySCF's grid before building the potential.
     Raises CdpError for open shells, hybrid/meta-GGA functionals or a non-positive predicted charge.
     """
-    from cdp.data.molecules import BOHR
-
     t0 = time.perf_counter()
     if isinstance(predictor, (str, os.PathLike)):
-        from cdp.predict import load_model
-
         predictor = load_model(predictor)
     mol, mf = _as_mf(mol_or_mf)
     if mol.spin != 0:
@@ -262,8 +256,6 @@ def density_guess(mol_or_mf, predictor, rescale: bool = True, gradient: str = "a
     coords, weights = np.asarray(mf.grids.coords), np.asarray(mf.grids.weights)
     atoms = atoms_from_mol(mol)
     if hasattr(predictor, "model"):
-        from cdp.predict import check_elements
-
         check_elements(predictor, atoms, "molecule")
 
     t1 = time.perf_counter()

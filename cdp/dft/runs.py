@@ -24,6 +24,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from cdp.core.types import CdpError
+from cdp.data.molecules import RECIPE, recipe_mf, recipe_mol
+from cdp.dft.guess import density_guess
 
 ENERGY_TOLERANCE = 1e-6  # Ha: runs from different guesses must end within this of each other
 
@@ -56,8 +58,6 @@ def check_guesses(guesses: Sequence[str]) -> List[str]:
 
 def check_molecule(atoms, charge: int = 0, name: str = "structure"):
     """The recipe's PySCF Mole for a closed-shell molecule; periodic or open-shell inputs raise CdpError."""
-    from cdp.data.molecules import recipe_mol
-
     if np.any(atoms.pbc):
         raise CdpError(f"{name}: periodic structure; `cdp scf` runs molecular PySCF "
                        f"(crystals: see the README, GPAW and VASP ICHARG=1)")
@@ -89,8 +89,6 @@ class Comparison:
 
 def prepare(mol, recipe: Optional[dict] = None):
     """(RKS object with its grid and DF tensor built, seconds): the setup every run shares."""
-    from cdp.data.molecules import recipe_mf
-
     t0 = time.perf_counter()
     base = recipe_mf(mol, recipe)
     base.grids.build(with_non0tab=True)
@@ -99,8 +97,6 @@ def prepare(mol, recipe: Optional[dict] = None):
 
 def run_guess(base, guess: str, predictor=None, gradient: str = "auto", rescale: bool = True):
     """One SCF from ``guess`` on a copy of the prepared ``base``: (run record, Guess or None, the run's mf)."""
-    from cdp.dft.guess import density_guess
-
     mf = copy.copy(base)  # shares the built grid and DF tensor; kernel() state lands on the copy
     made = None
     c1, t1 = time.process_time(), time.perf_counter()
@@ -164,8 +160,6 @@ def compare_guesses(
     model_name: Optional[str] = None,
 ) -> Comparison:
     """Run the recipe's SCF from each guess in ``guesses`` (``cdp`` needs ``predictor``); see the module doc."""
-    from cdp.data.molecules import RECIPE
-
     guesses = check_guesses(guesses)
     if "cdp" in guesses and predictor is None:
         raise CdpError("guess 'cdp' needs a model (--model)")

@@ -22,8 +22,16 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 
+from cdp.core.malloc import keep_freed_memory
+from cdp.core.registry import get_registry
 from cdp.core.types import CdpError
+from cdp.data import load_dataset
+from cdp.evaluate.evaluate import evaluate, evaluate_prior
+from cdp.evaluate.report import write_report
+from cdp.predict import load_model
+from cdp.train import train_run
 
 DEFAULT_MODELS = ("chargee3net", "equideepdft", "invdeepdft")
 # Training steps per -cpu preset when neither --steps nor --time-budget is given: about 150 s of training
@@ -47,8 +55,6 @@ class ModelSpec:
 
 def parse_models(text: str, size: str = "cpu") -> List[ModelSpec]:
     """``"a,b=path.ckpt"`` → specs; a bare name picks the ``-cpu`` preset unless ``size == "paper"``."""
-    from cdp.core.registry import get_registry
-
     if size not in ("cpu", "paper"):
         raise CdpError(f"--size must be cpu or paper, got '{size}'")
     reg = get_registry()
@@ -115,10 +121,6 @@ def _worker(spec: ModelSpec, out: str, data: Optional[str], steps: Optional[int]
             seed: int, device: Optional[str], threads: int, queue) -> None:
     """Train (unless a checkpoint is given), evaluate on the test split, save a density slice; report via queue."""
     try:
-        import torch
-
-        from cdp.core.malloc import keep_freed_memory
-
         keep_freed_memory()  # per-batch temporaries reused, as in the CLI
 
         torch.set_num_threads(max(1, threads))
@@ -157,16 +159,10 @@ def wait_result(proc, results, name: str, poll: float = 0.5) -> tuple:
 def run_one(spec: ModelSpec, out: Path, data: Optional[str], steps: Optional[int], time_budget: Optional[float],
             seed: int, device: Optional[str]) -> dict:
     """Train and evaluate one model in this process; returns its report entry."""
-    from cdp.core.registry import get_registry
-    from cdp.evaluate.evaluate import evaluate, evaluate_prior
-    from cdp.predict import load_model
-
     ckpt_path = out / "models" / f"{spec.name}.ckpt"
     log_path = out / "logs" / f"{spec.name}.jsonl"
     entry = {"name": spec.name, "preset": spec.preset, "checkpoint_given": spec.checkpoint}
     if spec.checkpoint is None:
-        from cdp.train import train_run
-
         config = {"model": spec.preset, "seed": seed, "dataset": data}
         if steps is not None:
             config["steps"] = int(steps)
@@ -211,8 +207,6 @@ def run_one(spec: ModelSpec, out: Path, data: Optional[str], steps: Optional[int
 
 def _test_items(data: Optional[str]) -> list:
     """(name, atoms, grid) of the dataset's test split (all items when it has no split)."""
-    from cdp.data import load_dataset
-
     ds = load_dataset(data)
     part = ds.split("test") if ds.splits is not None else ds
     return [tuple(sample) for sample in part]
@@ -248,8 +242,6 @@ def compare(
     Raises CdpError when every model failed, or, after writing the report of the others, when any did
     (naming each failed model and why: its error, or how its worker process died).
     """
-    from cdp.evaluate.report import write_report
-
     if steps is not None and time_budget is not None:
         raise CdpError("give either --steps or --time-budget, not both")
     if steps is not None and steps < 1:

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from cdp.core.types import CdpError, DensityGrid
+from cdp.core.atomic import atomic_write_bytes
+from cdp.core.types import Batch, CdpError, DensityGrid
+from cdp.core.validate import check_overlap
+from cdp.data import load_dataset
 from cdp.evaluate.metrics import EpsMae, summarize, zeta
+from cdp.predict import DEFAULT_PROBE_BATCH, Predictor, check_elements, load_model
 
 Item = Tuple[str, object, DensityGrid]
 
@@ -30,8 +37,6 @@ def open_data(data=None, split: Optional[str] = "test") -> Tuple[Iterable[Item],
     as is any dataset when ``split`` is None or "all". Unreadable items are skipped and named by the
     dataset's iterator.
     """
-    from cdp.data import load_dataset
-
     if data is None or isinstance(data, (str, os.PathLike)):
         dataset = load_dataset(None if data is None else os.fspath(data))
         label = "embedded" if data is None else os.fspath(data)
@@ -55,8 +60,6 @@ class CheckedItems:
 
     def __init__(self, data=None, split: Optional[str] = "test", pbc: Optional[bool] = None,
                  cache_points: int = 1 << 24):
-        from cdp.core.validate import check_overlap
-
         items, self.label, self.split = open_data(data, split)
         self.pbc = pbc
         self._items = items if _random_access(items) else list(items)
@@ -106,8 +109,6 @@ def _random_access(items) -> bool:
 
 
 def _warn(msg: str) -> None:
-    import sys
-
     print(f"warning: {msg}", file=sys.stderr)
 
 
@@ -124,8 +125,6 @@ def _apply_pbc(atoms, grid: DensityGrid, pbc: Optional[bool]) -> None:
 
 def as_predictor(model, device: Optional[str] = None, probe_batch: Optional[int] = None):
     """A Predictor from a Predictor, a DensityModel, a checkpoint path, a shipped model or a preset name."""
-    from cdp.predict import DEFAULT_PROBE_BATCH, Predictor, load_model
-
     if isinstance(model, Predictor) or hasattr(model, "predict_grid"):
         return model
     return load_model(model, device=device or "cpu", probe_batch=probe_batch or DEFAULT_PROBE_BATCH)
@@ -159,8 +158,6 @@ def structure_record(name: str, atoms, grid: DensityGrid, acc, acc_spin, pred_su
 def evaluate_structure(predictor, name: str, atoms, grid: DensityGrid, probe_batch: Optional[int] = None,
                        bar=None) -> dict:
     """Per-structure record: ε_mae (and of the magnetisation when both sides have spin), ζ, electrons, seconds."""
-    from cdp.predict import check_elements
-
     check_elements(predictor, atoms, name)
     ref = np.asarray(grid.values, dtype=np.float64).reshape(-1)
     ref_spin = None if grid.spin is None else np.asarray(grid.spin, dtype=np.float64).reshape(-1)
@@ -218,8 +215,6 @@ def evaluate(
         name, atoms, grid = item
         bar = None
         if progress:
-            from tqdm import tqdm
-
             bar = tqdm(total=int(np.prod(grid.shape)), desc=str(name), unit="pt", unit_scale=True, leave=False)
         try:
             record = evaluate_structure(predictor, str(name), atoms, grid, probe_batch, bar)
@@ -259,8 +254,6 @@ def to_json(result: dict) -> str:
 
 def write_json(path, result: dict) -> None:
     """Write the evaluation JSON atomically."""
-    from cdp.core.atomic import atomic_write_bytes
-
     atomic_write_bytes(Path(path), to_json(result).encode("utf-8"))
 
 
@@ -270,10 +263,6 @@ def evaluate_prior(model, data=None, split: Optional[str] = "test", chunk: int =
     ``model`` is a DensityModel (or a Predictor holding one).  Returns ``{"eps_mae": summary,
     "structures": [{"name", "eps_mae"}]}`` like :func:`evaluate`, ε_mae in percent.
     """
-    import torch
-
-    from cdp.core.types import Batch
-
     model = getattr(model, "model", model)
     if getattr(model, "prior", None) is None:
         return None

@@ -20,8 +20,14 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
+import torch
 
+from cdp.core.checkpoint import load_checkpoint
+from cdp.core.registry import get_registry
 from cdp.core.types import CdpError
+from cdp.evaluate.evaluate import evaluate
+from cdp.predict import Predictor
+from cdp.train import train_run
 
 DEFAULT_LMAX = (0, 1, 2, 3, 4)
 DEFAULT_PRESET = "chargee3net-cpu"
@@ -118,11 +124,6 @@ def model_config(preset: str, lmax: int, mul: Optional[int]) -> dict:
 def run_lmax(lmax: int, out: Path, preset: str, mul: Optional[int], data: Optional[str], steps: Optional[int],
              time_budget: Optional[float], seed: int, device: Optional[str]) -> dict:
     """Train and evaluate the model at one L in this process; returns its row of the sweep."""
-    from cdp.core.checkpoint import load_checkpoint
-    from cdp.evaluate.evaluate import evaluate
-    from cdp.predict import Predictor
-    from cdp.train import train_run
-
     name = f"L{lmax}"
     config = {"model": model_config(preset, lmax, mul), "seed": int(seed), "dataset": data, "progress": False}
     if steps is not None:
@@ -162,8 +163,6 @@ def _worker(lmax: int, out: str, preset: str, mul: Optional[int], data: Optional
             time_budget: Optional[float], seed: int, device: Optional[str], threads: int, queue) -> None:
     """Child process: one L; the result (or a one-line error) goes back through ``queue``."""
     try:
-        import torch
-
         torch.set_num_threads(max(1, int(threads)))
         row = run_lmax(lmax, Path(out), preset, mul, data, steps, time_budget, seed, device)
         row["peak_rss_mb"] = peak_rss_mb()
@@ -185,8 +184,6 @@ def run_in_process(target: Callable, args: tuple, isolate: bool = True):
     """Run ``target(*args, queue)`` in a spawned process (or here, when not ``isolate``); returns what it
     put on the queue."""
     if not isolate:
-        import torch
-
         threads = torch.get_num_threads()
         queue = _ListQueue()
         try:
@@ -234,8 +231,6 @@ def lsweep(
     (default 60 s).  ``isolate=False`` runs every L in this process (quicker to start; peak RSS is then this
     process's).  Returns the sweep (also written to ``out/lsweep.json``).
     """
-    from cdp.core.registry import get_registry
-
     if steps is not None and time_budget is not None:
         raise CdpError("give either --steps or --time-budget, not both")
     if steps is not None and int(steps) < 1:
@@ -338,10 +333,10 @@ def write_lsweep(outdir: Path, result: dict) -> str:
 
 def plot_lsweep(result: dict, path: Path) -> None:
     """ε_mae against L with standard-error bars; parameters on a twin axis."""
-    import matplotlib
+    import matplotlib  # start-up: matplotlib loads only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up: matplotlib loads only when a figure is drawn
 
     rows = result["rows"]
     L = [r["lmax"] for r in rows]

@@ -15,6 +15,7 @@ import math
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from cdp.core.types import CdpError, DensityGrid
 
@@ -101,8 +102,6 @@ def grid_gradient(values: np.ndarray, cell: np.ndarray, pbc: Sequence[bool]) -> 
 
 def _nearest_atom_vectors(points: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     """Vector from each point to its nearest atom [K, 3], minimum image along periodic axes (exact)."""
-    from scipy.spatial import cKDTree
-
     inv = np.linalg.inv(cell)
     pf = points @ inv
     af = positions @ inv

@@ -100,10 +100,10 @@ def _json_default(obj):
 
 def write_figures(outdir: Path, report: dict) -> List[str]:
     """learning_curves.png, eps_mae_per_structure.png, density_slice.png (those that have data)."""
-    import matplotlib
+    import matplotlib  # start-up: matplotlib loads only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up: matplotlib loads only when a figure is drawn
 
     written = []
     models = report["models"]

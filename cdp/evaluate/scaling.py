@@ -15,15 +15,22 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
+from ase.build import bulk
+import ase.io
 import numpy as np
+import torch
 
-from cdp.core.types import CdpError
+from cdp.core.checkpoint import load_checkpoint
+from cdp.core.constants import DEFAULT_PROBE_BATCH  # noqa: F401  (re-exported for cdp.cli.experiment)
+from cdp.core.malloc import keep_freed_memory
+from cdp.core.model import DensityModel
+from cdp.core.registry import get_registry
+from cdp.core.types import Batch, CdpError
 from cdp.evaluate.experiments import atomic_figure, atomic_text, json_default, peak_rss_mb, prepare_out, run_in_process
 
 DEFAULT_MODEL = "chargee3net-cpu"
 DEFAULT_MAX_ATOMS = 512
 DEFAULT_PROBES_PER_ATOM = 50
-DEFAULT_PROBE_BATCH = 2500
 DEFAULT_FIT_MIN_ATOMS = 64  # smaller cells are dominated by fixed per-call overheads
 SCALING_FILES = ("scaling.json", "scaling.md", "scaling.png")
 PARTS = ("graph_s", "encode_s", "decode_s")
@@ -31,15 +38,11 @@ PARTS = ("graph_s", "encode_s", "decode_s")
 
 def si_diamond():
     """Silicon, diamond structure, conventional 8-atom cubic cell (a = 5.43 Å)."""
-    from ase.build import bulk
-
     return bulk("Si", "diamond", a=5.43, cubic=True)
 
 
 def read_structure(path) -> object:
     """The first frame of an ase-readable periodic structure file."""
-    import ase.io
-
     try:
         atoms = ase.io.read(str(path), index=0)
     except FileNotFoundError:
@@ -82,12 +85,6 @@ def supercell_sizes(natoms: int, max_atoms: int) -> list:
 def build_model(model: str, backend: Optional[str], seed: int):
     """A DensityModel from a checkpoint file or a preset (seeded random weights); ``backend`` overrides
     ChargE3Net's convolution backend (the parameters are the same for every backend)."""
-    import torch
-
-    from cdp.core.checkpoint import load_checkpoint
-    from cdp.core.model import DensityModel
-    from cdp.core.registry import get_registry
-
     if Path(str(model)).is_file():
         net, _ = load_checkpoint(model)
         if backend is not None:
@@ -109,10 +106,6 @@ def build_model(model: str, backend: Optional[str], seed: int):
 
 def _time_size(net, atoms, probes_per_atom: int, probe_batch: int, seed: int) -> dict:
     """Time atom graph, encoder, probe graphs and decoder on one structure with random probes."""
-    import torch
-
-    from cdp.core.types import Batch
-
     batch = Batch.from_atoms([atoms]).to("cpu", net.dtype)
     m = int(probes_per_atom) * len(atoms)
     rng = np.random.default_rng(seed)
@@ -151,10 +144,6 @@ def _time_size(net, atoms, probes_per_atom: int, probe_batch: int, seed: int) ->
 
 def measure_size(case: dict) -> dict:
     """One supercell in this process: warm up on the unit cell, then time the n×n×n supercell."""
-    import torch
-
-    from cdp.core.malloc import keep_freed_memory
-
     keep_freed_memory()  # per-batch temporaries reused, as in the CLI
 
     torch.set_num_threads(max(1, int(case["threads"])))
@@ -181,8 +170,6 @@ def _worker(case: dict, queue) -> None:
 
 
 def _check_model(model: str) -> None:
-    from cdp.core.registry import get_registry
-
     reg = get_registry()
     if not Path(str(model)).is_file() and str(model) not in reg.presets:
         raise CdpError(f"--model: '{model}' is neither a checkpoint file nor a preset ({', '.join(sorted(reg.presets))})")
@@ -335,10 +322,10 @@ def write_scaling(outdir: Path, result: dict) -> str:
 
 def plot_scaling(result: dict, path: Path) -> None:
     """Log-log wall time against atoms: total and each part, with the fitted power law of the total."""
-    import matplotlib
+    import matplotlib  # start-up: matplotlib loads only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up: matplotlib loads only when a figure is drawn
 
     rows = result["rows"]
     n = np.array([r["atoms"] for r in rows], dtype=float)

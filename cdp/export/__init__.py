@@ -11,6 +11,6 @@ __all__ = ["export_model"]
 
 def export_model(*args, **kwargs):
     """See :func:`cdp.export.exporter.export_model`."""
-    from cdp.export.exporter import export_model as _export
+    from cdp.export.exporter import export_model as _export  # start-up: the exporters load on first use
 
     return _export(*args, **kwargs)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from ase import Atoms
 import numpy as np
 import torch
 from torch import Tensor
@@ -57,8 +58,6 @@ def decoder_example(layers: Sequence[Tensor], cutoff: float, m: int, ep: int, se
 
 def default_structure(elements: Sequence[int]):
     """A small triclinic slab (periodic in x, y; open in z) of the model's elements, for the C++ example."""
-    from ase import Atoms
-
     prefer = [z for z in (1, 6, 8, 14) if z in elements] or list(elements)[:3]
     rng = np.random.default_rng(7)
     cell = np.array([[3.9, 0.0, 0.0], [0.7, 3.6, 0.0], [0.0, 0.0, 9.0]])

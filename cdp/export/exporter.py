@@ -7,29 +7,80 @@ backbone or readout, with its class and the source line) and the exporter's reas
 from __future__ import annotations
 
 import datetime
-import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from cdp._version import __version__
+from cdp.core.checkpoint import checked_elements, file_sha256
+from cdp.core.constants import NUM_ELEMENTS
+from cdp.core.provenance import component_provenance
 from cdp.core.types import CdpError
 from cdp.export import metadata as md
 from cdp.export.context import blame, export_context  # noqa: F401  (re-exported)
 from cdp.export.examples import EXAMPLE_SIZES, decoder_example, encoder_example
+from cdp.export.onnx import export_onnx
+from cdp.export.pt2 import export_pt2
+from cdp.export.torchscript import export_torchscript
 from cdp.export.wrappers import DECODER_EDGE_INPUTS, ENCODER_INPUTS, atom_output_names, split_model
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 
 
+@dataclass
+class ExportJob:
+    """What every format's exporter receives: the model, its split halves, example inputs, the metadata."""
+
+    model: torch.nn.Module
+    enc: torch.nn.Module
+    dec: torch.nn.Module
+    enc_args: Tuple
+    dec_args: Tuple
+    names: List[str]  # atom-output names (layers, then the prior's coefficients when there is one)
+    out: Path
+    meta: dict
+    opset: int
+    log: Callable[[str], None]
+
+
+def _onnx(job: ExportJob) -> dict:
+    return export_onnx(job.model, job.enc, job.dec, job.enc_args, job.dec_args, job.names, job.out, job.meta,
+                       opset=job.opset, log=job.log)
+
+
+def _torchscript(job: ExportJob) -> dict:
+    return export_torchscript(job.model, job.enc, job.dec, job.enc_args, job.dec_args, job.out, job.meta, log=job.log)
+
+
+def _pt2(job: ExportJob) -> dict:
+    return export_pt2(job.model, job.enc, job.dec, job.enc_args, job.dec_args, job.out, job.meta, log=job.log)
+
+
+# format name → exporter writing DIR/{encoder,decoder}.<ext>; its return value is stored under meta[format]
+EXPORTERS: Dict[str, Callable[[ExportJob], dict]] = {"onnx": _onnx, "torchscript": _torchscript, "pt2": _pt2}
+assert set(EXPORTERS) == set(md.ARTIFACTS), "every artifact kind has exactly one exporter"
+
+
+def probe_memory_record(model) -> Optional[dict]:
+    """The backbone's decode-memory model as cdp_export.json records it, or None when it has none:
+    one decode call of M probes with e edges per probe needs ``fixed + M·(per_probe + per_edge·e)`` bytes."""
+    estimate = getattr(model.backbone, "probe_memory", None)
+    if estimate is None:
+        return None
+    itemsize = torch.finfo(model.dtype).bits // 8
+    fixed, base = (int(v) for v in estimate(itemsize, 0.0))
+    _, one = (int(v) for v in estimate(itemsize, 1.0))
+    return {"fixed": fixed, "per_probe": base, "per_edge": one - base}
+
+
 def model_elements(model, info: Optional[dict] = None) -> List[int]:
     """Elements the model accepts: the checkpoint's recorded elements, else every Z its featurizer embeds."""
-    from cdp.core.checkpoint import checked_elements
-
     recorded = ((info or {}).get("metadata") or {}).get("elements")
     if recorded:
         return checked_elements(recorded, "checkpoint metadata")
-    return list(range(1, min(int(model.featurizer.num_elements), 119)))  # Featurizer contract: Z < num_elements
+    return list(range(1, min(int(model.featurizer.num_elements), NUM_ELEMENTS)))  # Featurizer contract: Z < num_elements
 
 
 def check_out_dir(out: Path, force: bool) -> None:
@@ -60,12 +111,8 @@ def export_model(
     ``out_dir`` must be missing or empty: a directory holding any file (even one this format would not
     write) is refused untouched with a CdpError unless ``force``, which overwrites the files it writes.
     """
-    from cdp._version import __version__
-    from cdp.core.checkpoint import file_sha256
-    from cdp.core.provenance import component_provenance
-
-    if fmt not in md.ARTIFACTS:
-        raise CdpError(f"unknown export format '{fmt}' (one of {', '.join(md.ARTIFACTS)})")
+    if fmt not in EXPORTERS:
+        raise CdpError(f"unknown export format '{fmt}' (one of {', '.join(EXPORTERS)})")
     dtype = model.dtype
     if dtype not in DTYPE_NAMES:
         raise CdpError(f"cannot export a model in {dtype} (float32 or float64)")
@@ -112,6 +159,7 @@ def export_model(
                                               "note": "the decoder adds the prior: its density output is the total"},
         "model_config": getattr(model, "config", {}),
         "components": component_provenance(model),  # the package and version that built each component
+        "probe_memory": probe_memory_record(model),
         "edge_convention": "edge_index [2,E] int64 = [sender, receiver]; edge_vec = r_receiver - (r_sender + n @ cell); probe edges are [atom, probe]; distance <= cutoff",
         "encoder": {
             "file": f"encoder.{md.ARTIFACTS[fmt]}",
@@ -127,18 +175,7 @@ def export_model(
     }
     assert tuple(i["name"] for i in meta["encoder"]["inputs"]) == ENCODER_INPUTS
     assert tuple(i["name"] for i in meta["decoder"]["inputs"])[len(names):] == DECODER_EDGE_INPUTS
-    if fmt == "onnx":
-        from cdp.export.onnx import export_onnx
-
-        meta["onnx"] = export_onnx(model, enc, dec, enc_args, dec_args, names, out, meta, opset=opset, log=log)
-    elif fmt == "torchscript":
-        from cdp.export.torchscript import export_torchscript
-
-        meta["torchscript"] = export_torchscript(model, enc, dec, enc_args, dec_args, out, meta, log=log)
-    else:
-        from cdp.export.pt2 import export_pt2
-
-        meta["pt2"] = export_pt2(model, enc, dec, enc_args, dec_args, out, meta, log=log)
+    meta[fmt] = EXPORTERS[fmt](ExportJob(model, enc, dec, enc_args, dec_args, names, out, meta, opset, log))
     for role in ("encoder", "decoder"):
         meta[role]["sha256"] = file_sha256(out / meta[role]["file"])
     md.write_metadata(out, meta)

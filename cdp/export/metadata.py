@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from cdp.core.atomic import atomic_write_text  # noqa: F401  (re-exported)
+from cdp.core.checkpoint import file_sha256
+from cdp.core.constants import MAX_Z
 from cdp.core.types import CdpError
 
 FORMAT = "cdp-export"
@@ -60,8 +62,6 @@ def read_metadata(model_dir, expect_format: Optional[str] = None, check_files: b
     Loading a TorchScript or pt2 artifact runs code by nature, so each file must be a plain name inside
     ``model_dir`` whose SHA-256 matches the one recorded here; any other value is a one-line CdpError.
     """
-    from cdp.core.checkpoint import file_sha256
-
     model_dir = Path(model_dir)
     path = model_dir / METADATA_FILE
     if not model_dir.is_dir():
@@ -87,13 +87,17 @@ def read_metadata(model_dir, expect_format: Optional[str] = None, check_files: b
         raise CdpError(f"{path}: cutoff must be a positive number of Å, got {_short(cutoff)}")
     elements = meta.get("elements")
     if not isinstance(elements, list) or not elements or not all(
-        isinstance(z, int) and not isinstance(z, bool) and 0 < z < 119 for z in elements
+        isinstance(z, int) and not isinstance(z, bool) and 0 < z <= MAX_Z for z in elements
     ):
         raise CdpError(f"{path}: elements must be a non-empty list of atomic numbers 1..118, got {_short(elements)}")
     if meta.get("dtype") not in ("float32", "float64"):
         raise CdpError(f"{path}: dtype must be float32 or float64, got {_short(meta.get('dtype'))}")
     if not isinstance(meta.get("spin", False), bool):
         raise CdpError(f"{path}: spin must be true or false, got {_short(meta.get('spin'))}")
+    memory = meta.get("probe_memory")
+    if memory is not None and not (isinstance(memory, dict) and set(memory) == {"fixed", "per_probe", "per_edge"} and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62 for v in memory.values())):
+        raise CdpError(f"{path}: probe_memory must be null or {{fixed, per_probe, per_edge}} byte counts, got {_short(memory)}")
     for role in ("encoder", "decoder"):
         part = meta.get(role)
         if not isinstance(part, dict) or not isinstance(part.get("file"), str):

@@ -12,16 +12,21 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
+import torch
 
-from cdp.core.types import CdpError, DensityGrid
-from cdp.core.validate import check_overlap, validate_atoms, validate_probes
+from cdp.core.constants import DEFAULT_PROBE_BATCH
+from cdp.core.device import resolve_device
+from cdp.core.frame import LocalFrame
+from cdp.core.predictor import DensityPredictor
+from cdp.core.registry import get_registry
+from cdp.core.types import CdpError
+from cdp.core.validate import check_overlap, validate_atoms
 from cdp.export import metadata as md
 
 NP_DTYPES = {"float32": np.float32, "float64": np.float64}
-DEFAULT_PROBE_BATCH = 2500
 
 
 def default_workers() -> int:
@@ -37,7 +42,7 @@ class OnnxBackend:
 
     def __init__(self, model_dir: Path, meta: dict, device: Optional[str] = "cpu"):
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # optional dependency (cdp[onnx] / cdp[gpu])
         except ImportError:
             raise CdpError("onnxruntime is not installed (pip install 'cdp[onnx]', or 'cdp[gpu]' for CUDA)") from None
         self.ort = ort
@@ -88,10 +93,6 @@ class TorchBackend:
     """encoder/decoder as TorchScript (``torch.jit.load``) or AOTInductor packages (``aoti_load_package``)."""
 
     def __init__(self, model_dir: Path, meta: dict, device: Optional[str] = "cpu"):
-        import torch
-
-        from cdp.core.device import resolve_device
-
         self.torch = torch
         self.device = resolve_device(device)
         self.modules = {}
@@ -136,8 +137,6 @@ class TorchBackend:
 def _graph_builder(meta: dict):
     """The exported model's own graph builder, built through the registry (graph construction stays outside
     the exported programs); a builder that is not installed here is refused by name."""
-    from cdp.core.registry import get_registry
-
     spec = (meta.get("model_config") or {}).get("graph") or {"name": "periodic"}
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise CdpError(f"cdp_export.json: model_config.graph must be a component mapping, got {spec!r}")
@@ -147,21 +146,35 @@ def _graph_builder(meta: dict):
         raise CdpError(f"cannot run this export: its graph builder is unavailable here ({exc})") from None
 
 
-class ExportedPredictor:
-    """Densities from an export directory; same ``predict`` / ``predict_grid`` as cdp.predict.Predictor."""
+class ExportedEncoded(NamedTuple):
+    """One structure ready for decoding: its arrays in ``frame`` and the encoder's per-layer atom features."""
 
-    def __init__(self, model_dir, meta: dict, backend, probe_batch: int = DEFAULT_PROBE_BATCH, workers: Optional[int] = None):
+    positions: np.ndarray  # [N, 3] Å, float64, in ``frame``
+    cell: np.ndarray  # [3, 3] Å
+    pbc: np.ndarray  # [3] bool
+    frame: LocalFrame
+    layers: List[np.ndarray]
+
+
+class ExportedPredictor(DensityPredictor):
+    """Densities from an export directory; ``predict`` / ``iter_grid`` / ``predict_grid`` /
+    ``batch_for_memory`` from :class:`cdp.core.predictor.DensityPredictor`, as cdp.predict.Predictor.
+
+    Probe batches run ``workers`` at a time when the backend allows concurrent runs; a memory budget is
+    shared between them.  The memory estimate is the one recorded at export (``probe_memory`` of
+    cdp_export.json, the PyTorch decoder's); an export without one uses ``probe_batch``.
+    """
+
+    def __init__(self, model_dir, meta: dict, backend, probe_batch: int = DEFAULT_PROBE_BATCH, workers: Optional[int] = None,
+                 max_memory: Optional[int] = None):
         self.model_dir = Path(model_dir)
         self.meta = meta
         self.backend = backend
         self.graph = _graph_builder(meta)
-        self.probe_batch = int(probe_batch)
-        if self.probe_batch < 1:
-            raise CdpError("probe batch size must be at least 1")
+        super().__init__(probe_batch=probe_batch, max_memory=max_memory, name=self.model_dir.name)
         self.workers = default_workers() if workers is None else max(1, int(workers))
         self.np_dtype = NP_DTYPES[meta["dtype"]]
         self.elements = set(meta["elements"])
-        self.name = self.model_dir.name
 
     @property
     def spin(self) -> bool:
@@ -171,6 +184,21 @@ class ExportedPredictor:
     def cutoff(self) -> float:
         return float(self.meta["cutoff"])
 
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.np_dtype).itemsize
+
+    @property
+    def concurrency(self) -> int:
+        return self.workers if getattr(self.backend, "parallel_safe", False) else 1
+
+    def probe_memory(self, itemsize: int, edges_per_probe: float):
+        """(fixed bytes, bytes per probe) from the export's ``probe_memory`` record, or None without one."""
+        rec = self.meta.get("probe_memory")
+        if not rec:
+            return None
+        return int(rec["fixed"]), int(rec["per_probe"] + rec["per_edge"] * edges_per_probe)
+
     def _check(self, atoms) -> None:
         validate_atoms(atoms)
         check_overlap(atoms)
@@ -178,14 +206,12 @@ class ExportedPredictor:
         if bad:
             raise CdpError(f"{self.model_dir}: the exported model does not cover element(s) {bad} (its elements: {sorted(self.elements)})")
 
-    def encode(self, atoms):
-        """(structure arrays, per-layer atom features) for one structure: computed once per structure.
+    def encode(self, atoms) -> ExportedEncoded:
+        """Structure arrays and per-layer atom features of one structure: computed once per structure.
 
         Positions (and later the probes) are moved near the origin in float64 (cdp.core.frame.LocalFrame),
         so the artifact's float32 never sees large absolute coordinates.
         """
-        from cdp.core.frame import LocalFrame
-
         self._check(atoms)
         frame = LocalFrame.of(atoms)
         pos = frame.points(atoms.positions)
@@ -195,72 +221,43 @@ class ExportedPredictor:
         vec = pos[ei[1]] - (pos[ei[0]] + off.astype(np.float64) @ cell)
         numbers = np.asarray(atoms.numbers, dtype=np.int64)
         layers = self.backend.encode(numbers, np.ascontiguousarray(ei, dtype=np.int64), np.ascontiguousarray(vec, dtype=self.np_dtype))
-        return (pos, cell, pbc, frame), layers
+        return ExportedEncoded(pos, cell, pbc, frame, layers)
 
-    def _decode_chunk(self, struct, layers, pts: np.ndarray) -> np.ndarray:
-        pos, cell, pbc, frame = struct
-        pts = frame.points(pts)
+    def decode(self, encoded: ExportedEncoded, probes: np.ndarray) -> np.ndarray:
+        """ρ at ``probes`` [k, 3] (Å, the user's frame): [k] or [k, 2] (spin), e/Å³, float64."""
+        pos, cell, pbc = encoded.positions, encoded.cell, encoded.pbc
+        pts = encoded.frame.points(probes)
         ei, off = self.graph.probe_edges(pos, cell, pbc, pts, self.cutoff)
         vec = pts[ei[1]] - (pos[ei[0]] + off.astype(np.float64) @ cell)
         slots = np.zeros(len(pts), dtype=self.np_dtype)
-        out = self.backend.decode(layers, np.ascontiguousarray(ei, dtype=np.int64), np.ascontiguousarray(vec, dtype=self.np_dtype), slots)
+        out = self.backend.decode(encoded.layers, np.ascontiguousarray(ei, dtype=np.int64), np.ascontiguousarray(vec, dtype=self.np_dtype), slots)
         return np.asarray(out, dtype=np.float64)
 
-    def _run_chunks(self, struct, layers, chunks: Sequence[Callable[[], np.ndarray]]):
-        """Yield decoded chunks in order, several in flight when the backend allows concurrent runs."""
-        n = self.workers if getattr(self.backend, "parallel_safe", False) else 1
-        if n == 1 or len(chunks) <= 1:
-            for make in chunks:
-                yield self._decode_chunk(struct, layers, make())
+    def decode_batches(self, encoded: ExportedEncoded, batches: Sequence[Callable[[], np.ndarray]]) -> Iterator[np.ndarray]:
+        """Decoded batches in order, several in flight when the backend allows concurrent runs."""
+        n = self.concurrency
+        if n == 1 or len(batches) <= 1:
+            yield from super().decode_batches(encoded, batches)
             return
         with ThreadPoolExecutor(max_workers=n) as pool:
-            for start in range(0, len(chunks), 2 * n):
-                futs = [pool.submit(lambda mk=mk: self._decode_chunk(struct, layers, mk())) for mk in chunks[start : start + 2 * n]]
+            for start in range(0, len(batches), 2 * n):
+                futs = [pool.submit(lambda mk=mk: self.decode(encoded, mk())) for mk in batches[start : start + 2 * n]]
                 for f in futs:
                     yield f.result()
 
-    def predict(self, atoms, probes, probe_batch: Optional[int] = None) -> np.ndarray:
-        """ρ at ``probes`` [M, 3] (Å): [M] in e/Å³, or [M, 2] (total, magnetisation) with spin."""
-        pts = validate_probes(probes)
-        struct, layers = self.encode(atoms)
-        step = int(probe_batch or self.probe_batch)
-        chunks = [lambda s=s: pts[s : s + step] for s in range(0, len(pts), step)]
-        out = list(self._run_chunks(struct, layers, chunks))
-        return np.concatenate(out) if out else np.zeros((0, 2) if self.spin else (0,), dtype=np.float64)
-
-    def iter_grid(self, atoms, shape: Sequence[int], cell: Optional[np.ndarray] = None, origin: Optional[np.ndarray] = None,
-                  probe_batch: Optional[int] = None, order: str = "C"):
-        """Yield ``(start, values)`` per probe batch over the flat grid index in ``order`` (as Predictor.iter_grid)."""
-        from cdp.core.grid import grid_frame
-
-        frame = grid_frame(atoms, shape, cell, origin)
-        struct, layers = self.encode(atoms)
-        step = int(probe_batch or self.probe_batch)
-        starts = list(range(0, int(np.prod(frame.values.shape)), step))
-        chunks = [lambda s=s: frame.grid_points(s, s + step, order) for s in starts]
-        yield from zip(starts, self._run_chunks(struct, layers, chunks))
-
-    def predict_grid(self, atoms, shape: Sequence[int], cell: Optional[np.ndarray] = None, origin: Optional[np.ndarray] = None,
-                     probe_batch: Optional[int] = None, progress: Optional[Callable[[int], None]] = None) -> DensityGrid:
-        """The density on a full grid ``shape`` over ``cell`` (default: the structure's cell), streamed."""
-        from cdp.core.grid import assemble_grid, grid_frame
-
-        frame = grid_frame(atoms, shape, cell, origin)
-        chunks = self.iter_grid(atoms, frame.values.shape, frame.cell, frame.origin, probe_batch)
-        return assemble_grid(frame, chunks, self.spin, progress)
-
 
 def load_exported(model_dir, device: Optional[str] = "cpu", probe_batch: int = DEFAULT_PROBE_BATCH, workers: Optional[int] = None,
-                  expect_format: Optional[str] = None) -> ExportedPredictor:
+                  expect_format: Optional[str] = None, max_memory: Optional[int] = None) -> ExportedPredictor:
     """An ExportedPredictor for any export directory (onnx → onnxruntime, torchscript/pt2 → torch)."""
     model_dir = Path(model_dir)
     meta = md.read_metadata(model_dir, expect_format=expect_format)
     backend = OnnxBackend(model_dir, meta, device) if meta["artifact"] == "onnx" else TorchBackend(model_dir, meta, device)
-    return ExportedPredictor(model_dir, meta, backend, probe_batch=probe_batch, workers=workers)
+    return ExportedPredictor(model_dir, meta, backend, probe_batch=probe_batch, workers=workers, max_memory=max_memory)
 
 
-def load_onnx_predictor(model_dir, device: Optional[str] = "cpu", probe_batch: int = DEFAULT_PROBE_BATCH) -> ExportedPredictor:
+def load_onnx_predictor(model_dir, device: Optional[str] = "cpu", probe_batch: int = DEFAULT_PROBE_BATCH,
+                        max_memory: Optional[int] = None) -> ExportedPredictor:
     """``cdp.load_model(DIR, runtime="onnx")``: the ONNX export in DIR run by onnxruntime."""
     if not isinstance(model_dir, (str, os.PathLike)):
         raise CdpError("runtime='onnx' needs an export directory written by `cdp export --format onnx`")
-    return load_exported(model_dir, device=device, probe_batch=probe_batch, expect_format="onnx")
+    return load_exported(model_dir, device=device, probe_batch=probe_batch, expect_format="onnx", max_memory=max_memory)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from e3nn.util import jit as e3jit
 import torch
 
 from cdp.core.atomic import atomic_write
@@ -21,8 +22,6 @@ from cdp.export.context import blame, export_context
 
 def export_torchscript(model, enc, dec, enc_args, dec_args, out: Path, meta: dict, log: Callable[[str], None] = lambda s: None) -> dict:
     """Write encoder.pt / decoder.pt (load with ``torch.jit.load``); returns the TorchScript metadata section."""
-    from e3nn.util import jit as e3jit
-
     dtype = enc_args[2].dtype
     check_enc = [encoder_example(meta["elements"], meta["cutoff"], dtype, 9, 31, seed=5)]
     with torch.no_grad():

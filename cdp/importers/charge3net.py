@@ -18,24 +18,21 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
+from cdp.core.configs import ChargE3NetConfig, preset_params
+from cdp.core.constants import NUM_ELEMENTS
+from cdp.core.interpolation import resolve_section
+from cdp.core.model_size import check_model_memory
 from cdp.core.registry import build_parts
-from cdp.nn.irreps import get_irreps
+from cdp.core.safe_pickle import load_torch_file
 from cdp.core.types import CdpError
+from cdp.core.yamlio import safe_yaml_load
+from cdp.nn.irreps import get_irreps
 
-NUM_ELEMENTS = 119
-PAPER_DEFAULTS: Dict[str, Any] = {
-    "num_interactions": 3,
-    "num_neighbors": 20,
-    "mul": 500,
-    "lmax": 4,
-    "cutoff": 4.0,
-    "basis": "gaussian",
-    "num_basis": 20,
-    "spin": False,
-}
+# the published hyperparameters a checkpoint does not record (cdp.core.configs.ChargE3NetConfig), and spin
+PAPER_DEFAULTS: Dict[str, Any] = {**preset_params("chargee3net")[0], "spin": False}
 _INT_KEYS = ("num_interactions", "mul", "lmax", "num_basis")
 _FLOAT_KEYS = ("num_neighbors", "cutoff")
-_DEFAULT_RADIAL_NEURONS = 100
+_DEFAULT_RADIAL_NEURONS = ChargE3NetConfig.radial_neurons
 
 # published key prefix -> cdp key prefix
 _RENAMES = [
@@ -56,41 +53,6 @@ _RENAMES = [
 def _is_constant_key(key: str) -> bool:
     """Buffers derived from the architecture (masks, Wigner 3j), rebuilt rather than imported."""
     return key.endswith("output_mask") or "._w3j_" in key or key.endswith("sc_mask")
-
-
-_REF = re.compile(r"\$\{([^{}]*)\}")
-
-
-def _lookup(root: Mapping, path: str, where: str) -> Any:
-    node: Any = root
-    for part in path.split("."):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        else:
-            raise CdpError(f"{where}: cannot resolve reference ${{{path}}}")
-    return node
-
-
-def _resolve(value: Any, root: Mapping, where: str, depth: int = 0) -> Any:
-    """Resolve ``${a.b}`` references against the top level of the document (OmegaConf style)."""
-    if depth > 20:
-        raise CdpError(f"{where}: circular ${{...}} reference")
-    if not isinstance(value, str) or "${" not in value:
-        return value
-    whole = _REF.fullmatch(value.strip())
-    if whole:
-        path = whole.group(1).strip()
-        if ":" in path:
-            raise CdpError(f"{where}: cannot resolve '{value}' (resolvers are not supported)")
-        return _resolve(_lookup(root, path, where), root, where, depth + 1)
-
-    def sub(m):
-        path = m.group(1).strip()
-        if ":" in path:
-            raise CdpError(f"{where}: cannot resolve '{value}' (resolvers are not supported)")
-        return str(_resolve(_lookup(root, path, where), root, where, depth + 1))
-
-    return _REF.sub(sub, value)
 
 
 def _number(value: Any, key: str, where: str, integer: bool) -> Union[int, float]:
@@ -131,8 +93,6 @@ def _read_document(path: Path) -> Any:
             return json.loads(text)
         except ValueError as exc:
             raise CdpError(f"{path}: invalid JSON ({str(exc).splitlines()[0]})") from None
-    from cdp.core.yamlio import safe_yaml_load
-
     return safe_yaml_load(text, str(path))
 
 
@@ -168,11 +128,9 @@ def parse_config(config: Union[None, str, Path, Mapping], where: Optional[str] =
     if isinstance(target, str) and target.rsplit(".", 1)[-1] not in ("E3DensityModel",):
         raise CdpError(f"{where}: config describes {target}, not a ChargE3Net E3DensityModel")
     out: Dict[str, Any] = {}
-    for key in PAPER_DEFAULTS:
-        if key not in section or section[key] is None:
-            continue
+    values = resolve_section(doc, loc.split(".") if loc else [], PAPER_DEFAULTS, where)
+    for key, value in values.items():
         name = f"{loc}.{key}" if loc else key
-        value = _resolve(section[key], doc, f"{where}: {name}")
         if key in _INT_KEYS:
             out[key] = _number(value, name, where, integer=True)
         elif key in _FLOAT_KEYS:
@@ -192,8 +150,6 @@ def parse_config(config: Union[None, str, Path, Mapping], where: Optional[str] =
 
 def read_state_dict(path) -> Dict[str, torch.Tensor]:
     """Published weights with published keys (``atom_model.*``/``probe_model.*``), either format."""
-    from cdp.core.safe_pickle import load_torch_file
-
     path = Path(path)
     data = load_torch_file(str(path))
     if not isinstance(data, Mapping):
@@ -373,7 +329,6 @@ def import_charge3net_components(path, config=None):
     sd = read_state_dict(path)
     hp = resolve_hyperparameters(given, sd, source, where)
     cfg = model_config(hp)
-    from cdp.core.model_size import check_model_memory
 
     check_model_memory(cfg, where)
     modules = build_components(cfg)

@@ -15,7 +15,10 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from cdp.core.configs import EquiDeepDFTConfig, InvDeepDFTConfig
+from cdp.core.model_size import check_model_memory
 from cdp.core.registry import build_parts
+from cdp.core.safe_pickle import load_torch_file
 from cdp.core.types import CdpError
 
 ARGUMENTS = "arguments.json"
@@ -84,11 +87,11 @@ def model_config(args: dict, spin: bool = False) -> dict:
     n, size, cutoff = int(args["num_interactions"]), int(args["node_size"]), float(args["cutoff"])
     if bool(args.get("use_painn_model", False)):
         backbone = {"name": "equideepdft", "num_interactions": n, "node_size": size, "cutoff": cutoff,
-                    "distance_embedding_size": int(args.get("distance_embedding_size", 30))}
+                    "distance_embedding_size": int(args.get("distance_embedding_size", EquiDeepDFTConfig.distance_embedding_size))}
         activation = "silu"
     else:
         backbone = {"name": "invdeepdft", "num_interactions": n, "node_size": size, "cutoff": cutoff,
-                    "gaussian_expansion_step": float(args.get("gaussian_expansion_step", 0.1))}
+                    "gaussian_expansion_step": float(args.get("gaussian_expansion_step", InvDeepDFTConfig.gaussian_expansion_step))}
         activation = "ssp"
     readout = {"name": "mlp", "activation": activation}
     if spin:
@@ -101,14 +104,7 @@ def _load_weights(path: Path) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         raise CdpError(f"{path}: missing (a DeepDFT model directory holds {ARGUMENTS} and {WEIGHTS})")
     try:
-        from cdp.core.safe_pickle import load_torch_file
-    except ImportError:  # pragma: no cover - safe_pickle ships with cdp
-        load_torch_file = None
-    try:
-        if load_torch_file is not None:
-            data = load_torch_file(str(path))
-        else:  # pragma: no cover
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_torch_file(str(path))
     except CdpError:
         raise
     except Exception as exc:  # corrupt or foreign file
@@ -136,8 +132,6 @@ def _rename(sd: Dict[str, torch.Tensor], painn: bool, source: str) -> Dict[str, 
 
 def import_deepdft(model_dir) -> Tuple[dict, Dict[str, torch.Tensor]]:
     """Read a DeepDFT model directory; return (cdp model config, state_dict with cdp keys), shapes checked."""
-    from cdp.core.model_size import check_model_memory
-
     model_dir = Path(model_dir)
     args = read_arguments(model_dir)
     check_model_memory(model_config(args), str(model_dir / ARGUMENTS))  # before any weight is read

@@ -14,6 +14,7 @@ import re
 from typing import List, Optional, Tuple
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from cdp.core.errors import CdpError
 
@@ -34,8 +35,6 @@ def match_atoms(atoms, reference, name: str = "structure", tolerance: float = MA
     ``tolerance`` Å modulo the reference's lattice along its periodic axes.  One-to-one, else a CdpError
     naming the first atom that has no partner.
     """
-    from scipy.spatial import cKDTree
-
     n = len(atoms)
     if n != len(reference):
         raise CdpError(f"{name}: {n} atoms, the reference has {len(reference)}; its augmentation cannot be carried over")

@@ -37,6 +37,7 @@ from cdp.io._text import (
     parse_ints,
     snippet,
 )
+from cdp.io.compression import open_source
 
 KIND = "CHGCAR"
 MAX_BLOCKS = 4  # total, then 1 (collinear) or 3 (non-collinear) magnetisation blocks
@@ -363,8 +364,6 @@ def _to_grid(step: _Step, name: str) -> Tuple[Atoms, DensityGrid]:
 
 def parse_chgcar(text: str, name: str, frame: int = -1) -> Tuple[Atoms, DensityGrid]:
     """Parse CHGCAR text into atoms and a grid (values e/Å³, origin 0, pbc True)."""
-    from cdp.io.compression import open_source
-
     data = text.encode("utf-8")
     with open_source(data=data, name="CHGCAR") as source:
         source.name = name
@@ -373,8 +372,6 @@ def parse_chgcar(text: str, name: str, frame: int = -1) -> Tuple[Atoms, DensityG
 
 def read_chgcar_bytes(data: bytes, name: str, frame: int = -1) -> Tuple[Atoms, DensityGrid]:
     """Parse (uncompressed) CHGCAR bytes."""
-    from cdp.io.compression import open_source
-
     with open_source(data=data, name="CHGCAR") as source:
         source.name = name
         return read_chgcar(source, name, frame)[:2]

@@ -17,6 +17,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Optional, Tuple
 
+import lz4.frame
+
 from cdp.core.atomic import atomic_write_bytes  # noqa: F401  (re-exported)
 from cdp.core.errors import CdpError
 
@@ -102,8 +104,6 @@ class Source:
         elif codec == "zlib":
             self._fh = _Zlib(raw)
         else:
-            import lz4.frame
-
             self._fh = lz4.frame.LZ4FrameFile(raw, mode="rb")
 
     def read(self, n: int) -> bytes:
@@ -204,7 +204,6 @@ def compress(data: bytes, codec: Optional[str]) -> bytes:
         return bz2.compress(data, 9)
     if codec == "xz":
         return lzma.compress(data, preset=6)
-    import lz4.frame
 
     return lz4.frame.compress(data)
 

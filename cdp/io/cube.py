@@ -18,7 +18,9 @@ from ase.units import Bohr
 
 from cdp.core.errors import CdpError
 from cdp.core.grid import DensityGrid
+from cdp.core.validate import MAX_Z
 from cdp.io._text import TextSource, check_finite, check_grid_size, check_room, snippet
+from cdp.io.compression import open_source
 
 KIND = "cube"
 UNITS = ("bohr", "angstrom")
@@ -116,7 +118,7 @@ def read_cube(source, name: str, units: str = "bohr") -> Tuple[Atoms, DensityGri
             ) from None
         if not np.isfinite(zf) or zf != int(zf):
             raise CdpError(f"{name}: line {lines.lineno}: atomic number {f[0]!r} is not an integer")
-        if not 0 < zf < 119:
+        if not 0 < zf <= MAX_Z:
             raise CdpError(f"{name}: line {lines.lineno}: unknown element (atomic number {f[0]})")
         z[i] = int(zf)
     positions = pos * length
@@ -152,8 +154,6 @@ def parse_cube(text: str, name: str, units: str = "bohr") -> Tuple[Atoms, Densit
 
 def read_cube_bytes(data: bytes, name: str, units: str = "bohr") -> Tuple[Atoms, DensityGrid]:
     """Parse (uncompressed) cube bytes."""
-    from cdp.io.compression import open_source
-
     with open_source(data=data, name="x.cube") as source:
         source.name = name
         return read_cube(source, name, units=units)

@@ -9,19 +9,26 @@ name and renamed at the end, so an error (or Ctrl-C) mid-grid leaves no partial 
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import tempfile
 import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Tuple
 
+import lz4.frame
 import numpy as np
 
 from cdp.core.atomic import atomic_write, check_free_space
 from cdp.core.errors import CdpError
-from cdp.core.grid import DensityGrid
+from cdp.core.grid import DensityGrid, grid_frame
+from cdp.core.validate import validate_atoms
+from cdp.io import record_pbc
 from cdp.io._text import check_finite
+from cdp.io.chgcar import chgcar_dims_line, chgcar_header, format_chgcar_values, verbatim_block
 from cdp.io.compression import split_compression
+from cdp.io.cube import cube_header, cube_value_scale, format_cube_rows
 
 Chunks = Callable[[str], Iterable[Tuple[int, np.ndarray]]]  # order ("C" | "F") -> (start, values) batches
 _PARK_BATCH = 1 << 20  # magnetisation values read back per step
@@ -39,16 +46,10 @@ class _Sink:
         elif codec == "zlib":
             self._zlib = zlib.compressobj(6)
         elif codec == "bzip2":
-            import bz2
-
             self._fh = bz2.BZ2File(self._raw, mode="wb", compresslevel=9)
         elif codec == "xz":
-            import lzma
-
             self._fh = lzma.LZMAFile(self._raw, mode="wb", preset=6)
         elif codec == "lz4":
-            import lz4.frame
-
             self._fh = lz4.frame.open(self._raw, mode="wb")
 
     def write(self, data) -> None:
@@ -80,8 +81,6 @@ def _progress(progress, k: int) -> None:
 def _chgcar(sink: _Sink, name: str, atoms, frame: DensityGrid, chunks: Chunks, spin: bool,
             augmentation: Optional[str], spin_augmentation: Optional[str], progress, directory: Path) -> float:
     """CHGCAR: header, ρ·V five per line (x fastest), augmentation, then the parked magnetisation; returns Σρ."""
-    from cdp.io.chgcar import chgcar_dims_line, chgcar_header, format_chgcar_values, verbatim_block
-
     shape = frame.values.shape
     volume = abs(float(np.linalg.det(np.asarray(frame.cell, dtype=np.float64))))
     sink.write(chgcar_header(atoms, frame.cell, frame.origin, shape, name,
@@ -124,8 +123,6 @@ def _chgcar(sink: _Sink, name: str, atoms, frame: DensityGrid, chunks: Chunks, s
 
 def _cube(sink: _Sink, name: str, atoms, frame: DensityGrid, chunks: Chunks, units: str, progress) -> float:
     """cube: header, then whole z-rows six values per line (C order); returns Σρ."""
-    from cdp.io.cube import cube_header, cube_value_scale, format_cube_rows
-
     shape = frame.values.shape
     nz = int(shape[2])
     scale = cube_value_scale(units)
@@ -213,9 +210,6 @@ def stream_grid(path, fmt: str, atoms, frame: DensityGrid, chunks: Chunks, spin:
         finally:
             sink.close()
 
-    from cdp.core.validate import validate_atoms
-    from cdp.io import record_pbc
-
     validate_atoms(atoms, name=name)
     check_free_space(path, grid_bytes(fmt, expected, spin), "the grid (uncompressed)")
     atomic_write(path, write)
@@ -233,8 +227,6 @@ def stream_predicted_grid(predictor, path, fmt: str, atoms, shape, cell=None, or
 
     Memory holds the atom features and one probe batch, whatever the grid size.  Returns the electrons.
     """
-    from cdp.core.grid import grid_frame
-
     frame = grid_frame(atoms, shape, cell, origin)
     spin = bool(getattr(predictor, "spin", False))
 

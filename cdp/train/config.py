@@ -15,10 +15,11 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from cdp.core.registry import PRESET_KEYS
+from cdp.core.model_size import check_model_memory
+from cdp.core.registry import PRESET_KEYS, get_registry, validate_preset
+from cdp.core.prior import check_prior_config
 from cdp.core.types import CdpError
 from cdp.core.yamlio import read_yaml_mapping
-from cdp.train.presets import training_preset
 
 LOSSES = ("l1", "mse")
 DTYPES = ("float32", "float64")
@@ -60,8 +61,6 @@ def resolve_model(model: Any, where: str, registry=None) -> dict:
     or give all four components in full.  ``prior`` (the atomic reference densities, see
     :mod:`cdp.core.prior`) comes from the preset unless given; ``prior: null`` turns it off.
     """
-    from cdp.core.registry import get_registry, validate_preset
-
     if isinstance(model, str):
         model = {"preset": model}
     if not isinstance(model, dict):
@@ -89,8 +88,6 @@ def resolve_model(model: Any, where: str, registry=None) -> dict:
         if not comp:
             raise CdpError(f"{where}: 'model.{key}' is missing (name a model preset or give all components)")
         out[key] = comp
-    from cdp.core.prior import check_prior_config
-
     if "prior" in model:
         prior = model["prior"]
         if isinstance(prior, dict) and isinstance(base.get("prior"), dict):
@@ -134,14 +131,16 @@ def resolve_config(config: Union[dict, str, Path], registry=None) -> dict:
     cfg = dict(DEFAULTS)
     model_train = {}
     if model["preset"] is not None:
-        from cdp.core.registry import get_registry
-
         model_train = (registry or get_registry()).preset(model["preset"]).get("train", {}) or {}
     cfg.update({k: v for k, v in model_train.items() if k in HYPER_FROM_MODEL})
     if config.get("preset") is not None:
         if not isinstance(config["preset"], str):
             raise CdpError(f"{where}: 'preset' must be a training preset name")
-        cfg.update(training_preset(config["preset"]))
+        named = (registry or get_registry()).training_preset(config["preset"])
+        bad = [k for k in named if k not in DEFAULTS or k == "preset"]
+        if bad:
+            raise CdpError(f"training preset '{config['preset']}': unknown key '{bad[0]}' (known: {', '.join(k for k in DEFAULTS if k != 'preset')})")
+        cfg.update(named)
     cfg.update(config)
     cfg["model"] = model
 
@@ -170,7 +169,6 @@ def resolve_config(config: Union[dict, str, Path], registry=None) -> dict:
     if cfg["dataset"] is not None and not isinstance(cfg["dataset"], str):
         raise CdpError(f"{where}: 'dataset' must be a path or null (null: the embedded dataset)")
     _check_split(cfg["split"], where)
-    from cdp.core.model_size import check_model_memory
 
     check_model_memory(model, f"{where}: model", 8 if cfg["dtype"] == "float64" else 4)
     return {k: cfg[k] for k in KEYS}

@@ -21,6 +21,7 @@ import torch
 
 from cdp.core.prior import NormalEquations, PriorFit, electrons_per_element, fit_coefficients
 from cdp.core.types import edge_vectors
+from cdp.data.datasets import _stem
 
 MAX_STRUCTURES = 512  # structures the fit reads at most
 MAX_POINTS = 200_000  # grid points over all fitted structures
@@ -30,8 +31,6 @@ MIN_POINTS_PER_STRUCTURE = 500
 
 def manifest_electrons(source) -> Dict[str, float]:
     """``{dataset name: electrons_expected}`` from ``source/manifest.json`` (empty when absent or unreadable)."""
-    from cdp.data.datasets import _stem
-
     path = os.path.join(str(source), "manifest.json")
     if not os.path.isfile(path):
         return {}

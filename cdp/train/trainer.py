@@ -22,16 +22,24 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from cdp.core.atomic import atomic_write_text
 from cdp.core.checkpoint import load_state_dict_checked, read_checkpoint, save_checkpoint
+from cdp.core.model import DensityModel
 from cdp.core.provenance import check_provenance
 from cdp.core.registry import PRESET_KEYS, get_registry
 from cdp.core.types import Batch, CdpError
 from cdp.core.validate import MAX_Z, check_overlap
+from cdp.data import load_dataset, load_split
+from cdp.data.sampling import GridCache, ProbeSampler
+from cdp.predict import resolve_device
 from cdp.train import ddp
 from cdp.train.config import dump_config, load_config_file, resolve_config, resume_config
+from cdp.train.prior_fit import fit_prior, fit_record
 from cdp.train.sampling import shard, step_slots
 from cdp.train.schedule import PowerDecay
 
@@ -90,8 +98,6 @@ def train_run(config: Union[dict, str, Path, None] = None, run_dir=None, resume=
     ``steps``, ``time_budget`` and ``progress`` (to train further).  Under torchrun (RANK/WORLD_SIZE set)
     this joins the process group; only rank 0 writes files.
     """
-    from cdp.predict import resolve_device
-
     info = ddp.env_info()
     dev = ddp.setup(info, resolve_device(device))
     try:
@@ -129,7 +135,6 @@ def _agree(info: ddp.DistInfo, text: str) -> str:
     """Rank 0's value of ``text`` on every rank (run directory names carry a timestamp)."""
     if not info.enabled:
         return text
-    import torch.distributed as dist
 
     box = [text]
     dist.broadcast_object_list(box, src=0)
@@ -144,8 +149,6 @@ def resolve_split(dataset, split, seed: int) -> Dict[str, List[str]]:
     name/index lists, or a mapping of fractions (a seeded shuffle; at least one item per nonzero part
     once there are three or more items).
     """
-    from cdp.data import load_split
-
     if split is None:
         split = dataset.splits if dataset.splits is not None else dict(DEFAULT_SPLIT)
     elif isinstance(split, str):
@@ -197,8 +200,6 @@ class _Item:
 def _load_items(dataset, names: List[str], pbc: Optional[bool], dtype: torch.dtype, spin: bool, what: str,
                 warn) -> Tuple[object, List[_Item], List[str]]:
     """Read the grids of ``names`` (float32 cache); unreadable items are skipped and named."""
-    from cdp.data.sampling import GridCache, ProbeSampler
-
     subset = dataset.subset(names)
     cache = GridCache(subset)
     items: List[_Item] = []
@@ -260,9 +261,6 @@ class Trainer:
     """One training run in one directory (fresh or resumed)."""
 
     def __init__(self, cfg: dict, run_dir: Path, device: torch.device, info: ddp.DistInfo, resume: bool = False):
-        from cdp.core.model import DensityModel
-        from cdp.data import load_dataset
-
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = device
@@ -319,8 +317,6 @@ class Trainer:
                 self._log({"step": 0, "prior": prior_record})
 
         if info.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [device.index] if device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         else:
@@ -370,8 +366,6 @@ class Trainer:
     # -- the atomic prior --------------------------------------------------------------------------
     def _fit_prior(self) -> dict:
         """Fit the model's atomic reference densities on the training grids (before step 0); its log record."""
-        from cdp.train.prior_fit import fit_prior, fit_record
-
         fit = fit_prior(self.model, self.train_sampler.cache, self.train_items, self.cfg["seed"], self.dataset_source)
         self.model.to(dtype=self.dtype, device=self.device)
         record = fit_record(fit)
@@ -514,8 +508,6 @@ class Trainer:
         return "time_budget" if over else None
 
     def _progress_bar(self):
-        from tqdm import tqdm
-
         enabled = self.cfg["progress"]
         if enabled is None:
             enabled = sys.stderr.isatty()

@@ -177,3 +177,42 @@ def test_runtime_translation_invariant(onnx_dirs, ts_dirs):
                 moved.positions += v
                 err = np.abs(pred.predict(moved, probes + v) - ref).max() / np.abs(ref).max()
                 assert err <= TOL, f"{path.name} {label} {size:g}: {err:.2e} of max|rho|"
+
+
+def test_exported_runtime_sizes_batches_like_pytorch(models, ts_dirs):
+    """The decode-memory model recorded at export sizes the runtime's batches as the PyTorch predictor's,
+    its budget shared between the batches in flight; a backbone without an estimate records none."""
+    meta, path = ts_dirs["chargee3net"]
+    rec = meta["probe_memory"]
+    assert set(rec) == {"fixed", "per_probe", "per_edge"} and rec["per_edge"] > 0
+    _, atoms, probes = cases()[0]
+    eager = Predictor(models["chargee3net"])
+    fixed, per_probe = eager.probe_memory(4, 10.0)
+    assert (rec["fixed"], rec["per_probe"] + 10 * rec["per_edge"]) == (fixed, per_probe)
+    budget = fixed + 7 * per_probe
+    want = eager.batch_for_memory(atoms, budget)
+    assert 1 <= want < len(probes)
+    one = load_exported(path, workers=1, max_memory=budget)
+    assert one.batch_for_memory(atoms) == want
+    assert load_exported(path, workers=2).batch_for_memory(atoms, 2 * budget) == want
+    ref = eager.predict(atoms, probes)
+    assert np.abs(one.predict(atoms, probes) - ref).max() <= TOL * np.abs(ref).max()
+    with pytest.raises(CdpError, match="is below the .* one probe of this model needs"):
+        one.batch_for_memory(atoms, fixed)
+    assert ts_dirs["invdeepdft"][0]["probe_memory"] is None
+    assert load_exported(ts_dirs["invdeepdft"][1], probe_batch=6, max_memory=10**6).batch_for_memory(atoms) == 6
+
+
+def test_cli_predict_runtime_onnx_takes_max_memory(models, onnx_dirs, tmp_path):
+    from click.testing import CliRunner
+
+    from cdp.cli.predict import command
+
+    _, atoms, probes = cases()[0]
+    atoms.write(tmp_path / "s.traj")
+    np.save(tmp_path / "p.npy", probes)
+    res = CliRunner().invoke(command, [str(tmp_path / "s.traj"), "--model", str(onnx_dirs["invdeepdft"][1]), "--runtime",
+                                       "onnx", "--max-memory", "1G", "--probes", str(tmp_path / "p.npy"), "-o", str(tmp_path / "o.npy")])
+    assert res.exit_code == 0, res.output
+    ref = Predictor(models["invdeepdft"]).predict(atoms, probes)
+    assert np.abs(np.load(tmp_path / "o.npy") - ref).max() <= TOL * np.abs(ref).max()

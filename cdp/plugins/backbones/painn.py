@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cdp.core.components import Backbone, Spec
+from cdp.core.configs import EquiDeepDFTConfig
 from cdp.core.hookspec import hookimpl
 from cdp.core.types import CdpError
 from cdp.nn.blocks import (
@@ -118,10 +119,10 @@ class EquiDeepDFT(Backbone):
 
     def __init__(
         self,
-        num_interactions: int = 3,
-        node_size: int = 128,
-        cutoff: float = 4.0,
-        distance_embedding_size: int = 30,
+        num_interactions: int = EquiDeepDFTConfig.num_interactions,
+        node_size: int = EquiDeepDFTConfig.node_size,
+        cutoff: float = EquiDeepDFTConfig.cutoff,
+        distance_embedding_size: int = EquiDeepDFTConfig.distance_embedding_size,
     ):
         super().__init__()
         if int(num_interactions) < 1 or int(node_size) < 1 or int(distance_embedding_size) < 1:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from cdp.core.components import Backbone, Spec
+from cdp.core.configs import InvDeepDFTConfig
 from cdp.core.hookspec import hookimpl
 from cdp.core.types import CdpError
 from cdp.nn.blocks import (
@@ -80,10 +81,10 @@ class InvDeepDFT(Backbone):
 
     def __init__(
         self,
-        num_interactions: int = 6,
-        node_size: int = 128,
-        cutoff: float = 4.0,
-        gaussian_expansion_step: float = 0.1,
+        num_interactions: int = InvDeepDFTConfig.num_interactions,
+        node_size: int = InvDeepDFTConfig.node_size,
+        cutoff: float = InvDeepDFTConfig.cutoff,
+        gaussian_expansion_step: float = InvDeepDFTConfig.gaussian_expansion_step,
     ):
         super().__init__()
         if int(num_interactions) < 1 or int(node_size) < 1:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from cdp.core.components import Featurizer, Spec
+from cdp.core.constants import NUM_ELEMENTS  # Z = 0..118, like DeepDFT's table (len(ase.data.atomic_numbers))
 from cdp.core.hookspec import hookimpl
 from cdp.core.types import CdpError
-
-NUM_ELEMENTS = 119  # Z = 0..118, like DeepDFT's table (len(ase.data.atomic_numbers))
 
 
 class EmbeddingFeaturizer(Featurizer):

@@ -6,13 +6,14 @@ import torch
 from torch import Tensor
 
 from cdp.core.components import Featurizer, Spec
+from cdp.core.constants import NUM_ELEMENTS
 from cdp.core.hookspec import hookimpl
 
 
 class OneHot(Featurizer):
     """numbers [N] → one-hot [N, num_elements] as even scalars; no learned table."""
 
-    def __init__(self, num_elements: int = 119):
+    def __init__(self, num_elements: int = NUM_ELEMENTS):
         super().__init__()
         self.num_elements = int(num_elements)
         self.out_spec = Spec(irreps=f"{self.num_elements}x0e")

@@ -10,6 +10,8 @@ from e3nn.nn import Gate
 from torch import Tensor, nn
 
 from cdp.core.components import Backbone, Spec
+from cdp.core.configs import ChargE3NetConfig
+from cdp.core.constants import NUM_ELEMENTS
 from cdp.core.types import CdpError
 from cdp.plugins.backbones.chargee3net._build_cache import memoized_activation_moments
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
@@ -18,7 +20,6 @@ from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, captu
 from cdp.plugins.backbones.chargee3net.irreps import gate_layout, get_irreps
 from cdp.plugins.backbones.chargee3net.radial import RadialBasis
 
-NUM_ELEMENTS = 119
 _GATE_ROWS = 4096  # rows gated at once in inference: a few MB of temporaries instead of several [N, dim] copies
 _ACT = {1: torch.nn.functional.silu, -1: torch.tanh}
 _ACT_GATE = {1: torch.sigmoid, -1: torch.tanh}
@@ -97,15 +98,15 @@ class ChargE3NetBackbone(Backbone):
 
     def __init__(
         self,
-        num_interactions: int = 3,
-        num_neighbors: float = 20,
-        mul: int = 500,
-        lmax: int = 4,
-        cutoff: float = 4.0,
-        basis: str = "gaussian",
-        num_basis: int = 20,
-        radial_neurons: int = 100,
-        backend: str = "fast",
+        num_interactions: int = ChargE3NetConfig.num_interactions,
+        num_neighbors: float = ChargE3NetConfig.num_neighbors,
+        mul: int = ChargE3NetConfig.mul,
+        lmax: int = ChargE3NetConfig.lmax,
+        cutoff: float = ChargE3NetConfig.cutoff,
+        basis: str = ChargE3NetConfig.basis,
+        num_basis: int = ChargE3NetConfig.num_basis,
+        radial_neurons: int = ChargE3NetConfig.radial_neurons,
+        backend: str = ChargE3NetConfig.backend,
     ):
         super().__init__()
         if int(num_interactions) < 1:
