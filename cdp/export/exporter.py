@@ -66,12 +66,12 @@ assert set(EXPORTERS) == set(md.ARTIFACTS), "every artifact kind has exactly one
 def probe_memory_record(model) -> Optional[dict]:
     """The backbone's decode-memory model as cdp_export.json records it, or None when it has none:
     one decode call of M probes with e edges per probe needs ``fixed + M·(per_probe + per_edge·e)`` bytes."""
-    estimate = getattr(model.backbone, "probe_memory", None)
-    if estimate is None:
-        return None
     itemsize = torch.finfo(model.dtype).bits // 8
-    fixed, base = (int(v) for v in estimate(itemsize, 0.0))
-    _, one = (int(v) for v in estimate(itemsize, 1.0))
+    at_zero = model.backbone.probe_memory(itemsize, 0.0)  # Backbone contract: None when unknown
+    if at_zero is None:
+        return None
+    fixed, base = (int(v) for v in at_zero)
+    _, one = (int(v) for v in model.backbone.probe_memory(itemsize, 1.0))
     return {"fixed": fixed, "per_probe": base, "per_edge": one - base}
 
 
