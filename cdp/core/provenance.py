@@ -18,6 +18,7 @@ import sys
 import warnings
 from typing import Dict, Optional, Tuple
 
+from cdp._version import __version__
 from cdp.core.errors import CdpError, CdpWarning
 
 KINDS = ("featurizer", "graph", "backbone", "readout")
@@ -69,7 +70,6 @@ def distribution_of(module: str) -> Optional[Tuple[str, str]]:
     """
     top = module.split(".")[0]
     if top == BUILTIN:
-        from cdp._version import __version__
 
         return BUILTIN, __version__
     hit = _entry_point_index().get(top)

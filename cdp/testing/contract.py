@@ -11,10 +11,12 @@ from typing import Optional, Set, Tuple
 
 import numpy as np
 import torch
+from e3nn import o3
 
 from cdp.core.components import (BASES, Backbone, Featurizer, GraphBuilder, Readout, check_component,
                                  describe)
 from cdp.core.errors import CdpError
+from cdp.testing.structures import random_rotation
 
 
 def kind_of(component) -> str:
@@ -128,9 +130,7 @@ def _check_readout(ro: Readout, who: str, g, parity: bool, seed: int) -> None:
                              f"{list(shape)} (spin={bool(ro.spin)})")
     _finite(out, who, "forward")
     if ro.in_spec.irreps is not None:
-        from e3nn import o3
 
-        from cdp.testing.structures import random_rotation
 
         tol = 1e-9 if dtype == torch.float64 else 1e-4
         for improper in (False, True) if parity else (False,):

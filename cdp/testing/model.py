@@ -8,16 +8,24 @@ directly (no predictor, so no recentring hides a translation error).
 from __future__ import annotations
 
 import copy
+import unittest
 from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from ase import Atoms
+from ase.geometry import get_distances
 
 from cdp.core.components import check_component
 from cdp.core.errors import CdpError
 from cdp.core.model import DensityModel
+from cdp.core.registry import get_registry
 from cdp.core.types import Batch
+from cdp.export.examples import TINY_CONFIGS
+from cdp.export.exporter import export_model
+from cdp.export.runtime import load_exported
+from cdp.predict import Predictor
+from cdp.testing.contract import assert_component
 from cdp.testing.structures import Case, random_rotation, structures
 
 Override = Union[None, dict, object, Callable]
@@ -38,8 +46,6 @@ def tiny_model(base: str = "invdeepdft", *, featurizer: Override = None, graph: 
     also be a class or function called as ``readout(in_spec=backbone.out_spec)``.  Weights are seeded
     with ``torch.manual_seed(seed)`` (the global generator), the model is in ``dtype`` and in eval mode.  Raises CdpError when pieces do not fit.
     """
-    from cdp.core.registry import get_registry
-    from cdp.export.examples import TINY_CONFIGS
 
     if base not in TINY_CONFIGS:
         raise CdpError(f"unknown tiny model base '{base}' (one of {', '.join(sorted(TINY_CONFIGS))})")
@@ -112,7 +118,6 @@ def _close(ref: np.ndarray, got: np.ndarray, tol: float, what: str, scale: Optio
 
 def _on_atoms(atoms: Atoms, probes: np.ndarray) -> np.ndarray:
     """[M] bool: probes within 1e-6 Å of an atom or of one of its periodic images."""
-    from ase.geometry import get_distances
 
     _, d = get_distances(probes, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     return d.min(axis=1) < 1e-6
@@ -217,12 +222,7 @@ def assert_export_round_trip(model: DensityModel, directory, fmt: str = "onnx", 
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            import unittest
-
             raise unittest.SkipTest("onnxruntime is not installed: no ONNX round trip") from None
-    from cdp.export.exporter import export_model
-    from cdp.export.runtime import load_exported
-    from cdp.predict import Predictor
 
     try:
         export_model(model, directory, fmt, force=True)
@@ -237,7 +237,6 @@ def assert_export_round_trip(model: DensityModel, directory, fmt: str = "onnx", 
 def assert_model(model: DensityModel, parity: bool = True, cases: Optional[Sequence[Case]] = None) -> None:
     """Every component's contract (:func:`~cdp.testing.contract.assert_component`), then
     :func:`assert_equivariant` and :func:`assert_batching_invariant` of the whole model."""
-    from cdp.testing.contract import assert_component
 
     for kind in ("featurizer", "graph", "backbone", "readout"):
         assert_component(getattr(model, kind), kind, parity=parity)
