@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -431,3 +433,34 @@ def test_loaded_never_compiles(tmp_path, monkeypatch):
     assert not (tmp_path / "kernels").exists()
     lib = native.load()
     assert lib is not None and native.loaded() is lib
+
+
+# -- NEON: the aarch64 build cross-compiled and run under qemu-aarch64 -----------------------------------
+HARNESS = Path(__file__).resolve().parents[2] / "helpers" / "uvu_harness.c"
+CROSS_CC, QEMU = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+
+
+def _harness_output(tmp_path, name, cmd_prefix, compiler, flags):
+    exe = tmp_path / name
+    subprocess.run([compiler, "-O2", "-std=c99", *flags, str(HARNESS), str(native.SOURCE), "-o", str(exe)],
+                   check=True, capture_output=True, timeout=300)
+    proc = subprocess.run([*cmd_prefix, str(exe)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    head, *rows = proc.stdout.splitlines()
+    return head.split(), np.array([[float(v) for v in row.split()] for row in rows])
+
+
+@pytest.mark.skipif(CROSS_CC is None or QEMU is None, reason="no aarch64 cross compiler / qemu-aarch64 here")
+def test_neon_path_under_qemu_equals_the_plain_path(tmp_path):
+    neon_head, neon = _harness_output(tmp_path, "neon", [QEMU], CROSS_CC, ["-static"])
+    plain_head, plain = _harness_output(tmp_path, "plain", [QEMU], CROSS_CC, ["-static", "-DCDP_PLAIN"])
+    host_head, host = _harness_output(tmp_path, "host", [], native.find_compiler(), ["-DCDP_PLAIN"])
+    assert neon_head[1] == "3" and plain_head[1] == "0" and host_head[1] == "0"  # cdp_uvu_vector_path
+    assert neon_head[-1] == plain_head[-1] == "0" and int(neon_head[3]) > 20  # status 0, edges
+    scale = np.abs(plain).max(axis=0)
+    assert (scale > 0.5).all()
+    # float32 (rows, table): NEON vs plain C within rounding; float64 (plain C in every build): the same numbers
+    assert (np.abs(neon[:, :2] - plain[:, :2]).max(axis=0) <= 1e-6 * scale[:2]).all()
+    assert (np.abs(neon[:, 2:] - plain[:, 2:]).max(axis=0) <= 1e-13 * scale[2:]).all()
+    assert (np.abs(plain - host).max(axis=0) <= 1e-6 * scale).all()  # aarch64 plain C = x86-64 plain C
+    assert np.abs(plain[:, 0] - plain[:, 2]).max() <= 1e-5 * scale[2]  # float32 = float64 within rounding
