@@ -391,7 +391,7 @@ def _run_kernel(case: dict) -> dict:
     for conv, x, src, dst, sh, weight, n_recv in calls:
         paths, pairs, mj, coeff = conv._plan(weight)
         n_cols = conv.tp.weight_numel
-        coef = torch.from_numpy(rng.standard_normal((256, 4, n_cols)).astype(np.float32))
+        coef = torch.from_numpy(rng.standard_normal((int(case.get("intervals", 64)), 4, n_cols)).astype(np.float32))
         r = torch.from_numpy(rng.uniform(0.5, PAPER_HP["cutoff"], src.shape[0]).astype(np.float32))
         tpaths = native.table_paths(paths, conv.w_perm)
         prepared.append((conv, x, src, dst, sh, weight, n_recv, paths, pairs, mj, coeff, coef, r, tpaths))

@@ -22,8 +22,8 @@
  * pair_info, 4 int32 per pair: m_k, m_i * padded mul, first term, end term   (pairs of a path sorted by m_k)
  *
  * Vector paths (float32), chosen at compile time from the target flags; -DCDP_PLAIN forces plain C:
- *   AVX-512F: 16-lane vectors with masked loads/stores at each path's last vector (reads and writes stop
- *             exactly at mul), four edges x up to four vectors in flight;
+ *   AVX-512F: 16-lane vectors over each path's padded mul (an 8-lane one for an odd number of 8s: no lane
+ *             is wasted beyond the padding), four edges x up to four vectors in flight;
  *   AVX2+FMA: 8-lane whole vectors (lanes past mul read zero padding of x, so they add exact zeros);
  *   NEON:     as AVX2 with two 4-lane vectors per 8 channels.
  * float64 is plain C everywhere.  The constants below are exported (cdp_uvu_*) and read by native.py.
@@ -222,44 +222,56 @@ static inline void cdp_group_a(int64_t n_pairs, const int32_t *restrict pair_inf
 }
 
 #if defined(CDP_AVX512)
-static inline __mmask16 cdp_mask16(int left)
-{
-    return left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : (__mmask16)0;
-}
-
-/* K (1, 2 or 4) 16-lane vectors of channels [off, off + 16K) of one output row, four edges; lanes past
- * mul are masked off (neither read nor written) */
+/* K (1, 2 or 4) 16-lane vectors of channels [off, off + 16K) of one output row, four edges; every lane is
+ * below the path's padded mul (x zero padded there: those lanes add exact zeros) */
 static inline __attribute__((always_inline)) void
-cdp_rows512(const int K, const int off, const int mul, const float *const xs[4], const float *const ws[4],
+cdp_rows512(const int K, const int off, const float *const xs[4], const float *const ws[4],
             const float *restrict a, const int32_t *restrict pair_info, const int q0, const int q1,
             float *restrict ar)
 {
-    __mmask16 m[4];
     __m512 t0[4], t1[4], t2[4], t3[4];
-    for (int k = 0; k < K; ++k) {
-        m[k] = cdp_mask16(mul - off - 16 * k);
-        t0[k] = t1[k] = t2[k] = t3[k] = _mm512_setzero_ps();
-    }
+    for (int k = 0; k < K; ++k) t0[k] = t1[k] = t2[k] = t3[k] = _mm512_setzero_ps();
     for (int q = q0; q < q1; ++q) {
         const int xo = pair_info[4 * q + 1] + off;
         const float *aq = a + 4 * q;
         const __m512 c0 = _mm512_set1_ps(aq[0]), c1 = _mm512_set1_ps(aq[1]);
         const __m512 c2 = _mm512_set1_ps(aq[2]), c3 = _mm512_set1_ps(aq[3]);
         for (int k = 0; k < K; ++k) {
-            t0[k] = _mm512_fmadd_ps(c0, _mm512_maskz_loadu_ps(m[k], xs[0] + xo + 16 * k), t0[k]);
-            t1[k] = _mm512_fmadd_ps(c1, _mm512_maskz_loadu_ps(m[k], xs[1] + xo + 16 * k), t1[k]);
-            t2[k] = _mm512_fmadd_ps(c2, _mm512_maskz_loadu_ps(m[k], xs[2] + xo + 16 * k), t2[k]);
-            t3[k] = _mm512_fmadd_ps(c3, _mm512_maskz_loadu_ps(m[k], xs[3] + xo + 16 * k), t3[k]);
+            t0[k] = _mm512_fmadd_ps(c0, _mm512_loadu_ps(xs[0] + xo + 16 * k), t0[k]);
+            t1[k] = _mm512_fmadd_ps(c1, _mm512_loadu_ps(xs[1] + xo + 16 * k), t1[k]);
+            t2[k] = _mm512_fmadd_ps(c2, _mm512_loadu_ps(xs[2] + xo + 16 * k), t2[k]);
+            t3[k] = _mm512_fmadd_ps(c3, _mm512_loadu_ps(xs[3] + xo + 16 * k), t3[k]);
         }
     }
     for (int k = 0; k < K; ++k) {
         const int o = off + 16 * k;
-        __m512 r = _mm512_mul_ps(_mm512_maskz_loadu_ps(m[k], ws[0] + o), t0[k]);
-        __m512 s = _mm512_mul_ps(_mm512_maskz_loadu_ps(m[k], ws[2] + o), t2[k]);
-        r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m[k], ws[1] + o), t1[k], r);
-        s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m[k], ws[3] + o), t3[k], s);
-        _mm512_mask_storeu_ps(ar + o, m[k], _mm512_add_ps(_mm512_maskz_loadu_ps(m[k], ar + o), _mm512_add_ps(r, s)));
+        __m512 r = _mm512_mul_ps(_mm512_loadu_ps(ws[0] + o), t0[k]);
+        __m512 s = _mm512_mul_ps(_mm512_loadu_ps(ws[2] + o), t2[k]);
+        r = _mm512_fmadd_ps(_mm512_loadu_ps(ws[1] + o), t1[k], r);
+        s = _mm512_fmadd_ps(_mm512_loadu_ps(ws[3] + o), t3[k], s);
+        _mm512_storeu_ps(ar + o, _mm512_add_ps(_mm512_loadu_ps(ar + o), _mm512_add_ps(r, s)));
     }
+}
+
+/* the last 8 channels of a padded row when padded mul is an odd number of 8-lane vectors */
+static inline void cdp_rows256(const int off, const float *const xs[4], const float *const ws[4],
+                               const float *restrict a, const int32_t *restrict pair_info, const int q0,
+                               const int q1, float *restrict ar)
+{
+    __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+    for (int q = q0; q < q1; ++q) {
+        const int xo = pair_info[4 * q + 1] + off;
+        const float *aq = a + 4 * q;
+        t0 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 0), _mm256_loadu_ps(xs[0] + xo), t0);
+        t1 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 1), _mm256_loadu_ps(xs[1] + xo), t1);
+        t2 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 2), _mm256_loadu_ps(xs[2] + xo), t2);
+        t3 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 3), _mm256_loadu_ps(xs[3] + xo), t3);
+    }
+    __m256 r = _mm256_mul_ps(_mm256_loadu_ps(ws[0] + off), t0);
+    __m256 s = _mm256_mul_ps(_mm256_loadu_ps(ws[2] + off), t2);
+    r = _mm256_fmadd_ps(_mm256_loadu_ps(ws[1] + off), t1, r);
+    s = _mm256_fmadd_ps(_mm256_loadu_ps(ws[3] + off), t3, s);
+    _mm256_storeu_ps(ar + off, _mm256_add_ps(_mm256_loadu_ps(ar + off), _mm256_add_ps(r, s)));
 }
 #endif
 
@@ -286,11 +298,14 @@ static inline void cdp_group_paths(int64_t n_paths, const int32_t *restrict path
             if (q1 == q0) continue;
             float *ar = ap + mk * pi[5];
 #if defined(CDP_AVX512)
-            const int n16 = (mul + 15) / 16;
+            /* whole 16-lane vectors over the padded mul, then one 8-lane vector when it is odd in 8s */
+            const int n8 = (mul + CDP_UVU_PAD_WIDTH - 1) / CDP_UVU_PAD_WIDTH * (CDP_UVU_PAD_WIDTH / 8);
+            const int n16 = n8 / 2;
             int v = 0;
-            for (; v + 4 <= n16; v += 4) cdp_rows512(4, 16 * v, mul, xs, ws, a, pair_info, q0, q1, ar);
-            if (v + 2 <= n16) { cdp_rows512(2, 16 * v, mul, xs, ws, a, pair_info, q0, q1, ar); v += 2; }
-            if (v < n16) cdp_rows512(1, 16 * v, mul, xs, ws, a, pair_info, q0, q1, ar);
+            for (; v + 4 <= n16; v += 4) cdp_rows512(4, 16 * v, xs, ws, a, pair_info, q0, q1, ar);
+            if (v + 2 <= n16) { cdp_rows512(2, 16 * v, xs, ws, a, pair_info, q0, q1, ar); v += 2; }
+            if (v < n16) { cdp_rows512(1, 16 * v, xs, ws, a, pair_info, q0, q1, ar); ++v; }
+            if (n8 & 1) cdp_rows256(16 * v, xs, ws, a, pair_info, q0, q1, ar);
 #elif defined(CDP_AVX2)
             const float *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3];
             const float *w0 = ws[0], *w1 = ws[1], *w2 = ws[2], *w3 = ws[3];
