@@ -464,3 +464,63 @@ def test_neon_path_under_qemu_equals_the_plain_path(tmp_path):
     assert (np.abs(neon[:, 2:] - plain[:, 2:]).max(axis=0) <= 1e-13 * scale[2:]).all()
     assert (np.abs(plain - host).max(axis=0) <= 1e-6 * scale).all()  # aarch64 plain C = x86-64 plain C
     assert np.abs(plain[:, 0] - plain[:, 2]).max() <= 1e-5 * scale[2]  # float32 = float64 within rounding
+
+
+def _torch_forward(paths, pairs, mj, c, y, w, x, src, dst, n_recv, acc_width):
+    """The kernel's formula (as :func:`_reference`) in torch, so autograd gives the backward's oracle."""
+    acc = torch.zeros((n_recv, acc_width), dtype=y.dtype)
+    for mul, d_k, x_off, w_off, acc_off, stride, q0, q1 in paths.tolist():
+        for m_k in range(d_k):
+            t = torch.zeros((len(src), mul), dtype=y.dtype)
+            for q in range(q0, q1):
+                if int(pairs[q, 0]) != m_k:
+                    continue
+                t0, t1 = int(pairs[q, 2]), int(pairs[q, 3])
+                a = y[:, mj[t0:t1]] @ c[t0:t1]
+                t = t + a[:, None] * x[src, x_off + int(pairs[q, 1]) : x_off + int(pairs[q, 1]) + mul]
+            cols = acc_off + m_k * stride + torch.arange(mul)
+            acc = acc.index_put((dst[:, None], cols[None, :]), w[:, w_off : w_off + mul] * t, accumulate=True)
+    return acc
+
+
+def test_backward_entry_of_each_build_equals_autograd():
+    """dL/dx, dL/dw, dL/dY of the backward entry (every build this CPU runs, float32 and float64) against
+    autograd through the same formula in float64."""
+    rng = np.random.default_rng(8)
+    blocks = ((13, 3), (21, 1), (8, 5))
+    paths, pairs, mj, c, x_width, w_width, acc_width = _plan(rng, blocks=blocks)
+    src, dst = _edges(rng)
+    n_recv, y_dim, n_send = 9, 9, 7
+    real = np.zeros(x_width, bool)
+    off = 0
+    for mul, d_i in blocks:
+        for m_i in range(d_i):
+            real[off + m_i * native.padded(mul) : off + m_i * native.padded(mul) + mul] = True
+        off += d_i * native.padded(mul)
+    y = torch.from_numpy(rng.standard_normal((len(src), y_dim))).requires_grad_()
+    w = torch.zeros((len(src), w_width + native.ACC_SLACK), dtype=torch.float64)
+    w[:, :w_width] = torch.from_numpy(rng.standard_normal((len(src), w_width)))
+    w.requires_grad_()
+    x = torch.zeros((n_send, x_width), dtype=torch.float64)
+    x[:, torch.from_numpy(real)] = torch.from_numpy(rng.standard_normal((n_send, int(real.sum()))))
+    x.requires_grad_()
+    g = torch.zeros((n_recv, acc_width + native.ACC_SLACK), dtype=torch.float64)
+    g[:, :acc_width] = torch.from_numpy(rng.standard_normal((n_recv, acc_width)))
+    ct = torch.from_numpy(c)
+    acc = _torch_forward(torch.from_numpy(paths), torch.from_numpy(pairs), torch.from_numpy(mj).long(), ct, y, w, x,
+                         torch.from_numpy(src), torch.from_numpy(dst), n_recv, acc_width)
+    want_x, want_w, want_y = torch.autograd.grad((acc * g[:, :acc_width]).sum(), (x, w, y))
+    for dtype, np_dtype, tol in ((torch.float32, np.float32, 5e-6), (torch.float64, np.float64, 1e-12)):
+        arrays = [t.detach().numpy().astype(np_dtype) for t in (y, w, x, g)]
+        yy, ww, xx, gg = arrays
+        cc = c.astype(np_dtype)
+        for isa, lib in _isa_libs():
+            gx, gw, gy = np.zeros_like(xx), np.zeros_like(ww), np.zeros_like(yy)
+            fn = native.entry_backward(lib, dtype)
+            status = fn(0, len(src), _ptr(src), _ptr(dst), _ptr(yy), y_dim, _ptr(ww), ww.shape[1], _ptr(xx), x_width,
+                        _ptr(gg), gg.shape[1], _ptr(gx), _ptr(gw), _ptr(gy), len(paths), _ptr(paths), _ptr(pairs),
+                        _ptr(mj), _ptr(cc))
+            assert status == 0
+            for got, want in ((gx[:, real], want_x.numpy()[:, real]), (gw[:, :w_width], want_w.numpy()[:, :w_width]),
+                              (gy, want_y.numpy())):
+                assert np.abs(got - want).max() <= tol * np.abs(want).max(), (isa, dtype)

@@ -26,6 +26,7 @@
  *             is wasted beyond the padding), four edges x up to four vectors in flight;
  *   AVX2+FMA: 8-lane whole vectors (lanes past mul read zero padding of x, so they add exact zeros);
  *   NEON:     as AVX2 with two 4-lane vectors per 8 channels.
+ * Backward (float32): AVX-512 (16 lanes, an 8-lane tail) and AVX2; plain C for NEON builds and float64.
  * float64 is plain C everywhere.  The constants below are exported (cdp_uvu_*) and read by native.py.
  */
 #include <stdint.h>
@@ -47,7 +48,7 @@
 #define CDP_NEON 1
 #include <arm_neon.h>
 #endif
-/* the AVX2 backward kernel also serves the AVX-512 build */
+/* the AVX2 backward kernel serves the AVX-512 build too, with 16-lane vectors where they fit */
 #if defined(CDP_AVX512) || defined(CDP_AVX2)
 #define CDP_AVX2_BACKWARD 1
 #endif
@@ -637,7 +638,25 @@ int cdp_uvu_conv_backward_f32(int64_t e0, int64_t e1, const int64_t *restrict sr
                     if (q1 == q0) continue;
                     const float *gr = gp + mk * pi[5];
                     if (gy) for (int q = q0; q < q1; ++q) da[q] = 0.f;
-                    for (int v = 0; v < n_vec; ++v) {
+                    int v = 0;
+#if defined(CDP_AVX512)
+                    for (; v + 2 <= n_vec; v += 2) {  /* 16 lanes at a time, then an 8-lane tail below */
+                        const int off = 8 * v;
+                        const __m512 gv = _mm512_loadu_ps(gr + off);
+                        const __m512 gwv = _mm512_mul_ps(gv, _mm512_loadu_ps(wp + off));
+                        __m512 tmp = _mm512_setzero_ps();
+                        for (int q = q0; q < q1; ++q) {
+                            const int xo = pair_info[4 * q + 1] + off;
+                            const __m512 aq = _mm512_set1_ps(a[4 * q + k]);
+                            const __m512 xv = _mm512_loadu_ps(xp + xo);
+                            tmp = _mm512_fmadd_ps(aq, xv, tmp);
+                            if (gxp) _mm512_storeu_ps(gxp + xo, _mm512_fmadd_ps(aq, gwv, _mm512_loadu_ps(gxp + xo)));
+                            if (gy) da[q] += _mm512_reduce_add_ps(_mm512_mul_ps(gwv, xv));
+                        }
+                        _mm512_storeu_ps(gwp + off, _mm512_fmadd_ps(gv, tmp, _mm512_loadu_ps(gwp + off)));
+                    }
+#endif
+                    for (; v < n_vec; ++v) {
                         const int off = 8 * v;
                         const __m256 gv = _mm256_loadu_ps(gr + off);
                         const __m256 gwv = _mm256_mul_ps(gv, _mm256_loadu_ps(wp + off));
