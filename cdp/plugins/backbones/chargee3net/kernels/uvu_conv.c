@@ -203,21 +203,36 @@ static void cdp_table_row_f32(const float *restrict coef, int64_t n, float inv_h
     for (; c < n_cols; ++c) out[c] = c0[c] + t * (c1[c] + t * (c2[c] + t * c3[c]));
 }
 
-/* A_p(e)[m_k, m_i] of the four edges of a group at once: a[4q + g] */
+/* A is computed for CDP_GROUPS groups of four edge slots at once (one vector of CDP_LANES lanes per pair;
+ * empty slots have zero harmonics, so zero A): a[CDP_LANES * q + 4 * group + slot] */
+#if defined(CDP_AVX512)
+#define CDP_GROUPS 4
+#elif defined(CDP_AVX2)
+#define CDP_GROUPS 2
+#else
+#define CDP_GROUPS 1
+#endif
+#define CDP_LANES (4 * CDP_GROUPS)
+
 static inline void cdp_group_a(int64_t n_pairs, const int32_t *restrict pair_info, const int32_t *restrict term_mj,
                                const float *restrict term_c, const float *restrict yt, float *restrict a)
 {
     for (int64_t q = 0; q < n_pairs; ++q) {
         const int32_t *qi = pair_info + 4 * q;
-#if defined(CDP_NEON)
-        float32x4_t s = vdupq_n_f32(0.f);
-        for (int t = qi[2]; t < qi[3]; ++t) s = vfmaq_n_f32(s, vld1q_f32(yt + 4 * term_mj[t]), term_c[t]);
-        vst1q_f32(a + 4 * q, s);
-#else
-        __m128 s = _mm_setzero_ps();
+#if defined(CDP_AVX512)
+        __m512 s = _mm512_setzero_ps();
         for (int t = qi[2]; t < qi[3]; ++t)
-            s = _mm_fmadd_ps(_mm_set1_ps(term_c[t]), _mm_loadu_ps(yt + 4 * term_mj[t]), s);
-        _mm_storeu_ps(a + 4 * q, s);
+            s = _mm512_fmadd_ps(_mm512_set1_ps(term_c[t]), _mm512_loadu_ps(yt + CDP_LANES * term_mj[t]), s);
+        _mm512_storeu_ps(a + CDP_LANES * q, s);
+#elif defined(CDP_AVX2)
+        __m256 s = _mm256_setzero_ps();
+        for (int t = qi[2]; t < qi[3]; ++t)
+            s = _mm256_fmadd_ps(_mm256_set1_ps(term_c[t]), _mm256_loadu_ps(yt + CDP_LANES * term_mj[t]), s);
+        _mm256_storeu_ps(a + CDP_LANES * q, s);
+#else
+        float32x4_t s = vdupq_n_f32(0.f);
+        for (int t = qi[2]; t < qi[3]; ++t) s = vfmaq_n_f32(s, vld1q_f32(yt + CDP_LANES * term_mj[t]), term_c[t]);
+        vst1q_f32(a + CDP_LANES * q, s);
 #endif
     }
 }
@@ -234,7 +249,7 @@ cdp_rows512(const int K, const int off, const float *const xs[4], const float *c
     for (int k = 0; k < K; ++k) t0[k] = t1[k] = t2[k] = t3[k] = _mm512_setzero_ps();
     for (int q = q0; q < q1; ++q) {
         const int xo = pair_info[4 * q + 1] + off;
-        const float *aq = a + 4 * q;
+        const float *aq = a + CDP_LANES * q;
         const __m512 c0 = _mm512_set1_ps(aq[0]), c1 = _mm512_set1_ps(aq[1]);
         const __m512 c2 = _mm512_set1_ps(aq[2]), c3 = _mm512_set1_ps(aq[3]);
         for (int k = 0; k < K; ++k) {
@@ -262,7 +277,7 @@ static inline void cdp_rows256(const int off, const float *const xs[4], const fl
     __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
     for (int q = q0; q < q1; ++q) {
         const int xo = pair_info[4 * q + 1] + off;
-        const float *aq = a + 4 * q;
+        const float *aq = a + CDP_LANES * q;
         t0 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 0), _mm256_loadu_ps(xs[0] + xo), t0);
         t1 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 1), _mm256_loadu_ps(xs[1] + xo), t1);
         t2 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 2), _mm256_loadu_ps(xs[2] + xo), t2);
@@ -317,7 +332,7 @@ static inline void cdp_group_paths(int64_t n_paths, const int32_t *restrict path
                 __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
                 for (int q = q0; q < q1; ++q) {
                     const int xo = pair_info[4 * q + 1];
-                    const float *aq = a + 4 * q;
+                    const float *aq = a + CDP_LANES * q;
                     __m256 c = _mm256_broadcast_ss(aq + 0);
                     a0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x0 + xo + oa), a0);
                     b0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x0 + xo + ob), b0);
@@ -343,7 +358,7 @@ static inline void cdp_group_paths(int64_t n_paths, const int32_t *restrict path
                 __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
                 for (int q = q0; q < q1; ++q) {
                     const int xo = pair_info[4 * q + 1] + off;
-                    const float *aq = a + 4 * q;
+                    const float *aq = a + CDP_LANES * q;
                     t0 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 0), _mm256_loadu_ps(x0 + xo), t0);
                     t1 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 1), _mm256_loadu_ps(x1 + xo), t1);
                     t2 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 2), _mm256_loadu_ps(x2 + xo), t2);
@@ -364,7 +379,7 @@ static inline void cdp_group_paths(int64_t n_paths, const int32_t *restrict path
                 for (int g = 0; g < 4; ++g) lo[g] = hi[g] = vdupq_n_f32(0.f);
                 for (int q = q0; q < q1; ++q) {
                     const int xo = pair_info[4 * q + 1] + off;
-                    const float32x4_t aq = vld1q_f32(a + 4 * q);
+                    const float32x4_t aq = vld1q_f32(a + CDP_LANES * q);
                     lo[0] = vfmaq_laneq_f32(lo[0], vld1q_f32(xs[0] + xo), aq, 0);
                     hi[0] = vfmaq_laneq_f32(hi[0], vld1q_f32(xs[0] + xo + 4), aq, 0);
                     lo[1] = vfmaq_laneq_f32(lo[1], vld1q_f32(xs[1] + xo), aq, 1);
@@ -408,35 +423,50 @@ static int cdp_forward_vec_f32(int64_t e0, int64_t e1, const int64_t *restrict s
     const int64_t row_len = coef ? ((n_cols + 15) / 16) * 16 + 16 : 0;
     const int64_t w_len = coef ? row_len : w_stride;
     const int64_t zero_len = ((((x_stride > w_len ? x_stride : w_len) + 15) / 16) * 16) + 16;  /* any row offset + a vector */
-    float *a = (float *)malloc(sizeof(float) * (size_t)(4 * n_pairs + 8));
+    float *a = (float *)malloc(sizeof(float) * (size_t)(CDP_LANES * n_pairs + CDP_LANES));
     float *zero = (float *)calloc((size_t)zero_len, sizeof(float));
-    float *yt = (float *)malloc(sizeof(float) * (size_t)(4 * y_stride + 4));
+    float *yt = (float *)malloc(sizeof(float) * (size_t)(CDP_LANES * y_stride + CDP_LANES));
     float *wbuf = coef ? (float *)calloc((size_t)(4 * row_len), sizeof(float)) : NULL;
     if (!a || !zero || !yt || (coef && !wbuf)) { free(a); free(zero); free(yt); free(wbuf); return 2; }
 
     int64_t e = e0;
     while (e < e1) {
-        /* a group: up to four consecutive edges of the same receiver; missing ones read zeros */
-        int g_n = 1;
-        while (g_n < 4 && e + g_n < e1 && dst[e + g_n] == dst[e]) ++g_n;
-        const float *xg[4], *wg[4];
-        for (int64_t j = 0; j < y_stride; ++j) {  /* harmonics of the group, transposed: yt[j][g] */
-            for (int g = 0; g < 4; ++g) yt[4 * j + g] = g < g_n ? y[(e + g) * y_stride + j] : 0.f;
+        /* up to CDP_GROUPS groups, each up to four consecutive edges of one receiver */
+        int64_t g_start[CDP_GROUPS];
+        int g_count[CDP_GROUPS], n_groups = 0;
+        int64_t f = e;
+        while (n_groups < CDP_GROUPS && f < e1) {
+            int g_n = 1;
+            while (g_n < 4 && f + g_n < e1 && dst[f + g_n] == dst[f]) ++g_n;
+            g_start[n_groups] = f;
+            g_count[n_groups++] = g_n;
+            f += g_n;
         }
-        for (int g = 0; g < 4; ++g) {
-            xg[g] = g < g_n ? x + src[e + g] * x_stride : zero;
-            if (g >= g_n) {
-                wg[g] = zero;
-            } else if (coef) {
-                cdp_table_row_f32(coef, n_int, inv_h, n_cols, r[e + g], wbuf + g * row_len);
-                wg[g] = wbuf + g * row_len;
-            } else {
-                wg[g] = w + (e + g) * w_stride;
-            }
+        for (int64_t j = 0; j < y_stride; ++j) {  /* harmonics, transposed: yt[j][4 * group + slot], 0 if empty */
+            float *row = yt + CDP_LANES * j;
+            for (int gi = 0; gi < CDP_GROUPS; ++gi)
+                for (int g = 0; g < 4; ++g)
+                    row[4 * gi + g] = gi < n_groups && g < g_count[gi] ? y[(g_start[gi] + g) * y_stride + j] : 0.f;
         }
         cdp_group_a(n_pairs, pair_info, term_mj, term_c, yt, a);
-        cdp_group_paths(n_paths, path_info, pair_info, xg, wg, zero, a, acc + dst[e] * acc_stride);
-        e += g_n;
+        for (int gi = 0; gi < n_groups; ++gi) {
+            const int64_t eg = g_start[gi];
+            const int g_n = g_count[gi];
+            const float *xg[4], *wg[4];
+            for (int g = 0; g < 4; ++g) {  /* missing edges read the zero row */
+                xg[g] = g < g_n ? x + src[eg + g] * x_stride : zero;
+                if (g >= g_n) {
+                    wg[g] = zero;
+                } else if (coef) {
+                    cdp_table_row_f32(coef, n_int, inv_h, n_cols, r[eg + g], wbuf + g * row_len);
+                    wg[g] = wbuf + g * row_len;
+                } else {
+                    wg[g] = w + (eg + g) * w_stride;
+                }
+            }
+            cdp_group_paths(n_paths, path_info, pair_info, xg, wg, zero, a + 4 * gi, acc + dst[eg] * acc_stride);
+        }
+        e = f;
     }
     free(a);
     free(zero);
