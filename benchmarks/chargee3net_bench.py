@@ -448,7 +448,8 @@ def run_vs_published(reference: str, threads=(1, 2), probes: int = 1000) -> dict
     ref = Path(reference)
     if not (ref / "src" / "charge3net" / "models" / "e3.py").is_file():
         raise SystemExit(f"error: {reference}: not the published ChargE3Net tree (no src/charge3net/models/e3.py)")
-    results: dict = {"load_average_start": os.getloadavg(), "probes": probes, "runs": [], "comparison": []}
+    results: dict = {"load_average_start": os.getloadavg(), "cpus": os.cpu_count(), "probes": probes, "runs": [],
+                     "comparison": []}
     with tempfile.TemporaryDirectory(prefix="cdp-vs-published-") as tmp:
         ckpt = str(Path(tmp) / "published.pt")
         made = _spawn({"kind": "published-weights", "reference": str(ref), "checkpoint": ckpt, "threads": 1})
@@ -490,7 +491,8 @@ def run_vs_published(reference: str, threads=(1, 2), probes: int = 1000) -> dict
 
 def _vs_table(res: dict) -> str:
     lines = [f"load average: start {', '.join(f'{x:.2f}' for x in res['load_average_start'])}; end "
-             f"{', '.join(f'{x:.2f}' for x in res['load_average_end'])}",
+             f"{', '.join(f'{x:.2f}' for x in res['load_average_end'])} ({res.get('cpus')} CPUs; a load above "
+             f"the CPU count makes multi-thread timings unreliable)",
              f"paper-size ChargE3Net ({res.get('params', 0):,} parameters), Si 64 atoms, {res['probes']} probes, "
              f"one predict after a warm-up", "",
              f"{'side':<10} {'thr':>3} {'CPU s':>8} {'wall s':>8} {'peak MiB':>9}"]
