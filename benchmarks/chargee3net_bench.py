@@ -2,6 +2,7 @@
 
     python -m benchmarks chargee3net [--quick] [--threads 1 2] [--skip-scaling] [--json out.json]
     python -m benchmarks chargee3net --huge [12 24]      # the 10⁵-atom case alone (~10 min)
+    python -m benchmarks chargee3net --vs-published [--reference DIR] [--threads 1 2]   # vs the published code
 
 Every case runs in a fresh Python process (``--case``), so its peak RSS is its own. Models are the published
 sizes with seeded random weights (speed does not depend on training). Cases:
@@ -18,6 +19,16 @@ sizes with seeded random weights (speed does not depend on training). Cases:
 * ``huge`` (``--huge``): Si 12³ and 24³ supercells (13,824 and 110,592 atoms), one probe per atom decoded
   in batches of 5,000: times, atom-feature size, peak RSS while encoding, RSS after encoding, and the
   decoding phase's own peak (VmHWM reset after encoding): the decoder's extra memory should not grow with N.
+* ``vs-published`` (``--vs-published``): cdp against the published ChargE3Net source tree (``--reference``,
+  default ``$CDP_REFERENCE_CODE``; its ``src/charge3net`` is imported from there, never copied).  The paper
+  size (3 layers, mul 500, lmax 4, cutoff 4 Å, 20 Gaussians, ~1.9M parameters) with seeded random weights
+  saved in the published format and imported into cdp (cdp.importers.charge3net): the same weights on
+  both sides.  Si 2×2×2 (64 atoms), 1,000 random probes; CPU seconds (``time.process_time``) of one full
+  ``predict(atoms, probes)`` (graph construction included, model loading not) after one warm-up call, each
+  side in its own fresh process, at 1 and 2 threads; peak RSS; outputs compared.  A kernel case times the
+  fused kernel's entry points (every ISA build this CPU runs; radial weights as rows from the MLP and from
+  a piecewise-cubic table) on the same edges, and its FLOP/s against the peak measured by a 1-thread
+  float32 matmul.
 """
 
 from __future__ import annotations
@@ -211,6 +222,314 @@ def _huge_table(rows: list) -> str:
     return "\n".join(lines)
 
 
+# -- side by side with the published code -------------------------------------------------------------
+PAPER_HP = {"num_interactions": 3, "num_neighbors": 20, "mul": 500, "lmax": 4, "cutoff": 4.0, "basis": "gaussian",
+            "num_basis": 20}
+
+
+def _probes(atoms, m: int) -> np.ndarray:
+    return np.random.default_rng(0).uniform(0, 1, (m, 3)) @ np.asarray(atoms.cell.array)
+
+
+def _published_model(reference: str):
+    """The published E3DensityModel class (imported from the reference tree) and its graph helpers."""
+    sys.path.insert(0, str(Path(reference).resolve()))
+    from src.charge3net.data.collate import collate_list_of_dicts
+    from src.charge3net.data.graph_construction import KdTreeGraphConstructor
+    from src.charge3net.models.e3 import E3DensityModel
+
+    return E3DensityModel, KdTreeGraphConstructor, collate_list_of_dicts
+
+
+def _write_published_weights(case: dict) -> dict:
+    """A published-architecture model with seeded random weights, saved as the published code saves it."""
+    import torch
+
+    E3DensityModel, _, _ = _published_model(case["reference"])
+    torch.manual_seed(0)
+    model = E3DensityModel(**PAPER_HP)
+    torch.save({"model": model.state_dict()}, case["checkpoint"])
+    return {"params": sum(p.numel() for p in model.parameters())}
+
+
+def _timed_predict(predict, case: dict) -> dict:
+    """One warm-up call, then CPU and wall seconds of one call; saves ρ."""
+    predict()
+    c0, t0 = time.process_time(), time.perf_counter()
+    rho = np.asarray(predict(), dtype=np.float64).reshape(-1)
+    out = {"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0, "max_abs_rho": float(np.abs(rho).max())}
+    if case.get("save"):
+        np.save(case["save"], rho)
+    return out
+
+
+def _run_published(case: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(int(case["threads"]))
+    E3DensityModel, GraphConstructor, collate = _published_model(case["reference"])
+    model = E3DensityModel(**PAPER_HP)
+    model.load_state_dict(torch.load(case["checkpoint"], map_location="cpu", weights_only=True)["model"])
+    model.eval()
+    atoms = _si(2)
+    probes = _probes(atoms, int(case["probes"]))
+    dtype = torch.get_default_dtype()
+
+    def predict():
+        # the published inference path: graph dict (KD-tree probe graph), collate, one forward pass
+        graph = GraphConstructor(cutoff=PAPER_HP["cutoff"]).atoms_and_probes_to_graph(atoms, probes)
+        graph.update(num_nodes=torch.tensor(graph["nodes"].shape[0]),
+                     num_atom_edges=torch.tensor(graph["atom_edges"].shape[0]),
+                     num_probes=torch.tensor(probes.shape[0]),
+                     num_probe_edges=torch.tensor(graph["probe_edges"].shape[0]),
+                     probe_xyz=torch.tensor(probes, dtype=dtype),
+                     atom_xyz=torch.tensor(atoms.get_positions(), dtype=dtype),
+                     cell=torch.tensor(np.array(atoms.get_cell()), dtype=dtype))
+        with torch.no_grad():
+            return model(collate([graph])).numpy()
+
+    out = dict(case, side="published", **_timed_predict(predict, case))
+    out["peak_rss_mib"] = _rss_mib()
+    return out
+
+
+def _cdp_predictor(case: dict):
+    from cdp.core.model import DensityModel
+    from cdp.importers.charge3net import import_charge3net
+    from cdp.plugins.backbones.chargee3net import native
+    from cdp.predict import Predictor
+
+    cfg, state = import_charge3net(case["checkpoint"], dict(PAPER_HP))
+    cfg["backbone"]["backend"] = case["backend"]
+    model = DensityModel.from_config(cfg)
+    model.load_state_dict(state)
+    if case["backend"] == "fast":
+        native.load()  # at model load, as the CLI and load_model do: never inside the timed call
+    return Predictor(model)
+
+
+def _run_cdp(case: dict) -> dict:
+    import torch
+
+    from cdp.core.malloc import keep_freed_memory
+
+    keep_freed_memory()  # as the CLI does
+    torch.set_num_threads(int(case["threads"]))
+    pred = _cdp_predictor(case)
+    atoms = _si(2)
+    probes = _probes(atoms, int(case["probes"]))
+    out = dict(case, side="cdp", **_timed_predict(lambda: pred.predict(atoms, probes), case))
+    out["peak_rss_mib"] = _rss_mib()
+    if case["backend"] == "fast":
+        from cdp.plugins.backbones.chargee3net import native
+
+        out["isa"] = native._state.get("isa")
+    return out
+
+
+def _peak_flops(seconds: float = 1.0) -> float:
+    """float32 FLOP/s of one thread: best of a few 1024² matmuls (MKL/OpenBLAS at its best)."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * 1024**3 / best
+
+
+def _kernel_flops(paths, pairs, n_edges: int, n_cols: int, table: bool) -> float:
+    """Multiply-adds × 2 of the kernel per call: per pair mul FMAs, per output row mul (w · t) FMAs and
+    mul adds, the coefficients A (2 per term), and with a table 3 FMAs per weight column."""
+    paths, pairs = paths.long(), pairs.long()
+    per_edge = 0
+    for mul, d_k, _, _, _, _, q0, q1 in paths.tolist():
+        rows = len(set(pairs[q0:q1, 0].tolist()))
+        per_edge += 2 * mul * (q1 - q0) + 3 * mul * rows
+    per_edge += 2 * int((pairs[:, 3] - pairs[:, 2]).sum())
+    if table:
+        per_edge += 6 * n_cols
+    return float(per_edge) * n_edges
+
+
+def _run_kernel(case: dict) -> dict:
+    """Times of the fused kernel's entry points on the edges of one cdp predict call (every ISA build,
+    radial weights as rows or from a table), the radial MLP's time, and FLOP/s against the matmul peak."""
+    import torch
+
+    from cdp.core.malloc import keep_freed_memory
+    from cdp.plugins.backbones.chargee3net import fast_conv, native
+
+    keep_freed_memory()  # as the CLI and the cdp case do
+    torch.set_num_threads(1)
+    pred = _cdp_predictor(dict(case, backend="fast"))
+    atoms = _si(2)
+    probes = _probes(atoms, int(case["probes"]))
+    calls, mlp = [], [0.0]
+    forward, radial = fast_conv.FastE3Convolution._kernel_forward, fast_conv.FastE3Convolution._radial_weights
+
+    def record(self, fn, x, src, dst, sh, weight, ptr, num_receivers):
+        calls.append((self, x, src.contiguous(), dst.contiguous(), sh.contiguous(), weight, num_receivers))
+        return forward(self, fn, x, src, dst, sh, weight, ptr, num_receivers)
+
+    def timed_radial(self, *args, **kwargs):
+        c0 = time.process_time()
+        out = radial(self, *args, **kwargs)
+        mlp[0] += time.process_time() - c0
+        return out
+
+    pred.predict(atoms, probes)  # warm-up
+    fast_conv.FastE3Convolution._radial_weights = timed_radial
+    try:  # the predict and its radial MLP share, timed without recording anything
+        c0 = time.process_time()
+        pred.predict(atoms, probes)
+        total = time.process_time() - c0
+    finally:
+        fast_conv.FastE3Convolution._radial_weights = radial
+    fast_conv.FastE3Convolution._kernel_forward = record
+    try:  # then the kernel calls' inputs, recorded for timing the entry points alone
+        pred.predict(atoms, probes)
+    finally:
+        fast_conv.FastE3Convolution._kernel_forward = forward
+    rng = np.random.default_rng(1)
+    prepared = []
+    for conv, x, src, dst, sh, weight, n_recv in calls:
+        paths, pairs, mj, coeff = conv._plan(weight)
+        n_cols = conv.tp.weight_numel
+        coef = torch.from_numpy(rng.standard_normal((int(case.get("intervals", 64)), 4, n_cols)).astype(np.float32))
+        r = torch.from_numpy(rng.uniform(0.5, PAPER_HP["cutoff"], src.shape[0]).astype(np.float32))
+        tpaths = native.table_paths(paths, conv.w_perm)
+        prepared.append((conv, x, src, dst, sh, weight, n_recv, paths, pairs, mj, coeff, coef, r, tpaths))
+    edges = sum(p[2].shape[0] for p in prepared)
+    flops_rows = sum(_kernel_flops(p[7], p[8], p[2].shape[0], p[11].shape[2], False) for p in prepared)
+    flops_table = sum(_kernel_flops(p[7], p[8], p[2].shape[0], p[11].shape[2], True) for p in prepared)
+    peak = _peak_flops()
+    out = dict(case, side="kernel", kernel_calls=len(prepared), edges=edges, predict_cpu_s=total,
+               radial_mlp_cpu_s=mlp[0], peak_gflops=peak / 1e9, flops_rows=flops_rows, flops_table=flops_table,
+               flops_per_probe_rows=flops_rows / int(case["probes"]), isas={})
+    for isa in native.available_isas():
+        lib = native.load_isa(isa)
+        times = {}
+        for kind, fn in (("rows", native.entry(lib, torch.float32)), ("table", native.entry_table(lib, torch.float32))):
+            best = float("inf")
+            for _ in range(int(case.get("repeats", 3))):
+                elapsed = 0.0
+                for conv, x, src, dst, sh, weight, n_recv, paths, pairs, mj, coeff, coef, r, tpaths in prepared:
+                    acc = weight.new_zeros((n_recv, native.round_up(conv.agg_dim + native.ACC_SLACK, 16)))
+                    head = (src.data_ptr(), dst.data_ptr(), sh.data_ptr(), sh.shape[1])
+                    if kind == "rows":
+                        args = (*head, weight.data_ptr(), weight.shape[1], x.data_ptr(), x.shape[1], acc.data_ptr(),
+                                acc.shape[1], paths.shape[0], paths.data_ptr(), pairs.data_ptr(), mj.data_ptr(),
+                                coeff.data_ptr())
+                    else:
+                        args = (*head, r.data_ptr(), coef.data_ptr(), coef.shape[0], coef.shape[0] / PAPER_HP["cutoff"],
+                                coef.shape[2], x.data_ptr(), x.shape[1], acc.data_ptr(), acc.shape[1],
+                                tpaths.shape[0], tpaths.data_ptr(), pairs.data_ptr(), mj.data_ptr(), coeff.data_ptr())
+                    c0 = time.process_time()
+                    status = fn(0, src.shape[0], *args)
+                    elapsed += time.process_time() - c0
+                    if status:
+                        raise RuntimeError(f"kernel status {status}")
+                best = min(best, elapsed)
+            times[kind] = best
+        flops = {"rows": flops_rows, "table": flops_table}
+        out["isas"][isa] = {k: {"cpu_s": v, "gflops": flops[k] / v / 1e9, "fraction_of_peak": flops[k] / v / peak}
+                            for k, v in times.items()}
+    best = out["isas"][native.available_isas()[0]]
+    # projected predict time with the table wired in: without the radial MLP, kernel with table
+    out["projected_table_predict_cpu_s"] = total - mlp[0] - best["rows"]["cpu_s"] + best["table"]["cpu_s"]
+    return out
+
+
+def run_vs_published(reference: str, threads=(1, 2), probes: int = 1000) -> dict:
+    """cdp (fast and e3nn backends) against the published code, same weights; see the module docstring."""
+    ref = Path(reference)
+    if not (ref / "src" / "charge3net" / "models" / "e3.py").is_file():
+        raise SystemExit(f"error: {reference}: not the published ChargE3Net tree (no src/charge3net/models/e3.py)")
+    results: dict = {"load_average_start": os.getloadavg(), "cpus": os.cpu_count(), "probes": probes, "runs": [],
+                     "comparison": []}
+    with tempfile.TemporaryDirectory(prefix="cdp-vs-published-") as tmp:
+        ckpt = str(Path(tmp) / "published.pt")
+        made = _spawn({"kind": "published-weights", "reference": str(ref), "checkpoint": ckpt, "threads": 1})
+        if "error" in made:
+            raise SystemExit(f"error: building the published model: {made['error']}")
+        results["params"] = made["params"]
+        for t in threads:
+            side = {}
+            for name, case in (("published", {"kind": "published", "reference": str(ref)}),
+                               ("e3nn", {"kind": "cdp", "backend": "e3nn"}), ("fast", {"kind": "cdp", "backend": "fast"})):
+                save = str(Path(tmp) / f"rho_{name}_{t}.npy")
+                r = _spawn(dict(case, checkpoint=ckpt, threads=t, probes=probes, save=save))
+                r["name"] = name
+                results["runs"].append(r)
+                side[name] = r
+            if all("error" not in r for r in side.values()):
+                rho = {k: np.load(Path(tmp) / f"rho_{k}_{t}.npy") for k in side}
+                scale = float(np.abs(rho["e3nn"]).max())
+                results["comparison"].append({
+                    "threads": t,
+                    "fast_vs_e3nn_over_max_rho": float(np.abs(rho["fast"] - rho["e3nn"]).max() / scale),
+                    "e3nn_vs_published_over_max_rho": float(np.abs(rho["e3nn"] - rho["published"]).max() / scale),
+                    "speedup_fast_cpu": side["published"]["cpu_s"] / side["fast"]["cpu_s"],
+                    "speedup_e3nn_cpu": side["published"]["cpu_s"] / side["e3nn"]["cpu_s"],
+                })
+        results["kernel"] = _spawn({"kind": "kernel", "checkpoint": ckpt, "threads": 1, "probes": probes})
+        k, pub = results["kernel"], [r for r in results["runs"] if r["name"] == "published" and r["threads"] == 1]
+        if "error" not in k and pub and "error" not in pub[0]:
+            k["projected_table_speedup_cpu"] = pub[0]["cpu_s"] / k["projected_table_predict_cpu_s"]
+    for t in threads:
+        by = {r["name"]: r for r in results["runs"] if r["threads"] == t and "error" not in r}
+        if threads[0] in (1,) and t != 1 and by:
+            base = {r["name"]: r for r in results["runs"] if r["threads"] == 1 and "error" not in r}
+            results.setdefault("scaling", []).append(
+                {"threads": t, **{n: base[n]["wall_s"] / by[n]["wall_s"] for n in by if n in base}})
+    results["load_average_end"] = os.getloadavg()
+    return results
+
+
+def _vs_table(res: dict) -> str:
+    lines = [f"load average: start {', '.join(f'{x:.2f}' for x in res['load_average_start'])}; end "
+             f"{', '.join(f'{x:.2f}' for x in res['load_average_end'])} ({res.get('cpus')} CPUs; a load above "
+             f"the CPU count makes multi-thread timings unreliable)",
+             f"paper-size ChargE3Net ({res.get('params', 0):,} parameters), Si 64 atoms, {res['probes']} probes, "
+             f"one predict after a warm-up", "",
+             f"{'side':<10} {'thr':>3} {'CPU s':>8} {'wall s':>8} {'peak MiB':>9}"]
+    for r in res["runs"]:
+        if "error" in r:
+            lines.append(f"{r['name']:<10} {r['threads']:>3} error: {r['error']}")
+        else:
+            lines.append(f"{r['name']:<10} {r['threads']:>3} {r['cpu_s']:>8.3f} {r['wall_s']:>8.3f} {r['peak_rss_mib']:>9.0f}")
+    lines.append("")
+    for c in res["comparison"]:
+        lines.append(f"{c['threads']} thr: cdp fast {c['speedup_fast_cpu']:.1f}x the published code (CPU s), cdp e3nn "
+                     f"{c['speedup_e3nn_cpu']:.1f}x; max|Δρ|/max|ρ| fast vs e3nn {c['fast_vs_e3nn_over_max_rho']:.1e}, "
+                     f"e3nn vs published {c['e3nn_vs_published_over_max_rho']:.1e}")
+    for s in res.get("scaling", []):
+        lines.append(f"wall-time speedup 1 → {s['threads']} threads: " +
+                     ", ".join(f"{k} {v:.2f}x" for k, v in s.items() if k != "threads"))
+    k = res.get("kernel", {})
+    if "error" in k:
+        lines.append(f"kernel case: error: {k['error']}")
+    elif k:
+        lines += ["", f"fused kernel, 1 thread, {k['edges']:,} edges in {k['kernel_calls']} calls "
+                      f"({k['flops_per_probe_rows'] / 1e6:.1f} MFLOP per probe); matmul peak {k['peak_gflops']:.1f} GFLOP/s; "
+                      f"radial MLP {k['radial_mlp_cpu_s']:.3f} s of a {k['predict_cpu_s']:.3f} s predict",
+                  f"{'ISA':<8} {'rows s':>8} {'GFLOP/s':>8} {'of peak':>8} {'table s':>8} {'GFLOP/s':>8} {'of peak':>8}"]
+        for isa, v in k["isas"].items():
+            lines.append(f"{isa:<8} {v['rows']['cpu_s']:>8.3f} {v['rows']['gflops']:>8.1f} {v['rows']['fraction_of_peak']:>8.1%} "
+                         f"{v['table']['cpu_s']:>8.3f} {v['table']['gflops']:>8.1f} {v['table']['fraction_of_peak']:>8.1%}")
+        lines.append(f"projected predict with the table wired in (no MLP, table kernel): "
+                     f"{k['projected_table_predict_cpu_s']:.3f} CPU s"
+                     + (f", {k['projected_table_speedup_cpu']:.1f}x the published code" if "projected_table_speedup_cpu" in k else ""))
+    return "\n".join(lines)
+
+
+_CASES = {"published-weights": _write_published_weights, "published": _run_published, "cdp": _run_cdp,
+          "kernel": _run_kernel, "huge": _run_huge}
+
+
 # -- parent: spawn cases ------------------------------------------------------------------------------
 def _spawn(case: dict) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(case["threads"]), MKL_NUM_THREADS=str(case["threads"]))
@@ -324,10 +643,24 @@ def main(argv=None) -> None:
     ap.add_argument("--huge", type=int, nargs="*", metavar="REP",
                     help="only the large-system case: Si supercells of these repeats (default 12 24: 13,824 and "
                          "110,592 atoms), 1 probe per atom in batches of 5,000, memory after encoding and at peak")
+    ap.add_argument("--vs-published", action="store_true",
+                    help="only the comparison with the published ChargE3Net code (same weights, 1,000 probes)")
+    ap.add_argument("--reference", help="the published source tree (default $CDP_REFERENCE_CODE)")
+    ap.add_argument("--probes", type=int, default=None, help="probes of --vs-published (default 1000)")
     args = ap.parse_args(argv)
     if args.case:
         case = json.loads(args.case)
-        print(json.dumps(_run_huge(case) if case.get("kind") == "huge" else _run_case(case)))
+        print(json.dumps(_CASES.get(case.get("kind"), _run_case)(case)))
+        return
+    if args.vs_published:
+        reference = args.reference or os.environ.get("CDP_REFERENCE_CODE")
+        if not reference:
+            raise SystemExit("error: --vs-published needs --reference DIR or CDP_REFERENCE_CODE")
+        res = run_vs_published(reference, tuple(args.threads), args.probes or 1000)
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps(res, indent=2))
+        print(json.dumps(res, indent=2))
+        print(_vs_table(res))
         return
     if args.huge is not None:
         rows = run_huge(tuple(args.huge or (12, 24)), threads=args.threads[0])

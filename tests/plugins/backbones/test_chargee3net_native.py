@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -238,8 +241,11 @@ def test_isa_selection_from_cpu_flags_and_machine(monkeypatch):
     monkeypatch.setattr(native, "cpu_flags", lambda: None)  # macOS: no /proc/cpuinfo flags line
     assert native.available_isas() == ["generic"]
     monkeypatch.setattr(native.platform, "machine", lambda: "aarch64")
-    assert native.available_isas() == ["generic"] and native.isa_flags("generic") == ()
+    assert native.available_isas() == ["neon", "generic"] and native.select_isa() == "neon"
+    assert native.isa_flags("neon") == () and native.isa_flags("generic") == ("-DCDP_PLAIN",)
     assert native.machine() == "aarch64"
+    monkeypatch.setattr(native.platform, "machine", lambda: "riscv64")
+    assert native.available_isas() == ["generic"]
 
 
 @pytest.mark.parametrize("isa", native.available_isas())
@@ -253,3 +259,281 @@ def test_each_forced_isa_gives_the_e3nn_numbers(tmp_path, monkeypatch, isa):
         b_layers, b, _ = _run(fast, *s, torch.float32)
     for x, y in zip([*a_layers, a], [*b_layers, b]):
         assert float((x - y).abs().max()) <= 2e-6 * float(x.abs().max())
+
+
+# -- the C entry points called directly on hand-made arrays, against numpy ------------------------------
+def _plan(rng, blocks=((13, 3), (21, 1), (8, 5)), paths=((0, 3), (0, 1), (1, 5), (2, 3), (2, 1)), y_dim=9):
+    """Kernel tables for sender irreps ``blocks`` (mul, d_i) and ``paths`` (block, d_k) with random sparse
+    coefficients; packed weight columns in path order, output rows [d_k][mul] per path."""
+    x_offs, x_width = [], 0
+    for mul, d_i in blocks:
+        x_offs.append(x_width)
+        x_width += d_i * native.padded(mul)
+    path_rows, pair_rows, mj, c = [], [], [], []
+    w_off = acc_off = 0
+    for b, d_k in paths:
+        mul, d_i = blocks[b]
+        first = len(pair_rows)
+        for m_k in range(d_k):
+            for m_i in range(d_i):
+                if rng.random() < 0.3:
+                    continue
+                js = rng.choice(y_dim, size=int(rng.integers(1, 4)), replace=False)
+                pair_rows.append([m_k, m_i * native.padded(mul), len(mj), len(mj) + len(js)])
+                mj.extend(int(j) for j in js)
+                c.extend(rng.standard_normal(len(js)).tolist())
+        path_rows.append([mul, d_k, x_offs[b], w_off, acc_off, mul, first, len(pair_rows)])
+        w_off += mul
+        acc_off += d_k * mul
+    return (np.array(path_rows, np.int32), np.array(pair_rows, np.int32).reshape(-1, 4), np.array(mj, np.int32),
+            np.array(c), x_width, w_off, acc_off)
+
+
+def _reference(paths, pairs, mj, c, y, w, x, src, dst, n_recv, acc_width):
+    """acc[dst, acc_off + m_k·stride + u] += w[e, w_off + u] · Σ_(m_k, m_i) (Σ_t c_t y[e, m_j]) x[src, x_off + m_i·pad + u]."""
+    acc = np.zeros((n_recv, acc_width))
+    for mul, d_k, x_off, w_off, acc_off, stride, q0, q1 in paths:
+        for m_k in range(d_k):
+            t = np.zeros((len(src), mul))
+            for q in range(q0, q1):
+                if pairs[q, 0] != m_k:
+                    continue
+                a = y[:, mj[pairs[q, 2] : pairs[q, 3]]] @ c[pairs[q, 2] : pairs[q, 3]]
+                t += a[:, None] * x[src, x_off + pairs[q, 1] : x_off + pairs[q, 1] + mul]
+            np.add.at(acc, (dst[:, None], acc_off + m_k * stride + np.arange(mul)[None, :]), w[:, w_off : w_off + mul] * t)
+    return acc
+
+
+def _edges(rng, n_send=7, n_recv=9):
+    counts = rng.integers(0, 7, n_recv)  # 0 to 6 edges per receiver: groups of 1-4 edges, empty receivers
+    dst = np.repeat(np.arange(n_recv), counts).astype(np.int64)
+    return rng.integers(0, n_send, len(dst)).astype(np.int64), dst
+
+
+def _call(fn, args, bounds):
+    return [fn(a, b, *args) for a, b in bounds]
+
+
+def _ptr(t):
+    return t.ctypes.data
+
+
+def _isa_libs():
+    return [(isa, native.load_isa(isa)) for isa in native.available_isas()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_entry_equals_numpy_formula(dtype):
+    rng = np.random.default_rng(5)
+    paths, pairs, mj, c, x_width, w_width, acc_width = _plan(rng)
+    src, dst = _edges(rng)
+    n_recv, y_dim = 9, 9
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    y = rng.standard_normal((len(src), y_dim)).astype(np_dtype)
+    w = np.zeros((len(src), w_width + native.ACC_SLACK), np_dtype)
+    w[:, :w_width] = rng.standard_normal((len(src), w_width))
+    x = np.zeros((7, x_width), np_dtype)  # padding columns stay zero, as the kernel's layout requires
+    block_cols = np.zeros(x_width, bool)
+    off = 0
+    for mul, d_i in ((13, 3), (21, 1), (8, 5)):
+        for m_i in range(d_i):
+            block_cols[off + m_i * native.padded(mul) : off + m_i * native.padded(mul) + mul] = True
+        off += d_i * native.padded(mul)
+    x[:, block_cols] = rng.standard_normal((7, int(block_cols.sum())))
+    want = _reference(paths, pairs, mj, c.astype(np_dtype).astype(np.float64), y.astype(np.float64),
+                      w.astype(np.float64), x.astype(np.float64), src, dst, n_recv, acc_width)
+    cc = c.astype(np_dtype)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    for isa, lib in _isa_libs():
+        fn = native.entry(lib, dtype)
+        acc = np.zeros((n_recv, acc_width + native.ACC_SLACK), np_dtype)
+        args = (_ptr(src), _ptr(dst), _ptr(y), y_dim, _ptr(w), w.shape[1], _ptr(x), x_width, _ptr(acc), acc.shape[1],
+                len(paths), _ptr(paths), _ptr(pairs), _ptr(mj), _ptr(cc))
+        cut = int(np.searchsorted(dst, 4))  # two calls split at a receiver boundary, as threads are
+        assert _call(fn, args, [(0, cut), (cut, len(src))]) == [0, 0]
+        assert np.abs(acc[:, :acc_width] - want).max() <= tol * np.abs(want).max(), isa
+        assert not acc[:, acc_width:].any(), isa  # slack columns gain exact zeros
+        bad = paths.copy()
+        bad[0, 0] = native.MAX_MUL + 1
+        args_bad = args[:11] + (_ptr(bad),) + args[12:]
+        assert fn(0, len(src), *args_bad) == 1, isa
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_table_entry_equals_weight_rows_from_the_same_table(dtype):
+    """coef [n, 4, W] random; the table entry against the w-row entry fed with w evaluated in numpy."""
+    rng = np.random.default_rng(6)
+    paths, pairs, mj, c, x_width, w_width, acc_width = _plan(rng)
+    src, dst = _edges(rng)
+    n_recv, y_dim, n_int, r_max = 9, 9, 37, 4.0
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    # the table's columns in another order than the packed rows: a shuffled permutation of the paths' blocks
+    order = rng.permutation(len(paths))
+    table_start = np.zeros(len(paths), np.int64)
+    col = 3  # and three unused leading columns
+    for p in order:
+        table_start[p] = col
+        col += int(paths[p, 0])
+    n_cols = col + 2
+    w_perm = torch.empty(w_width, dtype=torch.long)
+    for p, (mul, _, _, w_off, *_rest) in enumerate(paths):
+        w_perm[w_off : w_off + mul] = torch.arange(int(table_start[p]), int(table_start[p]) + mul)
+    tpaths = native.table_paths(torch.from_numpy(paths), w_perm).numpy()
+    assert (tpaths[:, 3] == table_start).all() and (np.delete(tpaths, 3, 1) == np.delete(paths, 3, 1)).all()
+
+    coef = rng.standard_normal((n_int, 4, n_cols)).astype(np_dtype)
+    r = rng.uniform(0, r_max, len(src))
+    r[:3] = [0.0, r_max, 1.3 * r_max]  # both ends and an extrapolated length (the last cubic)
+    r = r.astype(np_dtype)
+    inv_h = n_int / r_max
+    s = r * np_dtype(inv_h)  # the interval and t in the table's dtype, as the kernel and radial_table.evaluate
+    i = np.clip(np.floor(s), 0, n_int - 1)
+    t = (s - i.astype(np_dtype)).astype(np.float64)[:, None]
+    k = coef.astype(np.float64)[i.astype(np.int64)]
+    w_table = k[:, 0] + t * (k[:, 1] + t * (k[:, 2] + t * k[:, 3]))  # [E, n_cols], network order
+    w = np.zeros((len(src), w_width + native.ACC_SLACK), np_dtype)
+    w[:, :w_width] = w_table[:, w_perm.numpy()]  # the packed rows the w-row entry reads
+
+    y = rng.standard_normal((len(src), y_dim)).astype(np_dtype)
+    x = rng.standard_normal((7, x_width)).astype(np_dtype)
+    off = 0
+    for mul, d_i in ((13, 3), (21, 1), (8, 5)):
+        for m_i in range(d_i):
+            x[:, off + m_i * native.padded(mul) + mul : off + (m_i + 1) * native.padded(mul)] = 0
+        off += d_i * native.padded(mul)
+    cc = c.astype(np_dtype)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for isa, lib in _isa_libs():
+        rows, table = (np.zeros((n_recv, acc_width + native.ACC_SLACK), np_dtype) for _ in range(2))
+        common = (_ptr(src), _ptr(dst), _ptr(y), y_dim)
+        assert native.entry(lib, dtype)(0, len(src), *common, _ptr(w), w.shape[1], _ptr(x), x_width, _ptr(rows),
+                                        rows.shape[1], len(paths), _ptr(paths), _ptr(pairs), _ptr(mj), _ptr(cc)) == 0
+        fn = native.entry_table(lib, dtype)
+        targs = (*common, _ptr(r), _ptr(coef), n_int, inv_h, n_cols, _ptr(x), x_width, _ptr(table), table.shape[1],
+                 len(paths), _ptr(tpaths), _ptr(pairs), _ptr(mj), _ptr(cc))
+        cut = int(np.searchsorted(dst, 5))
+        assert _call(fn, targs, [(0, cut), (cut, len(src))]) == [0, 0]
+        assert np.abs(table - rows).max() <= tol * np.abs(rows).max(), isa
+        # a path whose columns run past the table's width is refused, not read out of bounds
+        short = (*common, _ptr(r), _ptr(coef), n_int, inv_h, int(tpaths[:, 3].max()), *targs[9:])
+        assert fn(0, len(src), *short) == 3, isa
+
+
+def test_table_paths_refuses_weights_split_in_the_network_order():
+    paths = torch.tensor([[4, 1, 0, 0, 0, 4, 0, 0]], dtype=torch.int32)
+    with pytest.raises(ValueError, match="path 0: its weights are not contiguous"):
+        native.table_paths(paths, torch.tensor([0, 1, 5, 6]))
+
+
+def test_constants_come_from_the_c_source_and_match_the_library():
+    text = native.SOURCE.read_text()
+    assert f"#define CDP_UVU_SLACK {native.ACC_SLACK}" in text and f"#define CDP_MAX_MUL {native.MAX_MUL}" in text
+    lib = native.load()
+    assert lib.cdp_uvu_acc_slack() == native.ACC_SLACK and lib.cdp_uvu_pad_width() == native.PAD_WIDTH
+    assert lib.cdp_uvu_max_mul() == native.MAX_MUL and lib.cdp_uvu_abi_version() == native.ABI_VERSION
+    assert native.padded(9) == native.round_up(9, native.PAD_WIDTH)
+
+
+def test_each_build_compiles_its_vector_path():
+    want = {"avx512": "avx512", "avx2": "avx2", "generic": "generic", "neon": "neon"}
+    for isa, lib in _isa_libs():
+        assert native.vector_path(lib) == want[isa]
+
+
+def test_loaded_never_compiles(tmp_path, monkeypatch):
+    _fresh(monkeypatch, tmp_path)
+    assert native.loaded() is None  # nothing loaded in this (fresh) state, and nothing built
+    assert not (tmp_path / "kernels").exists()
+    lib = native.load()
+    assert lib is not None and native.loaded() is lib
+
+
+# -- NEON: the aarch64 build cross-compiled and run under qemu-aarch64 -----------------------------------
+HARNESS = Path(__file__).resolve().parents[2] / "helpers" / "uvu_harness.c"
+CROSS_CC, QEMU = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+
+
+def _harness_output(tmp_path, name, cmd_prefix, compiler, flags):
+    exe = tmp_path / name
+    subprocess.run([compiler, "-O2", "-std=c99", *flags, str(HARNESS), str(native.SOURCE), "-o", str(exe)],
+                   check=True, capture_output=True, timeout=300)
+    proc = subprocess.run([*cmd_prefix, str(exe)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    head, *rows = proc.stdout.splitlines()
+    return head.split(), np.array([[float(v) for v in row.split()] for row in rows])
+
+
+@pytest.mark.skipif(CROSS_CC is None or QEMU is None, reason="no aarch64 cross compiler / qemu-aarch64 here")
+def test_neon_path_under_qemu_equals_the_plain_path(tmp_path):
+    neon_head, neon = _harness_output(tmp_path, "neon", [QEMU], CROSS_CC, ["-static"])
+    plain_head, plain = _harness_output(tmp_path, "plain", [QEMU], CROSS_CC, ["-static", "-DCDP_PLAIN"])
+    host_head, host = _harness_output(tmp_path, "host", [], native.find_compiler(), ["-DCDP_PLAIN"])
+    assert neon_head[1] == "3" and plain_head[1] == "0" and host_head[1] == "0"  # cdp_uvu_vector_path
+    assert neon_head[-1] == plain_head[-1] == "0" and int(neon_head[3]) > 20  # status 0, edges
+    scale = np.abs(plain).max(axis=0)
+    assert (scale > 0.5).all()
+    # float32 (rows, table): NEON vs plain C within rounding; float64 (plain C in every build): the same numbers
+    assert (np.abs(neon[:, :2] - plain[:, :2]).max(axis=0) <= 1e-6 * scale[:2]).all()
+    assert (np.abs(neon[:, 2:] - plain[:, 2:]).max(axis=0) <= 1e-13 * scale[2:]).all()
+    assert (np.abs(plain - host).max(axis=0) <= 1e-6 * scale).all()  # aarch64 plain C = x86-64 plain C
+    assert np.abs(plain[:, 0] - plain[:, 2]).max() <= 1e-5 * scale[2]  # float32 = float64 within rounding
+
+
+def _torch_forward(paths, pairs, mj, c, y, w, x, src, dst, n_recv, acc_width):
+    """The kernel's formula (as :func:`_reference`) in torch, so autograd gives the backward's oracle."""
+    acc = torch.zeros((n_recv, acc_width), dtype=y.dtype)
+    for mul, d_k, x_off, w_off, acc_off, stride, q0, q1 in paths.tolist():
+        for m_k in range(d_k):
+            t = torch.zeros((len(src), mul), dtype=y.dtype)
+            for q in range(q0, q1):
+                if int(pairs[q, 0]) != m_k:
+                    continue
+                t0, t1 = int(pairs[q, 2]), int(pairs[q, 3])
+                a = y[:, mj[t0:t1]] @ c[t0:t1]
+                t = t + a[:, None] * x[src, x_off + int(pairs[q, 1]) : x_off + int(pairs[q, 1]) + mul]
+            cols = acc_off + m_k * stride + torch.arange(mul)
+            acc = acc.index_put((dst[:, None], cols[None, :]), w[:, w_off : w_off + mul] * t, accumulate=True)
+    return acc
+
+
+def test_backward_entry_of_each_build_equals_autograd():
+    """dL/dx, dL/dw, dL/dY of the backward entry (every build this CPU runs, float32 and float64) against
+    autograd through the same formula in float64."""
+    rng = np.random.default_rng(8)
+    blocks = ((13, 3), (21, 1), (8, 5))
+    paths, pairs, mj, c, x_width, w_width, acc_width = _plan(rng, blocks=blocks)
+    src, dst = _edges(rng)
+    n_recv, y_dim, n_send = 9, 9, 7
+    real = np.zeros(x_width, bool)
+    off = 0
+    for mul, d_i in blocks:
+        for m_i in range(d_i):
+            real[off + m_i * native.padded(mul) : off + m_i * native.padded(mul) + mul] = True
+        off += d_i * native.padded(mul)
+    y = torch.from_numpy(rng.standard_normal((len(src), y_dim))).requires_grad_()
+    w = torch.zeros((len(src), w_width + native.ACC_SLACK), dtype=torch.float64)
+    w[:, :w_width] = torch.from_numpy(rng.standard_normal((len(src), w_width)))
+    w.requires_grad_()
+    x = torch.zeros((n_send, x_width), dtype=torch.float64)
+    x[:, torch.from_numpy(real)] = torch.from_numpy(rng.standard_normal((n_send, int(real.sum()))))
+    x.requires_grad_()
+    g = torch.zeros((n_recv, acc_width + native.ACC_SLACK), dtype=torch.float64)
+    g[:, :acc_width] = torch.from_numpy(rng.standard_normal((n_recv, acc_width)))
+    ct = torch.from_numpy(c)
+    acc = _torch_forward(torch.from_numpy(paths), torch.from_numpy(pairs), torch.from_numpy(mj).long(), ct, y, w, x,
+                         torch.from_numpy(src), torch.from_numpy(dst), n_recv, acc_width)
+    want_x, want_w, want_y = torch.autograd.grad((acc * g[:, :acc_width]).sum(), (x, w, y))
+    for dtype, np_dtype, tol in ((torch.float32, np.float32, 5e-6), (torch.float64, np.float64, 1e-12)):
+        arrays = [t.detach().numpy().astype(np_dtype) for t in (y, w, x, g)]
+        yy, ww, xx, gg = arrays
+        cc = c.astype(np_dtype)
+        for isa, lib in _isa_libs():
+            gx, gw, gy = np.zeros_like(xx), np.zeros_like(ww), np.zeros_like(yy)
+            fn = native.entry_backward(lib, dtype)
+            status = fn(0, len(src), _ptr(src), _ptr(dst), _ptr(yy), y_dim, _ptr(ww), ww.shape[1], _ptr(xx), x_width,
+                        _ptr(gg), gg.shape[1], _ptr(gx), _ptr(gw), _ptr(gy), len(paths), _ptr(paths), _ptr(pairs),
+                        _ptr(mj), _ptr(cc))
+            assert status == 0
+            for got, want in ((gx[:, real], want_x.numpy()[:, real]), (gw[:, :w_width], want_w.numpy()[:, :w_width]),
+                              (gy, want_y.numpy())):
+                assert np.abs(got - want).max() <= tol * np.abs(want).max(), (isa, dtype)

@@ -1,16 +1,22 @@
 """The fused uvu convolution kernel (kernels/uvu_conv.c): compiled once per machine, loaded with ctypes.
 
-The C source ships with the package; on first use it is compiled with the system C compiler (``$CC`` or
-``cc``) into ``$CDP_CACHE_DIR`` (default ``~/.cache/cdp``), once per instruction-set build: ``avx512``
-and ``avx2`` (explicit ``-m`` flags; the kernel's AVX2/FMA path) and ``generic`` (no SIMD flags: its
-plain C path), picked at run time from the CPU's flags (/proc/cpuinfo on Linux x86; elsewhere from
-``platform.machine()``) or forced by ``CDP_NATIVE_ISA``.  The cache file is keyed by the source, the
-compiler and its ``--version``, the machine and the exact flags; it is written atomically and its SHA-256
-recorded beside it, and a library whose content does not match (truncated, corrupted) is rebuilt
-rather than loaded.
+The C source ships with the package; :func:`load` compiles it with the system C compiler (``$CC`` or
+``cc``) into ``$CDP_CACHE_DIR`` (default ``~/.cache/cdp``), once per instruction-set build, and loads it.
+It is called once when a model is built or loaded; :func:`loaded` then hands the library to the forward
+pass without ever compiling.  Builds: ``avx512`` (explicit ``-mavx512*`` flags: the kernel's AVX-512 path),
+``avx2`` (``-mavx2 -mfma``: its AVX2 path), ``neon`` (aarch64: its NEON path) and ``generic`` (no SIMD
+flags, ``-DCDP_PLAIN``: plain C), picked at run time from the CPU's flags (/proc/cpuinfo on Linux x86;
+elsewhere from ``platform.machine()``) or forced by ``CDP_NATIVE_ISA``.  The cache file is keyed by the
+source, the compiler and its ``--version``, the machine and the exact flags; it is written atomically and
+its SHA-256 recorded beside it, and a library whose content does not match (truncated, corrupted) is
+rebuilt rather than loaded.
 Without a compiler, or with ``CDP_NATIVE=0``, :func:`load` returns None and the fast backend keeps its
 pure-PyTorch path (a one-line warning says so).  ctypes releases the GIL, so receiver ranges run in
 parallel Python threads.
+
+The layout constants shared with the C side (``ABI_VERSION``, ``PAD_WIDTH``, ``ACC_SLACK``, ``MAX_MUL``)
+are read from the source's ``#define`` lines at import (so they exist without a compiler) and checked
+against the values the loaded library exports.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import threading
@@ -31,11 +38,24 @@ import torch
 from cdp.core.atomic import atomic_write, atomic_write_text
 
 SOURCE = Path(__file__).with_name("kernels") / "uvu_conv.c"
-ABI_VERSION = 4
-ACC_SLACK = 8  # columns after each weight and accumulator row that the vector kernel may touch
 
 
-MAX_MUL = 1024  # CDP_MAX_MUL of the C source: the per-path channel buffer
+def _source_constants() -> dict:
+    """``#define CDP_UVU_* / CDP_MAX_MUL`` integers of the C source: the single place they are written."""
+    found = dict(re.findall(r"^#define\s+(CDP_UVU_[A-Z_]+|CDP_MAX_MUL)\s+(\d+)\b", SOURCE.read_text(), re.M))
+    names = ("CDP_UVU_ABI_VERSION", "CDP_UVU_PAD_WIDTH", "CDP_UVU_SLACK", "CDP_MAX_MUL")
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise RuntimeError(f"{SOURCE}: missing #define {', '.join(missing)}")
+    return {n: int(found[n]) for n in names}
+
+
+_CONSTANTS = _source_constants()
+ABI_VERSION = _CONSTANTS["CDP_UVU_ABI_VERSION"]
+PAD_WIDTH = _CONSTANTS["CDP_UVU_PAD_WIDTH"]  # sender rows: each irrep's mul rounded up to this, zero padded
+ACC_SLACK = _CONSTANTS["CDP_UVU_SLACK"]  # columns after each weight and accumulator row a vector path may touch
+MAX_MUL = _CONSTANTS["CDP_MAX_MUL"]  # largest multiplicity of a path
+VECTOR_PATHS = {0: "generic", 1: "avx2", 2: "avx512", 3: "neon"}  # cdp_uvu_vector_path() of a build
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -46,8 +66,8 @@ def round_up(n: int, k: int) -> int:
 
 
 def padded(mul: int) -> int:
-    """Channels of one irrep in the kernel's sender layout: mul rounded up to whole 8-float vectors."""
-    return round_up(mul, 8)
+    """Channels of one irrep in the kernel's sender layout: mul rounded up to ``PAD_WIDTH`` (zero padded)."""
+    return round_up(mul, PAD_WIDTH)
 
 
 def cache_dir() -> Path:
@@ -61,8 +81,10 @@ def cache_dir() -> Path:
 X86_ISAS = {
     "avx512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx2"),
     "avx2": ("-mavx2", "-mfma"),
-    "generic": (),
+    "generic": ("-DCDP_PLAIN",),
 }
+ARM_MACHINES = ("aarch64", "arm64")
+ARM_ISAS = {"neon": (), "generic": ("-DCDP_PLAIN",)}  # Advanced SIMD is part of every aarch64 CPU
 X86_REQUIRES = {
     "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma", "avx2"},
     "avx2": {"avx2", "fma"},
@@ -91,8 +113,10 @@ def cpu_flags() -> Optional[set]:
 
 def available_isas() -> List[str]:
     """Builds this CPU can run, best first; always ends with ``generic`` (plain C, no SIMD flags)."""
+    if machine() in ARM_MACHINES:
+        return list(ARM_ISAS)
     if machine() != "x86_64":
-        return ["generic"]  # the kernel's vector path is AVX2; elsewhere the plain C path
+        return ["generic"]  # no vector path for this architecture: plain C
     flags = cpu_flags()
     if flags is None:  # no flags line (macOS): only what every x86-64 runs
         return ["generic"]
@@ -101,9 +125,16 @@ def available_isas() -> List[str]:
 
 def isa_flags(isa: str) -> Tuple[str, ...]:
     """Compiler flags of the build ``isa``."""
+    return _known_isas()[isa]
+
+
+def _known_isas() -> dict:
+    """Builds (name → compiler flags) that exist for this machine's architecture."""
     if machine() == "x86_64":
-        return X86_ISAS[isa]
-    return ()
+        return X86_ISAS
+    if machine() in ARM_MACHINES:
+        return ARM_ISAS
+    return {"generic": ("-DCDP_PLAIN",)}
 
 
 def select_isa() -> str:
@@ -111,7 +142,7 @@ def select_isa() -> str:
     have = available_isas()
     forced = os.environ.get(ISA_ENV, "").strip().lower()
     if forced:
-        known = X86_ISAS if machine() == "x86_64" else {"generic": ()}
+        known = _known_isas()
         if forced not in known:
             raise RuntimeError(f"{ISA_ENV}={forced} is not a build for {machine()} (one of {', '.join(known)})")
         if forced not in have:
@@ -186,17 +217,43 @@ def _compile(compiler: str, isa: str, target: Path) -> None:
     atomic_write_text(_sidecar(target), f"{digest[0]}  {target.name}\n")
 
 
+_I64, _P, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
+# argument types of the entry points (see kernels/uvu_conv.c)
+_SIGNATURES = {
+    "forward": [_I64, _I64, _P, _P, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _I64, _P, _P, _P, _P],
+    "table": [_I64, _I64, _P, _P, _P, _I64, _P, _P, _I64, _F64, _I64, _P, _I64, _P, _I64, _I64, _P, _P, _P, _P],
+    "backward": [_I64, _I64, _P, _P, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _P, _P, _I64, _P, _P, _P, _P],
+}
+_ENTRIES = {
+    "forward": {torch.float32: "cdp_uvu_conv_f32", torch.float64: "cdp_uvu_conv_f64"},
+    "table": {torch.float32: "cdp_uvu_conv_table_f32", torch.float64: "cdp_uvu_conv_table_f64"},
+    "backward": {torch.float32: "cdp_uvu_conv_backward_f32", torch.float64: "cdp_uvu_conv_backward_f64"},
+}
+_EXPORTED = {"cdp_uvu_abi_version": ABI_VERSION, "cdp_uvu_pad_width": PAD_WIDTH, "cdp_uvu_acc_slack": ACC_SLACK,
+             "cdp_uvu_max_mul": MAX_MUL}
+
+
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    i64, p = ctypes.c_int64, ctypes.c_void_p
-    for name in ("cdp_uvu_conv_f32", "cdp_uvu_conv_f64"):
-        fn = getattr(lib, name)
+    """Set the entry points' argument types; refuse a library whose exported constants differ from the source's."""
+    for name, want in _EXPORTED.items():
+        fn = getattr(lib, name, None)
+        if fn is None:
+            raise RuntimeError(f"stale kernel library (no {name})")
         fn.restype = ctypes.c_int
-        fn.argtypes = [i64, i64, p, p, p, i64, p, i64, p, i64, p, i64, i64, p, p, p, p]
-    lib.cdp_uvu_abi_version.restype = ctypes.c_int
-    lib.cdp_uvu_acc_slack.restype = ctypes.c_int
-    if lib.cdp_uvu_abi_version() != ABI_VERSION or lib.cdp_uvu_acc_slack() > ACC_SLACK:
-        raise RuntimeError("stale kernel library (ABI version)")
+        if fn() != want:
+            raise RuntimeError(f"stale kernel library ({name} {fn()} != {want})")
+    lib.cdp_uvu_vector_path.restype = ctypes.c_int
+    for kind, names in _ENTRIES.items():
+        for name in names.values():
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_int
+            fn.argtypes = _SIGNATURES[kind]
     return lib
+
+
+def vector_path(lib: ctypes.CDLL) -> str:
+    """The float32 vector path compiled into ``lib``: ``avx512``, ``avx2``, ``neon`` or ``generic`` (plain C)."""
+    return VECTOR_PATHS.get(lib.cdp_uvu_vector_path(), "unknown")
 
 
 def find_compiler() -> str:
@@ -219,18 +276,23 @@ def build(isa: Optional[str] = None) -> Path:
     return target
 
 
-def load() -> Optional[ctypes.CDLL]:
-    """The compiled kernel library, or None when it cannot be built here (reason warned once).
+def _disabled() -> bool:
+    return os.environ.get("CDP_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
 
+
+def load() -> Optional[ctypes.CDLL]:
+    """Compile (when not cached) and load the kernel library once per process; None when it cannot be
+    built here (the reason is warned once) or ``CDP_NATIVE=0``.
+
+    Call it when a model is built or loaded: the forward pass uses :func:`loaded`, which never compiles.
     The cached library is loaded only when its content hash matches the sidecar written when it was
-    built; otherwise it is rebuilt (atomically) first.  Call it when a model is loaded, so that the
-    first forward pass does not pay for compilation.
+    built; otherwise it is rebuilt (atomically) first.  Later calls return the same library.
     """
     with _lock:
         if "lib" in _state:
             return _state["lib"]
         lib = None
-        if os.environ.get("CDP_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        if _disabled():
             _state["lib"] = None
             return None
         try:
@@ -244,19 +306,60 @@ def load() -> Optional[ctypes.CDLL]:
         return lib
 
 
+def loaded() -> Optional[ctypes.CDLL]:
+    """The library :func:`load` loaded, or None (not loaded yet, unavailable or disabled); never compiles."""
+    return _state.get("lib")
+
+
+def load_isa(isa: str) -> ctypes.CDLL:
+    """The library of build ``isa`` (compiled when missing), whatever :func:`load` chose; for tests and
+    benchmarks that compare vector paths in one process.  Raises RuntimeError when this CPU cannot run it."""
+    if isa not in available_isas():
+        raise RuntimeError(f"build {isa}: this CPU runs {', '.join(available_isas())}")
+    with _lock:
+        builds = _state.setdefault("builds", {})
+        if isa not in builds:
+            builds[isa] = _bind(ctypes.CDLL(str(build(isa))))
+        return builds[isa]
+
+
 def entry(lib: ctypes.CDLL, dtype: torch.dtype):
-    """The kernel entry point for ``dtype`` (float32/float64), or None."""
-    return {torch.float32: lib.cdp_uvu_conv_f32, torch.float64: lib.cdp_uvu_conv_f64}.get(dtype)
+    """The forward entry point for ``dtype`` (float32/float64) taking radial weight rows w [E, ≥ W + slack],
+    or None for another dtype."""
+    name = _ENTRIES["forward"].get(dtype)
+    return None if name is None else getattr(lib, name)
+
+
+def entry_table(lib: ctypes.CDLL, dtype: torch.dtype):
+    """The forward entry point for ``dtype`` that evaluates the radial weights from a piecewise-cubic table
+    (layout of :mod:`cdp.nn.radial_table`) per edge, or None for another dtype.
+
+    Arguments: ``(e0, e1, src, dst, y, y_stride, r, coef, n_intervals, inv_h, n_cols, x, x_stride, acc,
+    acc_stride, n_paths, paths, pairs, m_j, c)``; r [E] edge lengths (Å, the dtype), coef [n_intervals, 4,
+    n_cols] contiguous, inv_h = n_intervals / r_max (float).  The paths table's weight offsets are columns
+    of the table (:func:`table_paths`).  Returns 0, 1 (a mul above ``MAX_MUL``), 2 (out of memory) or 3
+    (a path's columns beyond ``n_cols``).
+    """
+    name = _ENTRIES["table"].get(dtype)
+    return None if name is None else getattr(lib, name)
 
 
 def entry_backward(lib: ctypes.CDLL, dtype: torch.dtype):
-    """The backward kernel entry point for ``dtype`` (float32/float64), or None (argument types bound on first use)."""
-    name = {torch.float32: "cdp_uvu_conv_backward_f32", torch.float64: "cdp_uvu_conv_backward_f64"}.get(dtype)
-    if name is None:
-        return None
-    fn = getattr(lib, name)
-    if fn.argtypes is None:
-        i64, p = ctypes.c_int64, ctypes.c_void_p
-        fn.restype = ctypes.c_int
-        fn.argtypes = [i64, i64, p, p, p, i64, p, i64, p, i64, p, i64, p, p, p, i64, p, p, p, p]
-    return fn
+    """The backward entry point for ``dtype`` (float32/float64), or None."""
+    name = _ENTRIES["backward"].get(dtype)
+    return None if name is None else getattr(lib, name)
+
+
+def table_paths(paths: torch.Tensor, w_perm: torch.Tensor) -> torch.Tensor:
+    """The kernel's paths table [P, 8] (int32) with each path's weight offset moved from the packed weight
+    row (block order) to the radial network's output column: ``w_perm[w_off]`` (``w_perm``: packed column →
+    network column; each path's mul columns are contiguous in both orders, which is checked)."""
+    out = paths.clone()
+    w_off, mul = paths[:, 3].long(), paths[:, 0].long()
+    first = w_perm[w_off]
+    for p in range(paths.shape[0]):
+        cols = w_perm[w_off[p] : w_off[p] + mul[p]]
+        if not torch.equal(cols, first[p] + torch.arange(int(mul[p]), dtype=cols.dtype)):
+            raise ValueError(f"path {p}: its weights are not contiguous in the radial network's output")
+    out[:, 3] = first.to(out.dtype)
+    return out.contiguous()

@@ -5,36 +5,128 @@
  *     A_p(e)[m_k, m_i]       = sum_{m_j} C_p[m_i, m_j, m_k] * Y[e, m_j]
  * with C_p the path-normalised Clebsch-Gordan coefficients, listed sparsely as (m_k, m_i) pairs and their
  * (m_j, c) terms.  No per-edge intermediate is written: one receiver row of `acc` stays in cache while
- * its edges stream through.  Compiled at first use by cdp (native.py); one entry point per dtype.
+ * its edges stream through.  Compiled by cdp when a model is loaded (native.py); entry points per dtype.
  *
- * Layout: x rows hold each sender irrep as [m_i][mul rounded up to 8, zero padded]; w rows and acc rows
- * carry 8 columns of slack after their last column (see cdp_uvu_slack).
+ * Radial weights come either as rows w[e, :] (cdp_uvu_conv_*) or from a piecewise-cubic table of the edge
+ * length (cdp_uvu_conv_table_*, layout of cdp.nn.radial_table): coef [n, 4, W] contiguous, and per edge
+ *     s = r_e * inv_h,  i = min(max(floor(s), 0), n - 1),  t = s - i,
+ *     w[e, c] = coef[i,0,c] + t*(coef[i,1,c] + t*(coef[i,2,c] + t*coef[i,3,c]))
+ * evaluated into a per-call (per-thread) row buffer just before the edge is used: no [E, W] array exists.
+ * For the table entries a path's w_off (path_info[3]) is a column of the table (the radial network's output
+ * order), not of a packed w row.
+ *
+ * Layout: x rows hold each sender irrep as [m_i][mul rounded up to CDP_UVU_PAD_WIDTH, zero padded]; w rows
+ * and acc rows carry CDP_UVU_SLACK columns of slack after their last column.
  * path_info, 8 int32 per path: mul, d_k, x_off, w_off, acc_off, row stride (m_k to m_k + 1), first pair,
  *            end pair
  * pair_info, 4 int32 per pair: m_k, m_i * padded mul, first term, end term   (pairs of a path sorted by m_k)
+ *
+ * Vector paths (float32), chosen at compile time from the target flags; -DCDP_PLAIN forces plain C:
+ *   AVX-512F: 16-lane vectors over each path's padded mul (an 8-lane one for an odd number of 8s: no lane
+ *             is wasted beyond the padding), four edges x up to four vectors in flight;
+ *   AVX2+FMA: 8-lane whole vectors (lanes past mul read zero padding of x, so they add exact zeros);
+ *   NEON:     as AVX2 with two 4-lane vectors per 8 channels.
+ * Backward (float32): AVX-512 (16 lanes, an 8-lane tail) and AVX2; plain C for NEON builds and float64.
+ * float64 is plain C everywhere.  The constants below are exported (cdp_uvu_*) and read by native.py.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX2__) && defined(__FMA__)
+
+#define CDP_UVU_ABI_VERSION 5
+#define CDP_UVU_PAD_WIDTH 8    /* sender rows: mul rounded up to a multiple of this, zero padded */
+#define CDP_UVU_SLACK 8        /* columns after each w row and acc row that a vector path may touch */
+#define CDP_MAX_MUL 1024       /* largest mul of a path (the plain path's per-path channel buffer) */
+
+#if !defined(CDP_PLAIN) && defined(__AVX512F__) && defined(__FMA__)
+#define CDP_AVX512 1
 #include <immintrin.h>
+#elif !defined(CDP_PLAIN) && defined(__AVX2__) && defined(__FMA__)
+#define CDP_AVX2 1
+#include <immintrin.h>
+#elif !defined(CDP_PLAIN) && (defined(__ARM_NEON) || defined(__ARM_NEON__)) && defined(__aarch64__)
+#define CDP_NEON 1
+#include <arm_neon.h>
+#endif
+/* the AVX2 backward kernel serves the AVX-512 build too, with 16-lane vectors where they fit */
+#if defined(CDP_AVX512) || defined(CDP_AVX2)
+#define CDP_AVX2_BACKWARD 1
 #endif
 
-#define CDP_MAX_MUL 1024
+int cdp_uvu_abi_version(void) { return CDP_UVU_ABI_VERSION; }
+int cdp_uvu_acc_slack(void) { return CDP_UVU_SLACK; }
+int cdp_uvu_pad_width(void) { return CDP_UVU_PAD_WIDTH; }
+int cdp_uvu_max_mul(void) { return CDP_MAX_MUL; }
 
-#define CDP_UVU_KERNEL(NAME, T)                                                                              \
-int NAME(int64_t e0, int64_t e1, const int64_t *restrict src, const int64_t *restrict dst,                \
-         const T *restrict y, int64_t y_stride, const T *restrict w, int64_t w_stride,                    \
-         const T *restrict x, int64_t x_stride, T *restrict acc, int64_t acc_stride,                      \
-         int64_t n_paths, const int32_t *restrict path_info, const int32_t *restrict pair_info,           \
+/* which vector path this build compiled: 0 plain C, 1 AVX2, 2 AVX-512, 3 NEON */
+int cdp_uvu_vector_path(void)
+{
+#if defined(CDP_AVX512)
+    return 2;
+#elif defined(CDP_AVX2)
+    return 1;
+#elif defined(CDP_NEON)
+    return 3;
+#else
+    return 0;
+#endif
+}
+
+/* interval of length r: i = min(max(floor(r * inv_h), 0), n - 1) and t = r * inv_h - i (no libm: s >= 0
+ * there, so truncation is floor; NaN r gives i = 0 and a NaN t) */
+#define CDP_TABLE_INTERVAL(T, r, inv_h, n, i, t)                                                            \
+    do {                                                                                                    \
+        const T s_ = (r) * (inv_h);                                                                         \
+        int64_t i_ = 0;                                                                                     \
+        if (s_ > 0) i_ = s_ >= (T)(n) ? (n) - 1 : (int64_t)s_;                                              \
+        if (i_ > (n) - 1) i_ = (n) - 1;                                                                     \
+        (i) = i_;                                                                                           \
+        (t) = s_ - (T)i_;                                                                                   \
+    } while (0)
+
+/* table columns every path reads (w_off + mul) fit in a table row of n_cols columns */
+static int cdp_table_fits(int64_t n_paths, const int32_t *path_info, int64_t n_cols)
+{
+    for (int64_t p = 0; p < n_paths; ++p)
+        if (path_info[8 * p + 3] < 0 || (int64_t)path_info[8 * p + 3] + path_info[8 * p] > n_cols) return 0;
+    return 1;
+}
+
+/* -- plain C (float64 everywhere; float32 without a vector path) ------------------------------------- */
+#define CDP_UVU_PLAIN(SUFFIX, T)                                                                             \
+static void cdp_table_row_##SUFFIX(const T *restrict coef, int64_t n, T inv_h, int64_t n_cols, T r,         \
+                                   T *restrict out)                                                         \
+{                                                                                                         \
+    int64_t i;                                                                                            \
+    T t;                                                                                                  \
+    CDP_TABLE_INTERVAL(T, r, inv_h, n, i, t);                                                             \
+    const T *c0 = coef + i * 4 * n_cols, *c1 = c0 + n_cols, *c2 = c1 + n_cols, *c3 = c2 + n_cols;         \
+    for (int64_t c = 0; c < n_cols; ++c) out[c] = c0[c] + t * (c1[c] + t * (c2[c] + t * c3[c]));         \
+}                                                                                                         \
+                                                                                                          \
+static int cdp_forward_plain_##SUFFIX(int64_t e0, int64_t e1, const int64_t *restrict src,                \
+         const int64_t *restrict dst, const T *restrict y, int64_t y_stride, const T *restrict w,          \
+         int64_t w_stride, const T *restrict r, const T *restrict coef, int64_t n_int, T inv_h,            \
+         int64_t n_cols, const T *restrict x, int64_t x_stride, T *restrict acc, int64_t acc_stride,       \
+         int64_t n_paths, const int32_t *restrict path_info, const int32_t *restrict pair_info,            \
          const int32_t *restrict term_mj, const T *restrict term_c)                                        \
 {                                                                                                         \
     T tmp[CDP_MAX_MUL];                                                                                   \
     for (int64_t p = 0; p < n_paths; ++p)                                                                 \
         if (path_info[8 * p] > CDP_MAX_MUL) return 1;                                                     \
+    if (coef && !cdp_table_fits(n_paths, path_info, n_cols)) return 3;                                    \
+    if (e1 <= e0) return 0;                                                                               \
+    T *wbuf = NULL;                                                                                       \
+    if (coef && !(wbuf = (T *)malloc(sizeof(T) * (size_t)(n_cols + 1)))) return 2;                        \
     for (int64_t e = e0; e < e1; ++e) {                                                                   \
         const T *ye = y + e * y_stride;                                                                   \
-        const T *we = w + e * w_stride;                                                                   \
+        const T *we;                                                                                      \
+        if (coef) {                                                                                       \
+            cdp_table_row_##SUFFIX(coef, n_int, inv_h, n_cols, r[e], wbuf);                               \
+            we = wbuf;                                                                                    \
+        } else {                                                                                          \
+            we = w + e * w_stride;                                                                        \
+        }                                                                                                 \
         const T *xe = x + src[e] * x_stride;                                                              \
         T *ae = acc + dst[e] * acc_stride;                                                                \
         for (int64_t p = 0; p < n_paths; ++p) {                                                           \
@@ -51,7 +143,7 @@ int NAME(int64_t e0, int64_t e1, const int64_t *restrict src, const int64_t *res
                     const int32_t *qi = pair_info + 4 * q;                                                \
                     T s = 0;                                                                              \
                     for (int t = qi[2]; t < qi[3]; ++t) s += term_c[t] * ye[term_mj[t]];                  \
-                    const T *xr = xp + qi[1];                                                       \
+                    const T *xr = xp + qi[1];                                                             \
                     if (first) {                                                                          \
                         for (int u = 0; u < mul; ++u) tmp[u] = s * xr[u];                                 \
                         first = 0;                                                                        \
@@ -60,134 +152,380 @@ int NAME(int64_t e0, int64_t e1, const int64_t *restrict src, const int64_t *res
                     }                                                                                     \
                 }                                                                                         \
                 if (!first) {                                                                             \
-                    T *ar = ap + mk * pi[5];                                                             \
+                    T *ar = ap + mk * pi[5];                                                              \
                     for (int u = 0; u < mul; ++u) ar[u] += wp[u] * tmp[u];                                \
                 }                                                                                         \
             }                                                                                             \
         }                                                                                                 \
     }                                                                                                     \
+    free(wbuf);                                                                                           \
     return 0;                                                                                             \
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
-/* float32 with AVX2/FMA: up to four edges of one receiver at once (four independent FMA chains per
- * 8-channel vector), the per-edge coefficients A_p(e) of the four edges computed together.  Whole vectors
- * only: a path's last vector reads x channels past mul, which the caller pads with zeros, so those lanes
- * add exact zeros; w rows and acc rows need 8 columns of slack after their last (finite) column. */
+CDP_UVU_PLAIN(f64, double)
+
+#if defined(CDP_AVX512) || defined(CDP_AVX2) || defined(CDP_NEON)
+/* -- float32 vector paths: groups of up to four consecutive edges of one receiver ---------------------- */
+
+/* one table row (float32) into out[0 .. n_cols) */
+static void cdp_table_row_f32(const float *restrict coef, int64_t n, float inv_h, int64_t n_cols, float r,
+                              float *restrict out)
+{
+    int64_t i;
+    float t;
+    CDP_TABLE_INTERVAL(float, r, inv_h, n, i, t);
+    const float *c0 = coef + i * 4 * n_cols, *c1 = c0 + n_cols, *c2 = c1 + n_cols, *c3 = c2 + n_cols;
+    int64_t c = 0;
+#if defined(CDP_AVX512)
+    const __m512 tv = _mm512_set1_ps(t);
+    for (; c < n_cols; c += 16) {
+        const int64_t left = n_cols - c;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __m512 v = _mm512_fmadd_ps(tv, _mm512_maskz_loadu_ps(m, c3 + c), _mm512_maskz_loadu_ps(m, c2 + c));
+        v = _mm512_fmadd_ps(tv, v, _mm512_maskz_loadu_ps(m, c1 + c));
+        _mm512_mask_storeu_ps(out + c, m, _mm512_fmadd_ps(tv, v, _mm512_maskz_loadu_ps(m, c0 + c)));
+    }
+#elif defined(CDP_AVX2)
+    const __m256 tv = _mm256_set1_ps(t);
+    for (; c + 8 <= n_cols; c += 8) {
+        __m256 v = _mm256_fmadd_ps(tv, _mm256_loadu_ps(c3 + c), _mm256_loadu_ps(c2 + c));
+        v = _mm256_fmadd_ps(tv, v, _mm256_loadu_ps(c1 + c));
+        _mm256_storeu_ps(out + c, _mm256_fmadd_ps(tv, v, _mm256_loadu_ps(c0 + c)));
+    }
+#elif defined(CDP_NEON)
+    const float32x4_t tv = vdupq_n_f32(t);
+    for (; c + 4 <= n_cols; c += 4) {
+        float32x4_t v = vfmaq_f32(vld1q_f32(c2 + c), tv, vld1q_f32(c3 + c));
+        v = vfmaq_f32(vld1q_f32(c1 + c), tv, v);
+        vst1q_f32(out + c, vfmaq_f32(vld1q_f32(c0 + c), tv, v));
+    }
+#endif
+    for (; c < n_cols; ++c) out[c] = c0[c] + t * (c1[c] + t * (c2[c] + t * c3[c]));
+}
+
+/* A is computed for CDP_GROUPS groups of four edge slots at once (one vector of CDP_LANES lanes per pair;
+ * empty slots have zero harmonics, so zero A): a[CDP_LANES * q + 4 * group + slot] */
+#if defined(CDP_AVX512)
+#define CDP_GROUPS 4
+#elif defined(CDP_AVX2)
+#define CDP_GROUPS 2
+#else
+#define CDP_GROUPS 1
+#endif
+#define CDP_LANES (4 * CDP_GROUPS)
+
+static inline void cdp_group_a(int64_t n_pairs, const int32_t *restrict pair_info, const int32_t *restrict term_mj,
+                               const float *restrict term_c, const float *restrict yt, float *restrict a)
+{
+    for (int64_t q = 0; q < n_pairs; ++q) {
+        const int32_t *qi = pair_info + 4 * q;
+#if defined(CDP_AVX512)
+        __m512 s = _mm512_setzero_ps();
+        for (int t = qi[2]; t < qi[3]; ++t)
+            s = _mm512_fmadd_ps(_mm512_set1_ps(term_c[t]), _mm512_loadu_ps(yt + CDP_LANES * term_mj[t]), s);
+        _mm512_storeu_ps(a + CDP_LANES * q, s);
+#elif defined(CDP_AVX2)
+        __m256 s = _mm256_setzero_ps();
+        for (int t = qi[2]; t < qi[3]; ++t)
+            s = _mm256_fmadd_ps(_mm256_set1_ps(term_c[t]), _mm256_loadu_ps(yt + CDP_LANES * term_mj[t]), s);
+        _mm256_storeu_ps(a + CDP_LANES * q, s);
+#else
+        float32x4_t s = vdupq_n_f32(0.f);
+        for (int t = qi[2]; t < qi[3]; ++t) s = vfmaq_n_f32(s, vld1q_f32(yt + CDP_LANES * term_mj[t]), term_c[t]);
+        vst1q_f32(a + CDP_LANES * q, s);
+#endif
+    }
+}
+
+#if defined(CDP_AVX512)
+/* K (1, 2 or 4) 16-lane vectors of channels [off, off + 16K) of one output row, four edges; every lane is
+ * below the path's padded mul (x zero padded there: those lanes add exact zeros) */
+static inline __attribute__((always_inline)) void
+cdp_rows512(const int K, const int off, const float *const xs[4], const float *const ws[4],
+            const float *restrict a, const int32_t *restrict pair_info, const int q0, const int q1,
+            float *restrict ar)
+{
+    __m512 t0[4], t1[4], t2[4], t3[4];
+    for (int k = 0; k < K; ++k) t0[k] = t1[k] = t2[k] = t3[k] = _mm512_setzero_ps();
+    for (int q = q0; q < q1; ++q) {
+        const int xo = pair_info[4 * q + 1] + off;
+        const float *aq = a + CDP_LANES * q;
+        const __m512 c0 = _mm512_set1_ps(aq[0]), c1 = _mm512_set1_ps(aq[1]);
+        const __m512 c2 = _mm512_set1_ps(aq[2]), c3 = _mm512_set1_ps(aq[3]);
+        for (int k = 0; k < K; ++k) {
+            t0[k] = _mm512_fmadd_ps(c0, _mm512_loadu_ps(xs[0] + xo + 16 * k), t0[k]);
+            t1[k] = _mm512_fmadd_ps(c1, _mm512_loadu_ps(xs[1] + xo + 16 * k), t1[k]);
+            t2[k] = _mm512_fmadd_ps(c2, _mm512_loadu_ps(xs[2] + xo + 16 * k), t2[k]);
+            t3[k] = _mm512_fmadd_ps(c3, _mm512_loadu_ps(xs[3] + xo + 16 * k), t3[k]);
+        }
+    }
+    for (int k = 0; k < K; ++k) {
+        const int o = off + 16 * k;
+        __m512 r = _mm512_mul_ps(_mm512_loadu_ps(ws[0] + o), t0[k]);
+        __m512 s = _mm512_mul_ps(_mm512_loadu_ps(ws[2] + o), t2[k]);
+        r = _mm512_fmadd_ps(_mm512_loadu_ps(ws[1] + o), t1[k], r);
+        s = _mm512_fmadd_ps(_mm512_loadu_ps(ws[3] + o), t3[k], s);
+        _mm512_storeu_ps(ar + o, _mm512_add_ps(_mm512_loadu_ps(ar + o), _mm512_add_ps(r, s)));
+    }
+}
+
+/* the last 8 channels of a padded row when padded mul is an odd number of 8-lane vectors */
+static inline void cdp_rows256(const int off, const float *const xs[4], const float *const ws[4],
+                               const float *restrict a, const int32_t *restrict pair_info, const int q0,
+                               const int q1, float *restrict ar)
+{
+    __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+    for (int q = q0; q < q1; ++q) {
+        const int xo = pair_info[4 * q + 1] + off;
+        const float *aq = a + CDP_LANES * q;
+        t0 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 0), _mm256_loadu_ps(xs[0] + xo), t0);
+        t1 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 1), _mm256_loadu_ps(xs[1] + xo), t1);
+        t2 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 2), _mm256_loadu_ps(xs[2] + xo), t2);
+        t3 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 3), _mm256_loadu_ps(xs[3] + xo), t3);
+    }
+    __m256 r = _mm256_mul_ps(_mm256_loadu_ps(ws[0] + off), t0);
+    __m256 s = _mm256_mul_ps(_mm256_loadu_ps(ws[2] + off), t2);
+    r = _mm256_fmadd_ps(_mm256_loadu_ps(ws[1] + off), t1, r);
+    s = _mm256_fmadd_ps(_mm256_loadu_ps(ws[3] + off), t3, s);
+    _mm256_storeu_ps(ar + off, _mm256_add_ps(_mm256_loadu_ps(ar + off), _mm256_add_ps(r, s)));
+}
+#endif
+
+/* all paths of one group of four edges (missing edges read the zero row) */
+static inline void cdp_group_paths(int64_t n_paths, const int32_t *restrict path_info, const int32_t *restrict pair_info,
+                                   const float *const xg[4], const float *const wg[4], const float *zero,
+                                   const float *restrict a, float *restrict ae)
+{
+    for (int64_t p = 0; p < n_paths; ++p) {
+        const int32_t *pi = path_info + 8 * p;
+        const int mul = pi[0], d_k = pi[1];
+        /* the zero row stands in for missing edges at every offset a real row is read at */
+        const float *xs[4], *ws[4];
+        for (int g = 0; g < 4; ++g) {
+            xs[g] = xg[g] + (xg[g] == zero ? 0 : pi[2]);
+            ws[g] = wg[g] + (wg[g] == zero ? 0 : pi[3]);
+        }
+        float *ap = ae + pi[4];
+        int q0 = pi[6];
+        const int q_end = pi[7];
+        for (int mk = 0; mk < d_k && q0 < q_end; ++mk) {
+            int q1 = q0;
+            while (q1 < q_end && pair_info[4 * q1] == mk) ++q1;
+            if (q1 == q0) continue;
+            float *ar = ap + mk * pi[5];
+#if defined(CDP_AVX512)
+            /* whole 16-lane vectors over the padded mul, then one 8-lane vector when it is odd in 8s */
+            const int n8 = (mul + CDP_UVU_PAD_WIDTH - 1) / CDP_UVU_PAD_WIDTH * (CDP_UVU_PAD_WIDTH / 8);
+            const int n16 = n8 / 2;
+            int v = 0;
+            for (; v + 4 <= n16; v += 4) cdp_rows512(4, 16 * v, xs, ws, a, pair_info, q0, q1, ar);
+            if (v + 2 <= n16) { cdp_rows512(2, 16 * v, xs, ws, a, pair_info, q0, q1, ar); v += 2; }
+            if (v < n16) { cdp_rows512(1, 16 * v, xs, ws, a, pair_info, q0, q1, ar); ++v; }
+            if (n8 & 1) cdp_rows256(16 * v, xs, ws, a, pair_info, q0, q1, ar);
+#elif defined(CDP_AVX2)
+            const float *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3];
+            const float *w0 = ws[0], *w1 = ws[1], *w2 = ws[2], *w3 = ws[3];
+            const int n_vec = (mul + 7) / 8;
+            int v = 0;
+            for (; v + 1 < n_vec; v += 2) {
+                const int oa = 8 * v, ob = oa + 8;
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+                for (int q = q0; q < q1; ++q) {
+                    const int xo = pair_info[4 * q + 1];
+                    const float *aq = a + CDP_LANES * q;
+                    __m256 c = _mm256_broadcast_ss(aq + 0);
+                    a0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x0 + xo + oa), a0);
+                    b0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x0 + xo + ob), b0);
+                    c = _mm256_broadcast_ss(aq + 1);
+                    a1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x1 + xo + oa), a1);
+                    b1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x1 + xo + ob), b1);
+                    c = _mm256_broadcast_ss(aq + 2);
+                    a2 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x2 + xo + oa), a2);
+                    b2 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x2 + xo + ob), b2);
+                    c = _mm256_broadcast_ss(aq + 3);
+                    a3 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x3 + xo + oa), a3);
+                    b3 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x3 + xo + ob), b3);
+                }
+                __m256 ra = _mm256_mul_ps(_mm256_loadu_ps(w0 + oa), a0), rb = _mm256_mul_ps(_mm256_loadu_ps(w0 + ob), b0);
+                __m256 sa = _mm256_mul_ps(_mm256_loadu_ps(w2 + oa), a2), sb = _mm256_mul_ps(_mm256_loadu_ps(w2 + ob), b2);
+                ra = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + oa), a1, ra); rb = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + ob), b1, rb);
+                sa = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + oa), a3, sa); sb = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + ob), b3, sb);
+                _mm256_storeu_ps(ar + oa, _mm256_add_ps(_mm256_loadu_ps(ar + oa), _mm256_add_ps(ra, sa)));
+                _mm256_storeu_ps(ar + ob, _mm256_add_ps(_mm256_loadu_ps(ar + ob), _mm256_add_ps(rb, sb)));
+            }
+            for (; v < n_vec; ++v) {
+                const int off = 8 * v;
+                __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+                for (int q = q0; q < q1; ++q) {
+                    const int xo = pair_info[4 * q + 1] + off;
+                    const float *aq = a + CDP_LANES * q;
+                    t0 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 0), _mm256_loadu_ps(x0 + xo), t0);
+                    t1 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 1), _mm256_loadu_ps(x1 + xo), t1);
+                    t2 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 2), _mm256_loadu_ps(x2 + xo), t2);
+                    t3 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 3), _mm256_loadu_ps(x3 + xo), t3);
+                }
+                __m256 r = _mm256_mul_ps(_mm256_loadu_ps(w0 + off), t0);
+                __m256 s = _mm256_mul_ps(_mm256_loadu_ps(w2 + off), t2);
+                r = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + off), t1, r);
+                s = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + off), t3, s);
+                /* channels past mul read zero-padded x, so those lanes add exact zeros to the neighbours */
+                _mm256_storeu_ps(ar + off, _mm256_add_ps(_mm256_loadu_ps(ar + off), _mm256_add_ps(r, s)));
+            }
+#else /* NEON: 8 channels as two 4-lane vectors; lanes past mul read zero padding, as AVX2 */
+            const int n_vec = (mul + 7) / 8;
+            for (int v = 0; v < n_vec; ++v) {
+                const int off = 8 * v;
+                float32x4_t lo[4], hi[4];
+                for (int g = 0; g < 4; ++g) lo[g] = hi[g] = vdupq_n_f32(0.f);
+                for (int q = q0; q < q1; ++q) {
+                    const int xo = pair_info[4 * q + 1] + off;
+                    const float32x4_t aq = vld1q_f32(a + CDP_LANES * q);
+                    lo[0] = vfmaq_laneq_f32(lo[0], vld1q_f32(xs[0] + xo), aq, 0);
+                    hi[0] = vfmaq_laneq_f32(hi[0], vld1q_f32(xs[0] + xo + 4), aq, 0);
+                    lo[1] = vfmaq_laneq_f32(lo[1], vld1q_f32(xs[1] + xo), aq, 1);
+                    hi[1] = vfmaq_laneq_f32(hi[1], vld1q_f32(xs[1] + xo + 4), aq, 1);
+                    lo[2] = vfmaq_laneq_f32(lo[2], vld1q_f32(xs[2] + xo), aq, 2);
+                    hi[2] = vfmaq_laneq_f32(hi[2], vld1q_f32(xs[2] + xo + 4), aq, 2);
+                    lo[3] = vfmaq_laneq_f32(lo[3], vld1q_f32(xs[3] + xo), aq, 3);
+                    hi[3] = vfmaq_laneq_f32(hi[3], vld1q_f32(xs[3] + xo + 4), aq, 3);
+                }
+                float32x4_t rl = vmulq_f32(vld1q_f32(ws[0] + off), lo[0]);
+                float32x4_t rh = vmulq_f32(vld1q_f32(ws[0] + off + 4), hi[0]);
+                for (int g = 1; g < 4; ++g) {
+                    rl = vfmaq_f32(rl, vld1q_f32(ws[g] + off), lo[g]);
+                    rh = vfmaq_f32(rh, vld1q_f32(ws[g] + off + 4), hi[g]);
+                }
+                vst1q_f32(ar + off, vaddq_f32(vld1q_f32(ar + off), rl));
+                vst1q_f32(ar + off + 4, vaddq_f32(vld1q_f32(ar + off + 4), rh));
+            }
+#endif
+            q0 = q1;
+        }
+    }
+}
+
+static int cdp_forward_vec_f32(int64_t e0, int64_t e1, const int64_t *restrict src, const int64_t *restrict dst,
+                               const float *restrict y, int64_t y_stride, const float *restrict w, int64_t w_stride,
+                               const float *restrict r, const float *restrict coef, int64_t n_int, float inv_h,
+                               int64_t n_cols, const float *restrict x, int64_t x_stride, float *restrict acc,
+                               int64_t acc_stride, int64_t n_paths, const int32_t *restrict path_info,
+                               const int32_t *restrict pair_info, const int32_t *restrict term_mj,
+                               const float *restrict term_c)
+{
+    int64_t n_pairs = 0;
+    for (int64_t p = 0; p < n_paths; ++p) {
+        if (path_info[8 * p] > CDP_MAX_MUL) return 1;
+        if (path_info[8 * p + 7] > n_pairs) n_pairs = path_info[8 * p + 7];
+    }
+    if (coef && !cdp_table_fits(n_paths, path_info, n_cols)) return 3;
+    if (e1 <= e0) return 0;
+    /* table rows: n_cols columns, then zeros up to a multiple of 16 plus slack (whole-vector tails) */
+    const int64_t row_len = coef ? ((n_cols + 15) / 16) * 16 + 16 : 0;
+    const int64_t w_len = coef ? row_len : w_stride;
+    const int64_t zero_len = ((((x_stride > w_len ? x_stride : w_len) + 15) / 16) * 16) + 16;  /* any row offset + a vector */
+    float *a = (float *)malloc(sizeof(float) * (size_t)(CDP_LANES * n_pairs + CDP_LANES));
+    float *zero = (float *)calloc((size_t)zero_len, sizeof(float));
+    float *yt = (float *)malloc(sizeof(float) * (size_t)(CDP_LANES * y_stride + CDP_LANES));
+    float *wbuf = coef ? (float *)calloc((size_t)(4 * row_len), sizeof(float)) : NULL;
+    if (!a || !zero || !yt || (coef && !wbuf)) { free(a); free(zero); free(yt); free(wbuf); return 2; }
+
+    int64_t e = e0;
+    while (e < e1) {
+        /* up to CDP_GROUPS groups, each up to four consecutive edges of one receiver */
+        int64_t g_start[CDP_GROUPS];
+        int g_count[CDP_GROUPS], n_groups = 0;
+        int64_t f = e;
+        while (n_groups < CDP_GROUPS && f < e1) {
+            int g_n = 1;
+            while (g_n < 4 && f + g_n < e1 && dst[f + g_n] == dst[f]) ++g_n;
+            g_start[n_groups] = f;
+            g_count[n_groups++] = g_n;
+            f += g_n;
+        }
+        for (int64_t j = 0; j < y_stride; ++j) {  /* harmonics, transposed: yt[j][4 * group + slot], 0 if empty */
+            float *row = yt + CDP_LANES * j;
+            for (int gi = 0; gi < CDP_GROUPS; ++gi)
+                for (int g = 0; g < 4; ++g)
+                    row[4 * gi + g] = gi < n_groups && g < g_count[gi] ? y[(g_start[gi] + g) * y_stride + j] : 0.f;
+        }
+        cdp_group_a(n_pairs, pair_info, term_mj, term_c, yt, a);
+        for (int gi = 0; gi < n_groups; ++gi) {
+            const int64_t eg = g_start[gi];
+            const int g_n = g_count[gi];
+            const float *xg[4], *wg[4];
+            for (int g = 0; g < 4; ++g) {  /* missing edges read the zero row */
+                xg[g] = g < g_n ? x + src[eg + g] * x_stride : zero;
+                if (g >= g_n) {
+                    wg[g] = zero;
+                } else if (coef) {
+                    cdp_table_row_f32(coef, n_int, inv_h, n_cols, r[eg + g], wbuf + g * row_len);
+                    wg[g] = wbuf + g * row_len;
+                } else {
+                    wg[g] = w + (eg + g) * w_stride;
+                }
+            }
+            cdp_group_paths(n_paths, path_info, pair_info, xg, wg, zero, a + 4 * gi, acc + dst[eg] * acc_stride);
+        }
+        e = f;
+    }
+    free(a);
+    free(zero);
+    free(yt);
+    free(wbuf);
+    return 0;
+}
+#define CDP_FORWARD_F32 cdp_forward_vec_f32
+#else
+CDP_UVU_PLAIN(f32, float)
+#define CDP_FORWARD_F32 cdp_forward_plain_f32
+#endif
+
+/* -- entry points ---------------------------------------------------------------------------------- */
 int cdp_uvu_conv_f32(int64_t e0, int64_t e1, const int64_t *restrict src, const int64_t *restrict dst,
                      const float *restrict y, int64_t y_stride, const float *restrict w, int64_t w_stride,
                      const float *restrict x, int64_t x_stride, float *restrict acc, int64_t acc_stride,
                      int64_t n_paths, const int32_t *restrict path_info, const int32_t *restrict pair_info,
                      const int32_t *restrict term_mj, const float *restrict term_c)
 {
-    if (e1 <= e0) return 0;
-    int64_t n_pairs = 0, zero_len = x_stride > w_stride ? x_stride : w_stride;
-    for (int64_t p = 0; p < n_paths; ++p) {
-        if (path_info[8 * p + 7] > n_pairs) n_pairs = path_info[8 * p + 7];
-    }
-    float *a = (float *)malloc(sizeof(float) * (size_t)(4 * n_pairs + 8));
-    float *zero = (float *)malloc(sizeof(float) * (size_t)(((zero_len + 15) / 8) * 8));  /* any row offset + 8 */
-    float *yt = (float *)malloc(sizeof(float) * (size_t)(4 * y_stride + 4));
-    if (!a || !zero || !yt) { free(a); free(zero); free(yt); return 2; }
-    memset(zero, 0, sizeof(float) * (size_t)(((zero_len + 15) / 8) * 8));
-
-    int64_t e = e0;
-    while (e < e1) {
-        /* a group: up to four consecutive edges of the same receiver; missing ones read zeros */
-        int g_n = 1;
-        while (g_n < 4 && e + g_n < e1 && dst[e + g_n] == dst[e]) ++g_n;
-        const float *xg[4], *wg[4];
-        for (int64_t j = 0; j < y_stride; ++j) {  /* harmonics of the group, transposed: yt[j][g] */
-            for (int g = 0; g < 4; ++g) yt[4 * j + g] = g < g_n ? y[(e + g) * y_stride + j] : 0.f;
-        }
-        for (int g = 0; g < 4; ++g) {
-            xg[g] = g < g_n ? x + src[e + g] * x_stride : zero;
-            wg[g] = g < g_n ? w + (e + g) * w_stride : zero;
-        }
-        for (int64_t q = 0; q < n_pairs; ++q) {  /* A_p(e)[m_k, m_i] of the four edges at once */
-            const int32_t *qi = pair_info + 4 * q;
-            __m128 s = _mm_setzero_ps();
-            for (int t = qi[2]; t < qi[3]; ++t)
-                s = _mm_fmadd_ps(_mm_set1_ps(term_c[t]), _mm_loadu_ps(yt + 4 * term_mj[t]), s);
-            _mm_storeu_ps(a + 4 * q, s);
-        }
-        float *ae = acc + dst[e] * acc_stride;
-        for (int64_t p = 0; p < n_paths; ++p) {
-            const int32_t *pi = path_info + 8 * p;
-            const int mul = pi[0], d_k = pi[1];
-            /* the zero row stands in for missing edges at every offset a real row is read at */
-            const float *x0 = xg[0] + (xg[0] == zero ? 0 : pi[2]), *x1 = xg[1] + (xg[1] == zero ? 0 : pi[2]);
-            const float *x2 = xg[2] + (xg[2] == zero ? 0 : pi[2]), *x3 = xg[3] + (xg[3] == zero ? 0 : pi[2]);
-            const float *w0 = wg[0] + (wg[0] == zero ? 0 : pi[3]), *w1 = wg[1] + (wg[1] == zero ? 0 : pi[3]);
-            const float *w2 = wg[2] + (wg[2] == zero ? 0 : pi[3]), *w3 = wg[3] + (wg[3] == zero ? 0 : pi[3]);
-            float *ap = ae + pi[4];
-            int q0 = pi[6];
-            const int q_end = pi[7];
-            const int n_vec = (mul + 7) / 8;
-            for (int mk = 0; mk < d_k && q0 < q_end; ++mk) {
-                int q1 = q0;
-                while (q1 < q_end && pair_info[4 * q1] == mk) ++q1;
-                if (q1 == q0) continue;
-                float *ar = ap + mk * pi[5];
-                int v = 0;
-                for (; v + 1 < n_vec; v += 2) {
-                    const int oa = 8 * v, ob = oa + 8;
-                    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-                    for (int q = q0; q < q1; ++q) {
-                        const int xo = pair_info[4 * q + 1];
-                        const float *aq = a + 4 * q;
-                        __m256 c = _mm256_broadcast_ss(aq + 0);
-                        a0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x0 + xo + oa), a0);
-                        b0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x0 + xo + ob), b0);
-                        c = _mm256_broadcast_ss(aq + 1);
-                        a1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x1 + xo + oa), a1);
-                        b1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x1 + xo + ob), b1);
-                        c = _mm256_broadcast_ss(aq + 2);
-                        a2 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x2 + xo + oa), a2);
-                        b2 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x2 + xo + ob), b2);
-                        c = _mm256_broadcast_ss(aq + 3);
-                        a3 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x3 + xo + oa), a3);
-                        b3 = _mm256_fmadd_ps(c, _mm256_loadu_ps(x3 + xo + ob), b3);
-                    }
-                    __m256 ra = _mm256_mul_ps(_mm256_loadu_ps(w0 + oa), a0), rb = _mm256_mul_ps(_mm256_loadu_ps(w0 + ob), b0);
-                    __m256 sa = _mm256_mul_ps(_mm256_loadu_ps(w2 + oa), a2), sb = _mm256_mul_ps(_mm256_loadu_ps(w2 + ob), b2);
-                    ra = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + oa), a1, ra); rb = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + ob), b1, rb);
-                    sa = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + oa), a3, sa); sb = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + ob), b3, sb);
-                    _mm256_storeu_ps(ar + oa, _mm256_add_ps(_mm256_loadu_ps(ar + oa), _mm256_add_ps(ra, sa)));
-                    _mm256_storeu_ps(ar + ob, _mm256_add_ps(_mm256_loadu_ps(ar + ob), _mm256_add_ps(rb, sb)));
-                }
-                for (; v < n_vec; ++v) {
-                    const int off = 8 * v;
-                    __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
-                    for (int q = q0; q < q1; ++q) {
-                        const int xo = pair_info[4 * q + 1] + off;
-                        const float *aq = a + 4 * q;
-                        t0 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 0), _mm256_loadu_ps(x0 + xo), t0);
-                        t1 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 1), _mm256_loadu_ps(x1 + xo), t1);
-                        t2 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 2), _mm256_loadu_ps(x2 + xo), t2);
-                        t3 = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + 3), _mm256_loadu_ps(x3 + xo), t3);
-                    }
-                    __m256 r = _mm256_mul_ps(_mm256_loadu_ps(w0 + off), t0);
-                    __m256 s = _mm256_mul_ps(_mm256_loadu_ps(w2 + off), t2);
-                    r = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + off), t1, r);
-                    s = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + off), t3, s);
-                    /* channels past mul read zero-padded x, so those lanes add exact zeros to the neighbours */
-                    _mm256_storeu_ps(ar + off, _mm256_add_ps(_mm256_loadu_ps(ar + off), _mm256_add_ps(r, s)));
-                }
-                q0 = q1;
-            }
-        }
-        e += g_n;
-    }
-    free(a);
-    free(zero);
-    free(yt);
-    return 0;
+    return CDP_FORWARD_F32(e0, e1, src, dst, y, y_stride, w, w_stride, NULL, NULL, 0, 0.f, 0, x, x_stride,
+                           acc, acc_stride, n_paths, path_info, pair_info, term_mj, term_c);
 }
-#else
-CDP_UVU_KERNEL(cdp_uvu_conv_f32, float)
-#endif
-CDP_UVU_KERNEL(cdp_uvu_conv_f64, double)
+
+int cdp_uvu_conv_f64(int64_t e0, int64_t e1, const int64_t *restrict src, const int64_t *restrict dst,
+                     const double *restrict y, int64_t y_stride, const double *restrict w, int64_t w_stride,
+                     const double *restrict x, int64_t x_stride, double *restrict acc, int64_t acc_stride,
+                     int64_t n_paths, const int32_t *restrict path_info, const int32_t *restrict pair_info,
+                     const int32_t *restrict term_mj, const double *restrict term_c)
+{
+    return cdp_forward_plain_f64(e0, e1, src, dst, y, y_stride, w, w_stride, NULL, NULL, 0, 0.0, 0, x, x_stride,
+                                 acc, acc_stride, n_paths, path_info, pair_info, term_mj, term_c);
+}
+
+/* Table entries: r [E] edge lengths, coef [n_int, 4, n_cols] contiguous, inv_h = n_int / r_max; a path's
+ * w_off is its first column in the table.  Returns 3 when a path's columns do not fit in n_cols. */
+int cdp_uvu_conv_table_f32(int64_t e0, int64_t e1, const int64_t *restrict src, const int64_t *restrict dst,
+                           const float *restrict y, int64_t y_stride, const float *restrict r,
+                           const float *restrict coef, int64_t n_int, double inv_h, int64_t n_cols,
+                           const float *restrict x, int64_t x_stride, float *restrict acc, int64_t acc_stride,
+                           int64_t n_paths, const int32_t *restrict path_info, const int32_t *restrict pair_info,
+                           const int32_t *restrict term_mj, const float *restrict term_c)
+{
+    if (n_int < 1 || n_cols < 0) return 3;
+    return CDP_FORWARD_F32(e0, e1, src, dst, y, y_stride, NULL, 0, r, coef, n_int, (float)inv_h, n_cols, x,
+                           x_stride, acc, acc_stride, n_paths, path_info, pair_info, term_mj, term_c);
+}
+
+int cdp_uvu_conv_table_f64(int64_t e0, int64_t e1, const int64_t *restrict src, const int64_t *restrict dst,
+                           const double *restrict y, int64_t y_stride, const double *restrict r,
+                           const double *restrict coef, int64_t n_int, double inv_h, int64_t n_cols,
+                           const double *restrict x, int64_t x_stride, double *restrict acc, int64_t acc_stride,
+                           int64_t n_paths, const int32_t *restrict path_info, const int32_t *restrict pair_info,
+                           const int32_t *restrict term_mj, const double *restrict term_c)
+{
+    if (n_int < 1 || n_cols < 0) return 3;
+    return cdp_forward_plain_f64(e0, e1, src, dst, y, y_stride, NULL, 0, r, coef, n_int, inv_h, n_cols, x,
+                                 x_stride, acc, acc_stride, n_paths, path_info, pair_info, term_mj, term_c);
+}
 
 /* Backward of the fused kernel: given g = dL/dacc, for every edge e and path p (same tables as forward)
  *     gx[src_e, i, m_i, u] += sum_{m_k} A_p(e)[m_k, m_i] * w[e, p, u] * g[dst_e, p, m_k, u]
@@ -266,7 +604,7 @@ int NAME(int64_t e0, int64_t e1, const int64_t *restrict src, const int64_t *res
     return 0;                                                                                             \
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(CDP_AVX2_BACKWARD)
 /* float32 with AVX2/FMA: whole 8-channel vectors, as in the forward kernel.  Lanes past a path's mul read
  * zero-padded x (so the harmonic gradient and the weight gradient gain exact zeros there) and a
  * neighbouring path's g and w (finite), whose products land only in x's padding columns of gx, which the
@@ -330,7 +668,25 @@ int cdp_uvu_conv_backward_f32(int64_t e0, int64_t e1, const int64_t *restrict sr
                     if (q1 == q0) continue;
                     const float *gr = gp + mk * pi[5];
                     if (gy) for (int q = q0; q < q1; ++q) da[q] = 0.f;
-                    for (int v = 0; v < n_vec; ++v) {
+                    int v = 0;
+#if defined(CDP_AVX512)
+                    for (; v + 2 <= n_vec; v += 2) {  /* 16 lanes at a time, then an 8-lane tail below */
+                        const int off = 8 * v;
+                        const __m512 gv = _mm512_loadu_ps(gr + off);
+                        const __m512 gwv = _mm512_mul_ps(gv, _mm512_loadu_ps(wp + off));
+                        __m512 tmp = _mm512_setzero_ps();
+                        for (int q = q0; q < q1; ++q) {
+                            const int xo = pair_info[4 * q + 1] + off;
+                            const __m512 aq = _mm512_set1_ps(a[4 * q + k]);
+                            const __m512 xv = _mm512_loadu_ps(xp + xo);
+                            tmp = _mm512_fmadd_ps(aq, xv, tmp);
+                            if (gxp) _mm512_storeu_ps(gxp + xo, _mm512_fmadd_ps(aq, gwv, _mm512_loadu_ps(gxp + xo)));
+                            if (gy) da[q] += _mm512_reduce_add_ps(_mm512_mul_ps(gwv, xv));
+                        }
+                        _mm512_storeu_ps(gwp + off, _mm512_fmadd_ps(gv, tmp, _mm512_loadu_ps(gwp + off)));
+                    }
+#endif
+                    for (; v < n_vec; ++v) {
                         const int off = 8 * v;
                         const __m256 gv = _mm256_loadu_ps(gr + off);
                         const __m256 gwv = _mm256_mul_ps(gv, _mm256_loadu_ps(wp + off));
@@ -366,8 +722,3 @@ int cdp_uvu_conv_backward_f32(int64_t e0, int64_t e1, const int64_t *restrict sr
 CDP_UVU_BACKWARD(cdp_uvu_conv_backward_f32, float)
 #endif
 CDP_UVU_BACKWARD(cdp_uvu_conv_backward_f64, double)
-
-int cdp_uvu_abi_version(void) { return 4; }
-
-/* slack (columns) that w rows and acc rows need after their last column */
-int cdp_uvu_acc_slack(void) { return 8; }
