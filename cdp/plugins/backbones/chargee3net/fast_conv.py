@@ -17,14 +17,17 @@ Edges are sorted by receiver and processed in blocks of whole receivers, so the 
 from __future__ import annotations
 
 import bisect
+import copy
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional, Tuple
 
 import torch
 from e3nn import o3
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from cdp.nn.radial_table import MIN_INTERVALS, RadialTable
 from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 
@@ -32,7 +35,9 @@ DEFAULT_EDGE_CHUNK = 512
 LIN1_ROWS = 4096  # sender rows through lin1 at once when packing for the kernel
 FEATURE_WINDOW = 65_536  # edges whose harmonics and embedding exist at once when computed from vectors
 DENSE_MAX = 1 << 16  # training: an equivariant linear map with at most this many matrix entries runs as one GEMM
+TABLE_MAX_INTERVALS = 2048  # a radial network needing more knots than this is not tabulated (kept as the MLP)
 EdgeFeatures = Callable[[Tensor], Tuple[Tensor, Tensor]]
+Radial = Callable[[Tensor], Tensor]  # per-edge radial input of a block → weights [E, width] in kernel layout
 _pools: dict = {}
 
 
@@ -86,6 +91,24 @@ def _receiver_bounds(ptr: List[int], num_edges: int, num_receivers: int) -> List
         cuts.append(max(cuts[-1], ptr[min(r, len(ptr) - 1)]))
     cuts.append(num_edges)
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def table_weights(table: RadialTable, r: Tensor) -> Tensor:
+    """``table(r)`` [E, W] by Horner's rule in place (at most two [E, W] temporaries instead of [E, 4, W]).
+
+    The same arithmetic as :func:`cdp.nn.radial_table.evaluate` except that the interval and the offset
+    t in it come from r in float64: with float32 arithmetic r·inv_h (up to n) would round t by
+    n·2⁻²⁴, a second rounding of r on top of the one the MLP sees."""
+    coef = table.coef
+    x = r.to(torch.float64) * table.inv_h
+    i = torch.clamp(torch.floor(x), 0, coef.shape[0] - 1)
+    t = (x - i).to(coef.dtype).unsqueeze(-1)
+    i = i.long()
+    out = coef[:, 3].index_select(0, i)
+    tmp = torch.empty_like(out)
+    for k in (2, 1, 0):
+        out.mul_(t).add_(torch.index_select(coef[:, k], 0, i, out=tmp))
+    return out
 
 
 class DenseMap:
@@ -336,6 +359,82 @@ class FastE3Convolution(E3Convolution):
             x = layer(x)
         return x @ self._last_layer(x.dtype, slack)
 
+    # -- tabulated radial network (inference) -----------------------------------------------------------
+    def radial_width(self) -> int:
+        """Columns of the radial weights in kernel layout: W in block order, then ≥ ACC_SLACK zero columns."""
+        return native.round_up(self.tp.weight_numel + native.ACC_SLACK, 16)
+
+    def radial_function(self, basis: nn.Module) -> Callable[[Tensor], Tensor]:
+        """r [K] float64 (Å) → ``fc(basis(r))`` [K, :meth:`radial_width`] in kernel layout, computed by float64
+        copies of the radial network and of ``basis`` (the module embedding this convolution's edges)."""
+        fc = copy.deepcopy(self.fc).to(device="cpu", dtype=torch.float64)
+        emb = copy.deepcopy(basis).to(device="cpu", dtype=torch.float64)
+        perm = self.w_perm.cpu()
+        pad = self.radial_width() - self.tp.weight_numel
+
+        def fn(r: Tensor) -> Tensor:
+            return torch.nn.functional.pad(fc(emb(r)).index_select(1, perm), (0, pad))
+
+        return fn
+
+    def _radial_version(self, basis: nn.Module) -> tuple:
+        """Identity and in-place version of every tensor the radial function reads (a table is stale when
+        one changes: an optimiser step, ``load_state_dict``, ``.to()``)."""
+        tensors = list(self.fc.parameters()) + list(basis.buffers()) + list(basis.parameters())
+        return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+
+    def radial_table(self, basis: nn.Module, dtype: torch.dtype, device: torch.device, rtol: float,
+                     max_bytes: Optional[int] = None) -> Optional[RadialTable]:
+        """The piecewise-cubic table of :meth:`radial_function` over [0, cutoff] (``rtol`` · max|w|, measured),
+        stored in ``dtype`` on ``device``; built once per (dtype, device) and parameter version, never under
+        autograd.  None (and the MLP is used) when the function needs more than ``TABLE_MAX_INTERVALS``
+        knots, or a table larger than ``max_bytes``, or is not finite (e.g. a basis singular at r = 0).
+        The build time, size and measured error are reported by ``extra_repr``."""
+        key = (dtype, torch.device(device), max_bytes)
+        version = self._radial_version(basis)
+        tables = self.__dict__.setdefault("_radial_tables", {})  # plain dict: never part of the state_dict
+        hit = tables.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        if any(v[0] != version for v in tables.values()):
+            tables.clear()  # parameters changed: every stored table is stale
+        t0 = time.perf_counter()
+        row_bytes = 4 * self.radial_width() * torch.empty((), dtype=dtype).element_size()
+        max_intervals = TABLE_MAX_INTERVALS
+        if max_bytes is not None:
+            fits = max_bytes // row_bytes
+            max_intervals = min(max_intervals, 1 << (fits.bit_length() - 1)) if fits > 0 else 0
+        table = None
+        with torch.no_grad():
+            try:
+                if max_intervals < MIN_INTERVALS:
+                    raise ValueError(f"{MIN_INTERVALS} intervals would exceed {max_bytes >> 10} KiB")
+                fn = self.radial_function(basis)
+                cutoff = float(basis.cutoff)
+                if not bool(torch.isfinite(fn(torch.linspace(0.0, cutoff, 33, dtype=torch.float64))).all()):
+                    raise ValueError("the radial network is not finite on [0, cutoff]")
+                table = RadialTable.fit(fn, cutoff, rtol=rtol, dtype=torch.float64, max_intervals=max_intervals)
+                table = table.to(device=device, dtype=dtype)
+                scale = float(table.coef[:, 0].abs().max()) or 1.0
+                report = (f"radial=table({table.num_intervals} intervals, {table.num_intervals * row_bytes >> 10} KiB, "
+                          f"measured error {table.error / scale:.1e}·max|w| (rtol {rtol:.1e}), "
+                          f"built in {time.perf_counter() - t0:.2f} s)")
+            except ValueError as exc:
+                capped = max_bytes is not None and max_intervals < TABLE_MAX_INTERVALS
+                reason = (f"more than {max_intervals} intervals ({max_bytes >> 10} KiB) needed for rtol {rtol:.1e}"
+                          if capped and "intervals would exceed" not in str(exc) else str(exc))
+                report = f"radial=mlp (not tabulated: {reason})"
+        self.__dict__["_radial_report"] = report
+        tables[key] = (version, table)
+        return table
+
+    def drop_radial_tables(self) -> None:
+        """Forget every radial table (rebuilt on the next inference that asks for one)."""
+        self.__dict__.pop("_radial_tables", None)
+
+    def extra_repr(self) -> str:
+        return self.__dict__.get("_radial_report", "")
+
     def _last_layer(self, dtype: torch.dtype, slack: int) -> Tensor:
         """The radial MLP's last weight, columns in block order, scaled, zero-padded; cached for inference."""
         last = list(self.fc)[-1]
@@ -350,9 +449,10 @@ class FastE3Convolution(E3Convolution):
             self._cg_cache[("radial", slack)] = (key, w)
         return w
 
-    def _aggregate(self, h: List[Tensor], src: Tensor, dst: Tensor, sh: Tensor, emb: Tensor, num_receivers: int) -> Tensor:
-        """Σ_{e→r} TP(h_src, Y_e; MLP(R_e)) for one block of edges, in the e3nn mid layout [R, mid]."""
-        weight = self._radial_weights(emb)
+    def _aggregate(self, h: List[Tensor], src: Tensor, dst: Tensor, sh: Tensor, weight: Tensor, num_receivers: int) -> Tensor:
+        """Σ_{e→r} TP(h_src, Y_e; w_e) for one block of edges, in the e3nn mid layout [R, mid].
+
+        ``weight``: the block's radial weights [E, ≥ W] in block order (:meth:`_radial_weights` or a table)."""
         parts = []
         num_edges = src.shape[0]
         for n, ((start, mul, d_i, k_total, groups), cg) in enumerate(zip(self.blocks, self._cg(sh))):
@@ -390,13 +490,13 @@ class FastE3Convolution(E3Convolution):
         lib = native.load()
         return None if lib is None else native.entry(lib, tensors[0].dtype)
 
-    def _aggregate_native(self, fn, x: Tensor, src: Tensor, dst: Tensor, sh: Tensor, emb: Tensor,
+    def _aggregate_native(self, fn, x: Tensor, src: Tensor, dst: Tensor, sh: Tensor, weight: Tensor,
                           ptr: List[int], num_receivers: int) -> Tensor:
         """:meth:`_aggregate` through the fused C kernel: no per-edge tensor-product output is written.
 
+        ``weight``: [E, :meth:`radial_width`] radial weights in kernel layout (zero slack columns).
         Under autograd the kernel runs as :class:`FusedConvolution` (gradients for the packed senders,
         the harmonics and the radial weights from the backward kernel)."""
-        weight = self._radial_weights(emb, slack=native.ACC_SLACK, fold=True)
         if torch.is_grad_enabled() and (x.requires_grad or sh.requires_grad or weight.requires_grad):
             return FusedConvolution.apply(x, sh, weight, self, src, dst, ptr, num_receivers)
         return self._kernel_forward(fn, x, src, dst, sh, weight, ptr, num_receivers)
@@ -541,19 +641,29 @@ class FastE3Convolution(E3Convolution):
         return self._blocks(sender, receiver, edge_index, (edge_sh, edge_embedding), None)
 
     def forward_from_vectors(
-        self, sender: Tensor, receiver: Tensor, edge_index: Tensor, edge_vec: Tensor, features: EdgeFeatures
+        self, sender: Tensor, receiver: Tensor, edge_index: Tensor, edge_vec: Tensor, features: EdgeFeatures,
+        radial: Optional[Radial] = None,
     ) -> Tensor:
-        """:meth:`forward` with ``(edge_sh, edge_embedding) = features(edge_vec)`` computed a window of edges
+        """:meth:`forward` with ``(edge_sh, edge_radial) = features(edge_vec)`` computed a window of edges
         at a time: in inference the encoder never holds them for every atom edge.  Autograd and graph
-        capture compute them once for all edges and take the plain path."""
+        capture compute them once for all edges and take the plain path.  ``radial``: see :meth:`infer`."""
         if capturing() or torch.is_grad_enabled():
             return self.forward(sender, receiver, edge_index, *features(edge_vec))
-        return self._blocks(sender, receiver, edge_index, (edge_vec,), features)
+        return self._blocks(sender, receiver, edge_index, (edge_vec,), features, radial)
+
+    def infer(self, sender: Tensor, receiver: Tensor, edge_index: Tensor, edge_sh: Tensor, edge_radial: Tensor,
+              radial: Optional[Radial] = None) -> Tensor:
+        """:meth:`forward` for inference, with the radial weights ``radial(edge_radial)`` per block of edges.
+
+        ``radial`` None: ``edge_radial`` is the embedding [E, num_basis] and the weights come from the MLP;
+        otherwise ``edge_radial`` is what ``radial`` reads (for a table: the edge lengths [E], Å) and it
+        returns [E, :meth:`radial_width`] weights in kernel layout (see :meth:`radial_table`)."""
+        return self._blocks(sender, receiver, edge_index, (edge_sh, edge_radial), None, radial)
 
     def _blocks(self, sender: Tensor, receiver: Tensor, edge_index: Tensor, edge_data: Tuple[Tensor, ...],
-                features) -> Tensor:
-        """The convolution in blocks of whole receivers; ``edge_data`` is (sh, embedding), or (vectors,)
-        with ``features`` turning vectors into (sh, embedding)."""
+                features, radial: Optional[Radial] = None) -> Tensor:
+        """The convolution in blocks of whole receivers; ``edge_data`` is (sh, radial input), or (vectors,)
+        with ``features`` turning vectors into (sh, radial input); ``radial`` as in :meth:`infer`."""
         num_receivers = receiver.shape[0]
         src, dst = edge_index[0], edge_index[1]
         used = None
@@ -562,6 +672,9 @@ class FastE3Convolution(E3Convolution):
             # change, so decoder time and memory per batch do not grow with the number of atoms
             used, src = torch.unique(src, return_inverse=True)
         fn = self._native_fn(sender, *edge_data)
+        if radial is None:
+            radial = (lambda e: self._radial_weights(e, slack=native.ACC_SLACK, fold=True)) if fn is not None \
+                else self._radial_weights
         x_packed, h = None, []
         dense = self._dense if torch.is_grad_enabled() and fn is not None else {}
         if "lin1" in dense:
@@ -598,10 +711,12 @@ class FastE3Convolution(E3Convolution):
             r1 = max(r0 + 1, bisect.bisect_right(ptr, ptr[r0] + chunk, lo=r0 + 1) - 1)
             r1 = min(r1, r0 + chunk)  # receivers without edges count too (bounded aggregate)
             e0, e1 = ptr[r0], ptr[r1]
-            sh, emb = edge_block(e0, e1)
+            sh, rad = edge_block(e0, e1)
+            weight = radial(rad)
+            del rad
             if fn is not None:
                 local_ptr = [p - e0 for p in ptr[r0 : r1 + 1]]
-                acc = self._aggregate_native(fn, x_packed, src[e0:e1], dst[e0:e1] - r0, sh, emb, local_ptr, r1 - r0)
+                acc = self._aggregate_native(fn, x_packed, src[e0:e1], dst[e0:e1] - r0, sh, weight, local_ptr, r1 - r0)
                 if "mix" in dense:
                     weight = torch.cat([self.lin2.weight, self.lin3.weight])
                     mixed = acc @ dense["mix"].matrix(weight)
@@ -612,7 +727,7 @@ class FastE3Convolution(E3Convolution):
                     conv = self._linear_channels_last(self.lin2, self._lin2_plan, acc, norm)
                     angle = self._linear_channels_last(self.lin3, self._lin3_plan, acc, 0.1 * norm)
             else:
-                agg = self._aggregate(h, src[e0:e1], dst[e0:e1] - r0, sh, emb, r1 - r0) * norm
+                agg = self._aggregate(h, src[e0:e1], dst[e0:e1] - r0, sh, weight, r1 - r0) * norm
                 conv = self.lin2(agg)
                 angle = 0.1 * self.lin3(agg)
             sin = (1.0 - mask) + angle.sin() * mask
