@@ -14,8 +14,9 @@ from cdp.core.components import Backbone, Spec
 from cdp.core.types import CdpError
 from cdp.plugins.backbones.chargee3net._build_cache import memoized_activation_moments
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
-from cdp.plugins.backbones.chargee3net import fast_conv, native
-from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, Radial, capturing
+from cdp.plugins.backbones.chargee3net import fast_conv
+from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, Radial
+from cdp.plugins.backbones.chargee3net.tp_scatter import mode
 from cdp.plugins.backbones.chargee3net.irreps import gate_layout, get_irreps
 from cdp.plugins.backbones.chargee3net.radial import RadialBasis
 
@@ -40,12 +41,12 @@ def _make_gate(irreps_in, irreps_sh, irreps_hidden) -> Gate:
 
 
 def _gate_rows(gate: Gate, x: Tensor) -> Tensor:
-    """``gate(x)``, in blocks of rows under inference so that the gate's own temporaries stay small.
+    """``gate(x)`` in blocks of rows (inference), so that the gate's own temporaries stay small.
 
     The gate acts row by row; autograd and graph capture (tracing, export) get the plain call.
     """
     rows = _GATE_ROWS
-    if capturing() or torch.is_grad_enabled() or x.shape[0] <= rows:
+    if x.shape[0] <= rows:
         return gate(x)
     first = gate(x[:rows])
     out = first.new_empty((x.shape[0], first.shape[1]))
@@ -57,7 +58,7 @@ def _gate_rows(gate: Gate, x: Tensor) -> Tensor:
 
 def _mlp_weights(conv: FastE3Convolution, basis: RadialBasis, r: Tensor) -> Tensor:
     """Inference radial weights [E, conv.radial_width()] of edge lengths ``r`` [E] through the MLP."""
-    return conv._radial_weights(basis(r), slack=native.ACC_SLACK)
+    return conv.radial_weights(basis(r))
 
 
 class _GatePlan:
@@ -242,8 +243,9 @@ class ChargE3NetBackbone(Backbone):
 
     def encode(self, x: Tensor, edge_index: Tensor, edge_vec: Tensor) -> List[Tensor]:
         """Atom features after every interaction layer."""
-        # capture first: under torch.export a test on the edge count would specialise the dynamic size
-        inference = self.backend == "fast" and not (capturing() or torch.is_grad_enabled())
+        # the mode first: under torch.export a test on the edge count would specialise the dynamic size
+        run_mode = mode()
+        inference = self.backend == "fast" and run_mode == "inference"
         if inference:
             # radial weights from the edge lengths, per convolution (a table or the MLP of the embedding)
             radial = self._radials(self.atom_convs, self.atom_basis, edge_vec)
@@ -261,13 +263,14 @@ class ChargE3NetBackbone(Backbone):
         layers: List[Tensor] = []
         h = x
         for k, (conv, gate) in enumerate(zip(self.atom_convs, self.atom_gates)):
-            h = self._gate(conv, gate, step(conv, h, k), ("atom", len(layers)))
+            h = self._gate(conv, gate, step(conv, h, k), ("atom", len(layers)), run_mode)
             layers.append(h)
         return layers
 
     def decode(self, atom_layers: List[Tensor], edge_index: Tensor, edge_vec: Tensor, num_probes: int) -> Tensor:
         """Probe features [M, out_spec.dim]; probe layer i reads ``atom_layers[i]``."""
-        inference = self.backend == "fast" and not (capturing() or torch.is_grad_enabled())
+        run_mode = mode()
+        inference = self.backend == "fast" and run_mode == "inference"
         radial = self._radials(self.probe_convs, self.probe_basis, edge_vec) if inference else None
         sh, rad = self._edge_features(self.probe_basis, edge_vec, inference)
         p = edge_vec.new_zeros((num_probes, 1))
@@ -276,17 +279,20 @@ class ChargE3NetBackbone(Backbone):
                 out = conv.infer(atom_layers[i], p, edge_index, sh, rad, radial[i])
             else:
                 out = conv(atom_layers[i], p, edge_index, sh, rad)
-            p = self._gate(conv, gate, out, ("probe", i))
+            p = self._gate(conv, gate, out, ("probe", i), run_mode)
         return p
 
-    def _gate(self, conv: nn.Module, gate: Gate, x: Tensor, key: tuple) -> Tensor:
-        """``gate(x)``; training through the fused kernels uses the gate's gather form (:class:`_GatePlan`)."""
-        if torch.is_grad_enabled() and not capturing() and getattr(conv, "use_native", False) and x.device.type == "cpu":
+    def _gate(self, conv: nn.Module, gate: Gate, x: Tensor, key: tuple, run_mode: str) -> Tensor:
+        """``gate(x)`` for ``run_mode`` (:func:`.tp_scatter.mode`): in row blocks in inference, the plain call
+        under capture, and for training through the fused kernels the gather form (:class:`_GatePlan`)."""
+        if run_mode == "inference":
+            return _gate_rows(gate, x)
+        if run_mode == "autograd" and isinstance(conv, FastE3Convolution) and conv.implementation(x, run_mode).name == "native":
             plans = self.__dict__.setdefault("_gate_plans", {})
             if key not in plans:
                 plans[key] = _GatePlan(gate)
             return plans[key](gate, x)
-        return _gate_rows(gate, x)
+        return gate(x)
 
     def probe_memory(self, itemsize: int = 4, edges_per_probe: float = 30.0):
         """(fixed bytes, bytes per probe) of one decode call: sizes probe batches for a memory budget."""
