@@ -10,7 +10,7 @@ from e3nn import o3
 
 from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution, _linear
-from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, linear_channels_last
+from cdp.plugins.backbones.chargee3net.fast_conv import DenseLinear, FastE3Convolution, linear_channels_last
 from cdp.plugins.backbones.chargee3net.tp_scatter import (
     BlockedTPScatter, E3nnTPScatter, NativeTPScatter, UvuPlan, loaded_library, mode, select,
 )
@@ -90,6 +90,27 @@ def test_linear_channels_last_equals_e3nn_linear(track):
     acc = torch.cat(cols + [torch.full((7, 5), 1e3, dtype=torch.float64)], dim=1)
     got = linear_channels_last(lin, acc, 0.5, track)
     assert (got - 0.5 * lin(x)).abs().max() <= 1e-12 * lin(x).abs().max()
+
+
+def test_dense_linear_equals_e3nn_linears_side_by_side():
+    """[lin_a | lin_b] as one matrix gathered from e3nn's weight views: values and weight gradients."""
+    torch.manual_seed(3)
+    lin_a = _linear("3x0e+2x1o+4x2e+1x1o", "2x0e+3x1o+2x2e").double()
+    lin_b = _linear("3x0e+2x1o+4x2e+1x1o", "0e").double()
+    x = torch.randn(6, lin_a.irreps_in.dim, dtype=torch.float64)
+    dense = DenseLinear([lin_a, lin_b], lin_a.irreps_in.dim, lin_a.irreps_out.dim + 1, False,
+                        [None, torch.tensor([lin_a.irreps_out.dim])])
+    got = x @ dense.matrix(x)
+    want = torch.cat([lin_a(x), lin_b(x)], dim=1)
+    assert (got - want).abs().max() <= 1e-12 * want.abs().max()
+    probe = torch.randn_like(want)
+    grads = []
+    for out in (got, want):
+        lin_a.zero_grad()
+        lin_b.zero_grad()
+        (out * probe).sum().backward(retain_graph=True)
+        grads.append(torch.cat([lin_a.weight.grad, lin_b.weight.grad]))
+    assert (grads[0] - grads[1]).abs().max() <= 1e-12 * grads[1].abs().max()
 
 
 def test_selection_is_one_decision():

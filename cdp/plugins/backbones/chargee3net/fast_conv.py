@@ -35,6 +35,7 @@ from cdp.plugins.backbones.chargee3net.tp_scatter import (  # noqa: F401  (captu
 DEFAULT_EDGE_CHUNK = 512
 LIN1_ROWS = 4096  # sender rows through lin1 at once when packing for the kernel
 FEATURE_WINDOW = 65_536  # edges whose harmonics and embedding exist at once when computed from vectors
+DENSE_MAX = 1 << 16  # training: a linear map with at most this many matrix entries runs as one GEMM
 TABLE_MAX_INTERVALS = 2048  # a radial network needing more knots than this is not tabulated (kept as the MLP)
 EdgeFeatures = Callable[[Tensor], Tuple[Tensor, Tensor]]
 Radial = Callable[[Tensor], Tensor]  # per-edge radial input of a block → weights [E, radial_width]
@@ -121,6 +122,49 @@ def linear_channels_last(lin: o3.Linear, acc: Tensor, scale: float, track: bool)
         return out
     blocks = [by_out[k] if k in by_out else acc.new_zeros((rows, sl.stop - sl.start)) for k, sl in enumerate(out_slices)]
     return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+
+
+class DenseLinear:
+    """One or more e3nn Linears (no biases) side by side as a dense matrix built from their weights:
+    ``D = cat(path_weight · weight view for every instruction, 0)[index].view(rows, cols)``, read through
+    e3nn's public ``Linear.weight_views(yield_instruction=True)``; ``x @ D`` equals ``cat([lin(x) ...])``.
+
+    Rows index the input in e3nn layout ([mul][d] per block) or ``channels_last`` ([d][mul]); output
+    columns of lin k go through ``col_maps[k]`` (a [out dim] index, -1 drops a column; a 1-element map
+    is an offset) — e.g. the seam's sender packing.
+    """
+
+    def __init__(self, lins, rows: int, cols: int, channels_last: bool, col_maps):
+        self.lins = lins
+        index = torch.full((rows * cols,), -1, dtype=torch.long)
+        flat = 0
+        for lin, col_map in zip(lins, col_maps):
+            in_slices, out_slices = lin.irreps_in.slices(), lin.irreps_out.slices()
+            for _, ins, weight in lin.weight_views(yield_instruction=True):
+                mul_in, mul_out = ins.path_shape
+                d = lin.irreps_in[ins.i_in].ir.dim
+                u, w, m = torch.meshgrid(torch.arange(mul_in), torch.arange(mul_out), torch.arange(d), indexing="ij")
+                u, w, m = u.reshape(-1), w.reshape(-1), m.reshape(-1)
+                r = in_slices[ins.i_in].start + (m * mul_in + u if channels_last else u * d + m)
+                c = out_slices[ins.i_out].start + w * d + m
+                if col_map is not None:
+                    c = c + col_map if col_map.numel() == 1 else col_map[c]
+                keep = c >= 0
+                pos = r[keep] * cols + c[keep]
+                if bool((index[pos] >= 0).any()):
+                    raise ValueError("overlapping entries")
+                index[pos] = flat + (u * mul_out + w)[keep]
+                flat += mul_in * mul_out
+        index[index < 0] = flat  # the appended zero
+        self.index, self.rows, self.cols = index, rows, cols
+
+    def matrix(self, like: Tensor) -> Tensor:
+        parts = [weight.reshape(-1) * ins.path_weight
+                 for lin in self.lins for _, ins, weight in lin.weight_views(yield_instruction=True)]
+        flat = torch.cat(parts + [parts[0].new_zeros(1)])
+        if self.index.device != flat.device:
+            self.index = self.index.to(flat.device)
+        return flat[self.index].view(self.rows, self.cols).to(like.dtype)
 
 
 class FastE3Convolution(E3Convolution):
@@ -268,11 +312,42 @@ class FastE3Convolution(E3Convolution):
         returns [E, :meth:`radial_width`] weights (see :meth:`radial_table`)."""
         return self._blocks(sender, receiver, edge_index, (edge_sh, edge_radial), None, radial, "inference")
 
-    def _senders(self, impl: TPScatter, sender: Tensor, rows: Optional[Tensor], track: bool) -> Tensor:
+    def _dense_maps(self, impl: TPScatter, like: Tensor) -> dict:
+        """Training through the kernel: the small linear maps as single matrices, so each is one GEMM
+        instead of e3nn's per-instruction operations (which cost more in dispatch than in arithmetic here):
+        ``lin1`` followed by the seam's sender packing, ``sc``, and [lin2 | lin3] with rows in the seam's
+        channels-last aggregate layout.  Each matrix gathers its entries from e3nn's public
+        ``weight_views`` times the path weights (:class:`DenseLinear`), so gradients reach the weights;
+        maps above ``DENSE_MAX`` entries keep the per-instruction forms."""
+        plans = self.__dict__.get("_dense_plans")
+        if plans is None:
+            plans = self.__dict__["_dense_plans"] = {}
+            plan = self.plan
+            packed_col = torch.full((self.lin1.irreps_out.dim + 1,), -1, dtype=torch.long)
+            packed_col[plan.pack_index] = torch.arange(plan.packed_width)
+            lin2_dim = self.lin2.irreps_out.dim
+            specs = {
+                "lin1": ([self.lin1], self.lin1.irreps_in.dim, plan.packed_width, False, [packed_col[:-1]]),
+                "sc": ([self.sc], self.sc.irreps_in.dim, self.sc.irreps_out.dim, False, [None]),
+                "mix": ([self.lin2, self.lin3], plan.acc_width, lin2_dim + 1, True,
+                        [None, torch.full((1,), lin2_dim, dtype=torch.long)]),
+            }
+            for name, (lins, rows, cols, channels_last, col_maps) in specs.items():
+                if rows * cols <= DENSE_MAX:
+                    plans[name] = DenseLinear(lins, rows, cols, channels_last, col_maps)
+        if impl.layout != "channels_last":
+            return {}
+        return {name: dense.matrix(like) for name, dense in plans.items()}
+
+    def _senders(self, impl: TPScatter, sender: Tensor, rows: Optional[Tensor], track: bool,
+                 dense: Optional[dict] = None) -> Tensor:
         """``impl.senders(lin1(sender[rows]))``; in inference in blocks of ``LIN1_ROWS`` rows, so only the
         result is ever whole."""
         if track:
-            return impl.senders(self.lin1(sender if rows is None else sender.index_select(0, rows)))
+            sender = sender if rows is None else sender.index_select(0, rows)
+            if dense and "lin1" in dense:
+                return sender @ dense["lin1"]
+            return impl.senders(self.lin1(sender))
         n = sender.shape[0] if rows is None else rows.shape[0]
         out = None
         for r0 in range(0, max(n, 1), LIN1_ROWS):
@@ -298,7 +373,8 @@ class FastE3Convolution(E3Convolution):
             # a probe batch of a large cell: only the atoms it touches go through lin1 and the layout
             # change, so decoder time and memory per batch do not grow with the number of atoms
             used, src = torch.unique(src, return_inverse=True)
-        x = self._senders(impl, sender, used, track)
+        dense = self._dense_maps(impl, sender) if track and impl.name == "native" else {}
+        x = self._senders(impl, sender, used, track, dense)
         if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):
             order = torch.argsort(dst, stable=True)
             src, dst = src[order], dst[order]
@@ -328,7 +404,10 @@ class FastE3Convolution(E3Convolution):
             local_ptr = [p - e0 for p in ptr[r0 : r1 + 1]]
             acc = impl(x, sh, weight, src[e0:e1], dst[e0:e1] - r0, local_ptr, r1 - r0)
             del weight
-            if impl.layout == "channels_last":
+            if "mix" in dense:
+                mixed = acc @ dense["mix"]
+                conv, angle = mixed[:, :-1] * norm, mixed[:, -1:] * (0.1 * norm)
+            elif impl.layout == "channels_last":
                 conv = linear_channels_last(self.lin2, acc, norm, track)
                 angle = linear_channels_last(self.lin3, acc, 0.1 * norm, track)
             else:
@@ -336,7 +415,8 @@ class FastE3Convolution(E3Convolution):
                 conv, angle = self.lin2(acc), 0.1 * self.lin3(acc)
             sin = (1.0 - mask) + angle.sin() * mask
             if track:
-                blocks.append(torch.addcmul(sin * conv, angle.cos(), self.sc(receiver[r0:r1])))
+                sc = receiver[r0:r1] @ dense["sc"] if "sc" in dense else self.sc(receiver[r0:r1])
+                blocks.append(torch.addcmul(sin * conv, angle.cos(), sc))
             else:
                 torch.addcmul(sin * conv, angle.cos(), self.sc(receiver[r0:r1]), out=out[r0:r1])
             r0 = r1
