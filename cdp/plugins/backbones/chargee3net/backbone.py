@@ -57,7 +57,7 @@ def _gate_rows(gate: Gate, x: Tensor) -> Tensor:
 
 
 def _mlp_weights(conv: FastE3Convolution, basis: RadialBasis, r: Tensor) -> Tensor:
-    """Inference radial weights [E, conv.radial_width()] of edge lengths ``r`` [E] through the MLP."""
+    """Inference radial weights of edge lengths ``r`` [E] through the MLP ([E + 1, W]: see ``radial_weights``)."""
     return conv.radial_weights(basis(r))
 
 

@@ -38,7 +38,7 @@ FEATURE_WINDOW = 65_536  # edges whose harmonics and embedding exist at once whe
 DENSE_MAX = 1 << 16  # training: a linear map with at most this many matrix entries runs as one GEMM
 TABLE_MAX_INTERVALS = 2048  # a radial network needing more knots than this is not tabulated (kept as the MLP)
 EdgeFeatures = Callable[[Tensor], Tuple[Tensor, Tensor]]
-Radial = Callable[[Tensor], Tensor]  # per-edge radial input of a block → weights [E, radial_width]
+Radial = Callable[[Tensor], Tensor]  # radial input of a block of E edges → the seam's weight operand (tp_scatter)
 FusedConvolution = FusedTPScatter  # the kernels' autograd function, under its former name
 
 
@@ -196,9 +196,10 @@ class FastE3Convolution(E3Convolution):
         return itemsize * (2 * self.plan.acc_width + self.irreps_out.dim)
 
     def radial_weights(self, emb: Tensor) -> Tensor:
-        """``fc(emb)`` [E, W] followed by zero columns up to :meth:`radial_width` (the seam's weight operand)."""
-        w = self.fc(emb)
-        return torch.nn.functional.pad(w, (0, self.radial_width() - w.shape[1]))
+        """``fc(emb)`` for the E edges of ``emb`` [E, num_basis] and one zero-embedding row after them:
+        [E + 1, W], the seam's weight operand (the kernel reads a few values past a row's last weight;
+        the extra row makes those finite without copying [E, W] into a wider array)."""
+        return self.fc(torch.cat([emb, emb.new_zeros((1, emb.shape[1]))]))
 
     # -- tabulated radial network (inference) -----------------------------------------------------------
     def radial_width(self) -> int:

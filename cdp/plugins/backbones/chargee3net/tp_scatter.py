@@ -25,9 +25,11 @@ Interface (:class:`TPScatter`)
     h [N, sender dim] (lin1's output, e3nn layout) → the implementation's sender operand: h itself
     (``"e3nn"``) or :attr:`UvuPlan.packed_width` columns, each sender irrep [m_i][mul padded to 8].
 ``__call__(x, sh, weight, src, dst, ptr, num_receivers)`` → M
-    x: ``senders(h)`` (rows indexed by src); sh [E, sh dim] (component normalisation); weight [E, ≥ W]:
-    the per-edge TensorProduct weights in e3nn's order (the radial MLP's output) followed by ≥ ACC_SLACK
-    zero columns (:meth:`UvuPlan.radial_width`); src, dst [E] int64 with dst sorted ascending;
+    x: ``senders(h)`` (rows indexed by src); sh [E, sh dim] (component normalisation); weight [≥ E, ≥ W]:
+    row e < E holds edge e's TensorProduct weights in e3nn's order (the radial MLP's output), and at
+    least ACC_SLACK finite values must follow each edge's last weight — zero columns
+    (:meth:`UvuPlan.radial_width`) or one extra row (``FastE3Convolution.radial_weights``), since the
+    kernel reads whole 8-value vectors; src, dst [E] int64 with dst sorted ascending;
     ptr: R + 1 edge offsets of the receivers (a list of int, or None where the implementation does not
     need it); num_receivers R.  Gradients flow to x, sh and weight under autograd.
 
@@ -248,8 +250,8 @@ class E3nnTPScatter(TPScatter):
         return h
 
     def __call__(self, x, sh, weight, src, dst, ptr, num_receivers):
-        if weight.shape[1] != self.plan.weight_numel:
-            weight = weight[:, : self.plan.weight_numel].contiguous()
+        if weight.shape != (src.shape[0], self.plan.weight_numel):
+            weight = weight[: src.shape[0], : self.plan.weight_numel].contiguous()
         messages = self.tp(x[src], sh, weight)
         return messages.new_zeros((num_receivers, messages.shape[1])).index_add(0, dst, messages)
 
@@ -273,7 +275,7 @@ class BlockedTPScatter(TPScatter):
             t = torch.bmm((sh @ cg).view(num_edges, k_total, d_i), xi)  # [E, K_i, mul]
             scaled = []
             for (k_off, n_paths, d_k, _), idx in zip(groups, w_idx):
-                w = weight.index_select(1, idx).view(num_edges, n_paths, 1, mul)
+                w = weight[:num_edges].index_select(1, idx).view(num_edges, n_paths, 1, mul)
                 scaled.append((t[:, k_off : k_off + n_paths * d_k].view(num_edges, n_paths, d_k, mul) * w)
                               .reshape(num_edges, n_paths * d_k * mul))
             t = torch.cat(scaled, dim=1) if len(scaled) > 1 else scaled[0]
