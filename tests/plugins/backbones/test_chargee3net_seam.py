@@ -13,6 +13,7 @@ from cdp.plugins.backbones.chargee3net.conv import E3Convolution, _linear
 from cdp.plugins.backbones.chargee3net.fast_conv import DenseLinear, FastE3Convolution, linear_channels_last
 from cdp.plugins.backbones.chargee3net.tp_scatter import (
     BlockedTPScatter, E3nnTPScatter, NativeTPScatter, UvuPlan, loaded_library, mode, select,
+    set_capture_implementation,
 )
 
 HAVE_KERNEL = native.load() is not None
@@ -195,3 +196,31 @@ def test_kernel_entry_directly(dtype):
     assert (acc[:, : 3 * mul].double().view(num_receivers, 3, mul) - want).abs().max() <= tol * want.abs().max()
     assert not acc[:, 3 * mul :].any()  # slack columns gain exact zeros
     assert isinstance(fn, ctypes._CFuncPtr)
+
+
+def test_a_capture_implementation_plugs_into_the_seam():
+    """An installed capture implementation is what tracing records (here the blocked PyTorch one, whose
+    operations trace), and the traced convolution computes e3nn's function on other inputs too."""
+    conv = _conv(torch.float64)
+    ref = E3Convolution(conv.irreps_sender, "2x0e", conv.irreps_sh, conv.irreps_out, 4, 3.0, radial_neurons=6).double()
+    ref.load_state_dict(conv.state_dict())
+
+    def args(seed, num_edges):
+        h, sh, _, src, dst, _, r = _inputs(conv, num_edges=num_edges, seed=seed)
+        g = torch.Generator().manual_seed(seed)
+        return (h, torch.randn(r, 2, generator=g, dtype=torch.float64), torch.stack([src, dst]), sh,
+                torch.randn(len(src), 4, generator=g, dtype=torch.float64))
+
+    made = []
+    previous = set_capture_implementation(lambda plan, tp: made.append(1) or BlockedTPScatter(plan))
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(conv, args(1, 40), check_trace=False)
+    finally:
+        set_capture_implementation(previous)
+    assert made  # the seam's capture implementation was recorded, not e3nn's convolution
+    with torch.no_grad():
+        for seed, num_edges in ((1, 40), (2, 40)):
+            a = args(seed, num_edges)
+            want = ref(*a)
+            assert (traced(*a) - want).abs().max() <= 1e-12 * want.abs().max()

@@ -29,7 +29,7 @@ from cdp.nn.radial_table import MIN_INTERVALS, RadialTable
 from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 from cdp.plugins.backbones.chargee3net.tp_scatter import (  # noqa: F401  (capturing, mode: re-exported)
-    FusedTPScatter, TPScatter, UvuPlan, capturing, mode, select,
+    E3nnTPScatter, FusedTPScatter, TPScatter, UvuPlan, capturing, mode, select,
 )
 
 DEFAULT_EDGE_CHUNK = 512
@@ -291,9 +291,29 @@ class FastE3Convolution(E3Convolution):
     ) -> Tensor:
         run_mode = mode()
         if run_mode == "capture":
-            # graph capture (export, tracing) records the plain e3nn form: same parameters, same function
-            return super().forward(sender, receiver, edge_index, edge_sh, edge_embedding)
+            impl = self.implementation(sender, run_mode)
+            if isinstance(impl, E3nnTPScatter):
+                # graph capture (export, tracing) records the plain e3nn form: same parameters, same function
+                return super().forward(sender, receiver, edge_index, edge_sh, edge_embedding)
+            return self._forward_whole(impl, sender, receiver, edge_index, edge_sh, edge_embedding)
         return self._blocks(sender, receiver, edge_index, (edge_sh, edge_embedding), None, None, run_mode)
+
+    def _forward_whole(self, impl: TPScatter, sender: Tensor, receiver: Tensor, edge_index: Tensor,
+                       edge_sh: Tensor, edge_embedding: Tensor) -> Tensor:
+        """The convolution in one call of ``impl`` over all edges, as graph capture records it: no sort,
+        no receiver blocks, no Python decision on a tensor's value."""
+        norm = 1.0 / self.num_neighbors**0.5
+        x = impl.senders(self.lin1(sender))
+        acc = impl(x, edge_sh, self.fc(edge_embedding), edge_index[0], edge_index[1], None, receiver.shape[0])
+        if impl.layout == "channels_last":
+            conv = linear_channels_last(self.lin2, acc, norm, True)
+            angle = linear_channels_last(self.lin3, acc, 0.1 * norm, True)
+        else:
+            acc = acc * norm
+            conv, angle = self.lin2(acc), 0.1 * self.lin3(acc)
+        mask = self.sc_mask.to(angle.dtype)
+        sin = (1.0 - mask) + angle.sin() * mask
+        return angle.cos() * self.sc(receiver) + sin * conv
 
     def forward_from_vectors(
         self, sender: Tensor, receiver: Tensor, edge_index: Tensor, edge_vec: Tensor, features: EdgeFeatures,

@@ -34,8 +34,11 @@ Interface (:class:`TPScatter`)
     need it); num_receivers R.  Gradients flow to x, sh and weight under autograd.
 
 A capture-friendly implementation (torch.export / ONNX: no data-dependent Python, no ctypes) subclasses
-:class:`TPScatter` with one of the two layouts and is returned by :func:`select` for mode ``"capture"``;
-until one exists capture gets :class:`E3nnTPScatter`.
+:class:`TPScatter` with one of the two layouts and is installed with :func:`set_capture_implementation`
+(a factory ``(plan, tp) → TPScatter``); :func:`select` returns it for mode ``"capture"`` and the
+convolution then records the whole graph through it in one call (``ptr`` None, edges in any order,
+weight [E, W] without slack).  Until one is installed, capture records :class:`E3nnTPScatter`, i.e.
+e3nn's own convolution.
 
 Mode
 ----
@@ -48,7 +51,7 @@ from __future__ import annotations
 
 import bisect
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -393,15 +396,28 @@ class FusedTPScatter(torch.autograd.Function):
         return gx, gsh, gw, None, None, None, None, None
 
 
+_capture: Optional[Callable[[UvuPlan, o3.TensorProduct], TPScatter]] = None
+
+
+def set_capture_implementation(factory: Optional[Callable[[UvuPlan, o3.TensorProduct], TPScatter]]):
+    """Install the implementation graph capture records (``factory(plan, tp)``; None: e3nn's); returns the
+    previous factory."""
+    global _capture
+    previous, _capture = _capture, factory
+    return previous
+
+
 def select(plan: UvuPlan, tp: o3.TensorProduct, run_mode: str, like: Tensor, backend: str = "fast") -> TPScatter:
     """The implementation for this call — the one place where backend, mode, device and dtype decide:
 
-    capture, or backend ``"e3nn"`` → :class:`E3nnTPScatter`; CPU float32/float64 with the kernel library
-    loaded and the plan within its limits → :class:`NativeTPScatter` (inference and autograd alike);
-    otherwise → :class:`BlockedTPScatter`.
+    capture → the installed capture implementation, else :class:`E3nnTPScatter`; backend ``"e3nn"`` →
+    :class:`E3nnTPScatter`; CPU float32/float64 with the kernel library loaded and the plan within its
+    limits → :class:`NativeTPScatter` (inference and autograd alike); otherwise → :class:`BlockedTPScatter`.
     """
     if run_mode not in MODES:
         raise ValueError(f"unknown mode {run_mode!r}")
+    if run_mode == "capture" and _capture is not None:
+        return _capture(plan, tp)
     if run_mode == "capture" or backend == "e3nn":
         return E3nnTPScatter(plan, tp)
     if backend == "native" or backend == "fast":
