@@ -58,7 +58,8 @@ def _imported(stem: str):
 
 @pytest.mark.parametrize("stem", ["charge3net_small", pytest.param("charge3net_paper", marks=pytest.mark.slow)])
 def test_reference_fixtures_through_tables(fixtures_dir, stem, monkeypatch):
-    monkeypatch.setattr(backbone_mod, "TORCH_TABLE_MAX_BYTES", None)  # every convolution tabulated
+    monkeypatch.setattr(backbone_mod, "TORCH_TABLE_MAX_BYTES", None)
+    monkeypatch.setattr(backbone_mod, "AUTO_TABLE_DTYPES", (torch.float32, torch.float64))  # every convolution tabulated
     featurizer, backbone, readout = _imported(stem)
     data = np.load(REF / f"{stem}_cases.npz")
     structure = "licoo2_triclinic"
@@ -77,6 +78,7 @@ def test_reference_fixtures_through_tables(fixtures_dir, stem, monkeypatch):
 def test_presets_through_tables_near_zero_and_at_the_cutoff(preset, monkeypatch):
     """Every preset (seeded weights) at probe edges of length 0, 1e-7, random, cutoff − 1e-6 and the cutoff."""
     monkeypatch.setattr(backbone_mod, "TORCH_TABLE_MAX_BYTES", None)
+    monkeypatch.setattr(backbone_mod, "AUTO_TABLE_DTYPES", (torch.float32, torch.float64))
     torch.manual_seed(0)
     model = DensityModel.from_config(get_registry().preset(preset)).eval()
     backbone = model.backbone
@@ -111,6 +113,7 @@ def test_never_under_autograd_training_mode_or_after_training(monkeypatch):
     calls = []
     original = FastE3Convolution.radial_table
     monkeypatch.setattr(backbone_mod, "TORCH_TABLE_MAX_BYTES", None)
+    monkeypatch.setattr(backbone_mod, "AUTO_TABLE_DTYPES", (torch.float32, torch.float64))
     monkeypatch.setattr(FastE3Convolution, "radial_table", lambda self, *a: calls.append(1) or original(self, *a))
     _, grad_out, _ = _run(fast, *s, torch.float64, requires_grad=True)  # autograd: MLPs
     assert calls == []
@@ -151,6 +154,7 @@ def test_training_gradients_unchanged_by_tables():
 
 def test_tables_follow_parameter_changes_and_leave_the_state_dict_alone(monkeypatch):
     monkeypatch.setattr(backbone_mod, "TORCH_TABLE_MAX_BYTES", None)
+    monkeypatch.setattr(backbone_mod, "AUTO_TABLE_DTYPES", (torch.float32, torch.float64))
     ref, fast = _pair(1, seed=9)
     fast.eval()
     keys = list(fast.state_dict())
@@ -165,6 +169,24 @@ def test_tables_follow_parameter_changes_and_leave_the_state_dict_alone(monkeypa
         _, want, _ = _run(fast, *s, torch.float64)
     assert (out - want).abs().max() <= TOL * want.abs().max()
     assert not torch.equal(out, want)
+
+
+def test_float64_reads_tables_only_once_asked_for():
+    """A table is exact to float32 rounding: float64 inference keeps the MLPs (bit for bit the autograd
+    path's function) until ``tabulate(torch.float64)``."""
+    _, fast = _pair(1, seed=12)
+    fast.eval()
+    s = _structure(seed=12)
+    with torch.no_grad():
+        _, mlp, _ = _run(fast, *s, torch.float64)
+        fast.radial = "mlp"
+        _, want, _ = _run(fast, *s, torch.float64)
+        assert torch.equal(mlp, want)
+        fast.radial = "table"
+        fast.tabulate(torch.float64)
+        _, table, _ = _run(fast, *s, torch.float64)
+    assert not torch.equal(table, want) and (table - want).abs().max() <= TOL * want.abs().max()
+    assert {torch.float32, torch.float64} <= set(backbone_mod.AUTO_TABLE_DTYPES) | fast._table_dtypes
 
 
 def test_radial_options_refused_with_one_line():
@@ -195,6 +217,7 @@ def test_tables_too_large_for_cache_keep_the_mlp(monkeypatch):
     assert max(widths) > min(widths)
     limit = 64 * 4 * 8 * max(widths) - 1  # 64 float64 intervals of the narrowest fit, of the widest not
     monkeypatch.setattr(backbone_mod, "TORCH_TABLE_MAX_BYTES", limit)
+    monkeypatch.setattr(backbone_mod, "AUTO_TABLE_DTYPES", (torch.float32, torch.float64))
     fast.tabulate()
     reports = [conv.extra_repr() for conv in fast.probe_convs]
     narrow, wide = widths.index(min(widths)), widths.index(max(widths))

@@ -24,6 +24,7 @@ NUM_ELEMENTS = 119
 # largest radial table evaluated in PyTorch (bytes): larger ones are read from memory more slowly than the
 # MLP recomputes them (paper-size convolutions, 10-26 MB at 512 intervals: 1.24x slower decoder at 1 thread)
 TORCH_TABLE_MAX_BYTES = 2 << 20
+AUTO_TABLE_DTYPES = (torch.float32,)  # dtypes whose CPU inference reads radial tables without tabulate()
 _GATE_ROWS = 4096  # rows gated at once in inference: a few MB of temporaries instead of several [N, dim] copies
 _ACT = {1: torch.nn.functional.silu, -1: torch.tanh}
 _ACT_GATE = {1: torch.sigmoid, -1: torch.tanh}
@@ -207,11 +208,15 @@ class ChargE3NetBackbone(Backbone):
         the table (:meth:`FastE3Convolution.radial_table`) where tables apply, else ``MLP(basis(r))``.
 
         Tables apply with ``radial="table"`` on CPU, in eval mode, when not trained in this process since
-        the last :meth:`tabulate` (callers are already outside autograd and graph capture).  Evaluated in
-        PyTorch, a table is only read faster than the MLP computes when it stays in cache, so each is
-        limited to ``TORCH_TABLE_MAX_BYTES`` (larger convolutions keep their MLP)."""
+        the last :meth:`tabulate` (callers are already outside autograd and graph capture), to float32
+        (``AUTO_TABLE_DTYPES``: a table is exact to float32 rounding, not to float64's; float64 tables are
+        used once asked for by ``tabulate(torch.float64)``).  Evaluated in PyTorch, a table is only read
+        faster than the MLP computes when it stays in cache, so each is limited to
+        ``TORCH_TABLE_MAX_BYTES`` (larger convolutions keep their MLP)."""
         tables = [None] * len(convs)
-        if self.radial == "table" and not self.training and self._tables_allowed and like.device.type == "cpu":
+        dtypes = set(AUTO_TABLE_DTYPES) | self.__dict__.get("_table_dtypes", set())
+        if (self.radial == "table" and not self.training and self._tables_allowed and like.device.type == "cpu"
+                and like.dtype in dtypes):
             tables = [conv.radial_table(basis, like.dtype, like.device, self.radial_rtol, TORCH_TABLE_MAX_BYTES)
                       for conv in convs]
         return [functools.partial(fast_conv.table_weights, t) if t is not None else
@@ -219,13 +224,15 @@ class ChargE3NetBackbone(Backbone):
 
     def tabulate(self, dtype: Optional[torch.dtype] = None, device=None) -> "ChargE3NetBackbone":
         """Build every convolution's radial table now (for the parameters' dtype and device by default), so
-        that inference does not pay for it on the first call; re-allows tables after training.  A no-op
-        unless ``radial="table"`` and the fast backend.  Returns self."""
+        that inference does not pay for it on the first call; re-allows tables after training, and enables
+        them for ``dtype`` (float64 included) from now on.  A no-op unless ``radial="table"`` and the fast
+        backend.  Returns self."""
         self._tables_allowed = True
         if self.radial != "table" or self.backend != "fast":
             return self
         p = next(self.parameters())
         like = torch.empty(0, dtype=dtype or p.dtype, device=torch.device(device) if device is not None else p.device)
+        self.__dict__.setdefault("_table_dtypes", set()).add(like.dtype)
         if like.device.type == "cpu":
             self._radials(self.atom_convs, self.atom_basis, like)
             self._radials(self.probe_convs, self.probe_basis, like)
