@@ -26,6 +26,8 @@ class ChargE3NetConfig:
     num_basis: int = 20
     radial_neurons: int = 100
     backend: str = "fast"  # "fast" or "e3nn": the same function, interchangeable state_dicts
+    radial: str = "table"  # CPU inference reads the radial MLPs from piecewise-cubic tables ("mlp": never)
+    radial_rtol: float = 2.5e-7  # the tables' measured error bound, relative to max |w|
 
     #: constructor arguments a preset's backbone block carries (the architecture as published)
     PRESET_KEYS = ("num_interactions", "num_neighbors", "mul", "lmax", "cutoff", "basis", "num_basis")

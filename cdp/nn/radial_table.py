@@ -26,6 +26,7 @@ from torch import Tensor, nn
 RadialFunction = Callable[[Tensor], Tensor]
 MIN_INTERVALS = 64
 MAX_INTERVALS = 8192
+MEASURE_BYTES = 16 << 20  # temporaries of one slice of :meth:`RadialTable.measure`
 PROBE_POINTS = (0.125, 0.375, 0.5, 0.625, 0.875)  # where in each interval the error is measured
 
 
@@ -147,10 +148,16 @@ class RadialTable(nn.Module):
         frac = torch.tensor(PROBE_POINTS, dtype=torch.float64)
         r = ((torch.arange(n, dtype=torch.float64).unsqueeze(1) + frac) * h).reshape(-1)
         r = torch.cat([r, torch.tensor([0.0, self.r_max], dtype=torch.float64)])
+        coef = self.coef.double()
+        # in slices of points, so that the temporaries stay ~MEASURE_BYTES however wide the table
+        step = max(1, MEASURE_BYTES // (8 * 6 * max(1, self.width)))
+        err = 0.0
         with torch.no_grad():
-            exact = fn(r).double()
-            approx = evaluate(self.coef.double(), self.inv_h, r)
-        return float((approx - exact).abs().max())
+            for a in range(0, r.shape[0], step):
+                exact = fn(r[a : a + step]).double()
+                approx = evaluate(coef, self.inv_h, r[a : a + step])
+                err = max(err, float((approx - exact).abs().max()))
+        return err
 
     def extra_repr(self) -> str:
         return f"intervals={self.num_intervals}, width={self.width}, r_max={self.r_max}, error={self.error:.2e}"

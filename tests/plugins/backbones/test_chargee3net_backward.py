@@ -7,7 +7,8 @@ import torch
 
 from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
-from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, FusedConvolution
+from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution
+from cdp.plugins.backbones.chargee3net.tp_scatter import BlockedTPScatter, FusedTPScatter, NativeTPScatter
 
 from tests.helpers.chargee3net import _pair, _run, _structure
 
@@ -52,15 +53,19 @@ def test_fused_function_gradcheck_float64():
     ptr = torch.searchsorted(dst, torch.arange(num_receivers + 1)).tolist()
     g = torch.Generator().manual_seed(2)
     sender = torch.randn(4, fast.irreps_sender.dim, generator=g, dtype=torch.float64)
-    x = fast._packed_senders(sender).requires_grad_()
+    impl = fast.implementation(sender, "autograd")
+    assert isinstance(impl, NativeTPScatter)
+    with torch.no_grad():
+        x = impl.senders(fast.lin1(sender))
+    x.requires_grad_()
     sh = torch.randn(len(src), fast.irreps_sh.dim, generator=g, dtype=torch.float64, requires_grad=True)
     emb = torch.randn(len(src), 4, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        weight = fast._radial_weights(emb, slack=native.ACC_SLACK)
+        weight = fast.radial_weights(emb)
     weight.requires_grad_()
 
     def f(x, sh, weight):
-        return FusedConvolution.apply(x, sh, weight, fast, src, dst, ptr, num_receivers)
+        return FusedTPScatter.apply(x, sh, weight, impl, src, dst, ptr, num_receivers)
 
     assert torch.autograd.gradcheck(f, (x, sh, weight), eps=1e-6, atol=1e-8, rtol=1e-6)
 
@@ -102,10 +107,9 @@ def test_training_runs_through_the_kernels(monkeypatch):
     """Under autograd the fused function carries the convolution (no per-edge PyTorch tensor product)."""
     _, fast = _pair(2, seed=20, dtype=torch.float32)
     calls = []
-    original = FastE3Convolution._kernel_backward
-    monkeypatch.setattr(FastE3Convolution, "_kernel_backward",
-                        lambda self, *a: calls.append(1) or original(self, *a))
-    monkeypatch.setattr(FastE3Convolution, "_aggregate",
+    original = NativeTPScatter.backward_kernel
+    monkeypatch.setattr(NativeTPScatter, "backward_kernel", lambda self, *a: calls.append(1) or original(self, *a))
+    monkeypatch.setattr(BlockedTPScatter, "__call__",
                         lambda *a: pytest.fail("the PyTorch tensor-product path ran under training"))
     layers, rho, pos = _run(fast, *_structure(seed=3), torch.float32, requires_grad=True)
     rho.square().sum().backward()

@@ -129,7 +129,7 @@ def test_encoder_edge_features_in_windows(monkeypatch):
         want = _run(ref, *s, torch.float64)
     sizes = []
     original = fast._edge_features
-    monkeypatch.setattr(fast, "_edge_features", lambda basis, vec: sizes.append(vec.shape[0]) or original(basis, vec))
+    monkeypatch.setattr(fast, "_edge_features", lambda basis, vec, *rest: sizes.append(vec.shape[0]) or original(basis, vec, *rest))
     for m in fast.modules():
         if isinstance(m, FastE3Convolution):
             m.edge_chunk = 4

@@ -54,14 +54,13 @@ def test_kernel_is_used_for_inference_and_training():
     _, fast = _pair(2, seed=20, dtype=torch.float32)
     conv = next(m for m in fast.modules() if isinstance(m, FastE3Convolution))
     x = torch.zeros(3, conv.irreps_sender.dim)
-    with torch.no_grad():
-        assert conv._native_fn(x) is not None
-    assert conv._native_fn(x) is not None  # autograd on: the kernels' autograd function (FusedConvolution)
-    assert conv._native_fn(x.double().requires_grad_()) is not None
-    assert conv._native_fn(x.half()) is None  # no kernel for this dtype: the PyTorch path
+    assert conv.implementation(x, "inference").name == "native"
+    assert conv.implementation(x, "autograd").name == "native"  # the kernels' autograd function
+    assert conv.implementation(x.double(), "autograd").name == "native"
+    assert conv.implementation(x.half(), "inference").name == "blocked"  # no kernel for this dtype
+    assert conv.implementation(x, "capture").name == "e3nn"
     conv.use_native = False
-    with torch.no_grad():
-        assert conv._native_fn(x) is None
+    assert conv.implementation(x, "inference").name == "blocked"
 
 
 @pytest.mark.parametrize("chunk", [3, 64, 10**6])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import List
+import functools
+from typing import List, Optional
 
 import torch
 from e3nn import o3
@@ -16,10 +17,15 @@ from cdp.core.types import CdpError
 from cdp.plugins.backbones.chargee3net._build_cache import memoized_activation_moments
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 from cdp.plugins.backbones.chargee3net import fast_conv
-from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, capturing
+from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, Radial
+from cdp.plugins.backbones.chargee3net.tp_scatter import mode
 from cdp.plugins.backbones.chargee3net.irreps import gate_layout, get_irreps
 from cdp.plugins.backbones.chargee3net.radial import RadialBasis
 
+# largest radial table evaluated in PyTorch (bytes): larger ones are read from memory more slowly than the
+# MLP recomputes them (paper-size convolutions, 10-26 MB at 512 intervals: 1.24x slower decoder at 1 thread)
+TORCH_TABLE_MAX_BYTES = 2 << 20
+AUTO_TABLE_DTYPES = (torch.float32,)  # dtypes whose CPU inference reads radial tables without tabulate()
 _GATE_ROWS = 4096  # rows gated at once in inference: a few MB of temporaries instead of several [N, dim] copies
 _ACT = {1: torch.nn.functional.silu, -1: torch.tanh}
 _ACT_GATE = {1: torch.sigmoid, -1: torch.tanh}
@@ -37,12 +43,12 @@ def _make_gate(irreps_in, irreps_sh, irreps_hidden) -> Gate:
 
 
 def _gate_rows(gate: Gate, x: Tensor) -> Tensor:
-    """``gate(x)``, in blocks of rows under inference so that the gate's own temporaries stay small.
+    """``gate(x)`` in blocks of rows (inference), so that the gate's own temporaries stay small.
 
     The gate acts row by row; autograd and graph capture (tracing, export) get the plain call.
     """
     rows = _GATE_ROWS
-    if capturing() or torch.is_grad_enabled() or x.shape[0] <= rows:
+    if x.shape[0] <= rows:
         return gate(x)
     first = gate(x[:rows])
     out = first.new_empty((x.shape[0], first.shape[1]))
@@ -50,6 +56,11 @@ def _gate_rows(gate: Gate, x: Tensor) -> Tensor:
     for r0 in range(rows, x.shape[0], rows):
         out[r0 : r0 + rows] = gate(x[r0 : r0 + rows])
     return out
+
+
+def _mlp_weights(conv: FastE3Convolution, basis: RadialBasis, r: Tensor) -> Tensor:
+    """Inference radial weights of edge lengths ``r`` [E] through the MLP ([E + 1, W]: see ``radial_weights``)."""
+    return conv.radial_weights(basis(r))
 
 
 class _GatePlan:
@@ -107,6 +118,8 @@ class ChargE3NetBackbone(Backbone):
         num_basis: int = ChargE3NetConfig.num_basis,
         radial_neurons: int = ChargE3NetConfig.radial_neurons,
         backend: str = ChargE3NetConfig.backend,
+        radial: str = ChargE3NetConfig.radial,
+        radial_rtol: float = ChargE3NetConfig.radial_rtol,
     ):
         super().__init__()
         if int(num_interactions) < 1:
@@ -128,6 +141,13 @@ class ChargE3NetBackbone(Backbone):
         self.backend = str(backend)
         self._conv_cls = backends[backend]
         self.num_basis = int(num_basis)
+        if radial not in ("table", "mlp"):
+            raise CdpError(f"chargee3net: unknown radial '{radial}' (table or mlp)")
+        if not 0 < float(radial_rtol) < 1e-2:
+            raise CdpError(f"chargee3net: radial_rtol must be in (0, 0.01), got {radial_rtol}")
+        self.radial = str(radial)
+        self.radial_rtol = float(radial_rtol)
+        self._tables_allowed = True  # False once trained in this process, until tabulate() is called
 
         irreps_in = o3.Irreps(f"{NUM_ELEMENTS}x0e")
         self.irreps_sh = o3.Irreps.spherical_harmonics(self.lmax)
@@ -176,45 +196,111 @@ class ChargE3NetBackbone(Backbone):
         self.irreps_out = probe_irreps
         self.out_spec = Spec(irreps=str(probe_irreps))
 
-    def _edge_features(self, basis: RadialBasis, edge_vec: Tensor):
+    def _edge_features(self, basis: RadialBasis, edge_vec: Tensor, lengths: bool = False):
+        """(harmonics [E, sh dim], embedding [E, num_basis]); with ``lengths``, the edge lengths [E] (Å)
+        take the embedding's place (what a radial table reads)."""
         sh = o3.spherical_harmonics(self.irreps_sh, edge_vec, normalize=True, normalization="component")
-        return sh, basis(edge_vec.norm(dim=1))
+        r = edge_vec.norm(dim=1)
+        return sh, (r if lengths else basis(r))
+
+    # -- tabulated radial networks (inference) ------------------------------------------------------
+    def _radials(self, convs, basis: RadialBasis, like: Tensor) -> List[Radial]:
+        """Per convolution, its radial weights as a function of the edge lengths [E] (Å) for inference:
+        the table (:meth:`FastE3Convolution.radial_table`) where tables apply, else ``MLP(basis(r))``.
+
+        Tables apply with ``radial="table"`` on CPU, in eval mode, when not trained in this process since
+        the last :meth:`tabulate` (callers are already outside autograd and graph capture), to float32
+        (``AUTO_TABLE_DTYPES``: a table is exact to float32 rounding, not to float64's; float64 tables are
+        used once asked for by ``tabulate(torch.float64)``).  Evaluated in PyTorch, a table is only read
+        faster than the MLP computes when it stays in cache, so each is limited to
+        ``TORCH_TABLE_MAX_BYTES`` (larger convolutions keep their MLP)."""
+        tables = [None] * len(convs)
+        dtypes = set(AUTO_TABLE_DTYPES) | self.__dict__.get("_table_dtypes", set())
+        if (self.radial == "table" and not self.training and self._tables_allowed and like.device.type == "cpu"
+                and like.dtype in dtypes):
+            tables = [conv.radial_table(basis, like.dtype, like.device, self.radial_rtol, TORCH_TABLE_MAX_BYTES)
+                      for conv in convs]
+        return [functools.partial(fast_conv.table_weights, t) if t is not None else
+                functools.partial(_mlp_weights, conv, basis) for conv, t in zip(convs, tables)]
+
+    def tabulate(self, dtype: Optional[torch.dtype] = None, device=None) -> "ChargE3NetBackbone":
+        """Build every convolution's radial table now (for the parameters' dtype and device by default), so
+        that inference does not pay for it on the first call; re-allows tables after training, and enables
+        them for ``dtype`` (float64 included) from now on.  A no-op unless ``radial="table"`` and the fast
+        backend.  Returns self."""
+        self._tables_allowed = True
+        if self.radial != "table" or self.backend != "fast":
+            return self
+        p = next(self.parameters())
+        like = torch.empty(0, dtype=dtype or p.dtype, device=torch.device(device) if device is not None else p.device)
+        self.__dict__.setdefault("_table_dtypes", set()).add(like.dtype)
+        if like.device.type == "cpu":
+            self._radials(self.atom_convs, self.atom_basis, like)
+            self._radials(self.probe_convs, self.probe_basis, like)
+        return self
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``; training drops the radial tables and keeps them off until :meth:`tabulate`
+        (validation during training runs the radial MLPs it trains)."""
+        if mode:
+            self._tables_allowed = False
+            for conv in list(self.atom_convs) + list(self.probe_convs):
+                if isinstance(conv, FastE3Convolution):
+                    conv.drop_radial_tables()
+        return super().train(mode)
 
     def encode(self, x: Tensor, edge_index: Tensor, edge_vec: Tensor) -> List[Tensor]:
         """Atom features after every interaction layer."""
-        # capture first: under torch.export a test on the edge count would specialise the dynamic size
-        inference = self.backend == "fast" and not (capturing() or torch.is_grad_enabled())
-        if inference and edge_vec.shape[0] > fast_conv.FEATURE_WINDOW:  # fewer edges: computed once, ≤ 12 MB
-            # harmonics and embedding computed a window of edges at a time in every layer (cheap next to the
-            # convolution) instead of held for all atom edges
-            features = lambda vec: self._edge_features(self.atom_basis, vec)  # noqa: E731
-            step = lambda conv, h: conv.forward_from_vectors(h, h, edge_index, edge_vec, features)  # noqa: E731
+        # the mode first: under torch.export a test on the edge count would specialise the dynamic size
+        run_mode = mode()
+        inference = self.backend == "fast" and run_mode == "inference"
+        if inference:
+            # radial weights from the edge lengths, per convolution (a table or the MLP of the embedding)
+            radial = self._radials(self.atom_convs, self.atom_basis, edge_vec)
+            features = lambda vec: self._edge_features(self.atom_basis, vec, True)  # noqa: E731
+            if edge_vec.shape[0] > fast_conv.FEATURE_WINDOW:  # fewer edges: computed once, ≤ 12 MB
+                # harmonics and lengths computed a window of edges at a time in every layer (cheap next to
+                # the convolution) instead of held for all atom edges
+                step = lambda conv, h, k: conv.forward_from_vectors(h, h, edge_index, edge_vec, features, radial[k])  # noqa: E731
+            else:
+                sh, r = features(edge_vec)
+                step = lambda conv, h, k: conv.infer(h, h, edge_index, sh, r, radial[k])  # noqa: E731
         else:
             sh, emb = self._edge_features(self.atom_basis, edge_vec)
-            step = lambda conv, h: conv(h, h, edge_index, sh, emb)  # noqa: E731
+            step = lambda conv, h, k: conv(h, h, edge_index, sh, emb)  # noqa: E731
         layers: List[Tensor] = []
         h = x
-        for conv, gate in zip(self.atom_convs, self.atom_gates):
-            h = self._gate(conv, gate, step(conv, h), ("atom", len(layers)))
+        for k, (conv, gate) in enumerate(zip(self.atom_convs, self.atom_gates)):
+            h = self._gate(conv, gate, step(conv, h, k), ("atom", len(layers)), run_mode)
             layers.append(h)
         return layers
 
     def decode(self, atom_layers: List[Tensor], edge_index: Tensor, edge_vec: Tensor, num_probes: int) -> Tensor:
         """Probe features [M, out_spec.dim]; probe layer i reads ``atom_layers[i]``."""
-        sh, emb = self._edge_features(self.probe_basis, edge_vec)
+        run_mode = mode()
+        inference = self.backend == "fast" and run_mode == "inference"
+        radial = self._radials(self.probe_convs, self.probe_basis, edge_vec) if inference else None
+        sh, rad = self._edge_features(self.probe_basis, edge_vec, inference)
         p = edge_vec.new_zeros((num_probes, 1))
         for i, (conv, gate) in enumerate(zip(self.probe_convs, self.probe_gates)):
-            p = self._gate(conv, gate, conv(atom_layers[i], p, edge_index, sh, emb), ("probe", i))
+            if inference:
+                out = conv.infer(atom_layers[i], p, edge_index, sh, rad, radial[i])
+            else:
+                out = conv(atom_layers[i], p, edge_index, sh, rad)
+            p = self._gate(conv, gate, out, ("probe", i), run_mode)
         return p
 
-    def _gate(self, conv: nn.Module, gate: Gate, x: Tensor, key: tuple) -> Tensor:
-        """``gate(x)``; training through the fused kernels uses the gate's gather form (:class:`_GatePlan`)."""
-        if torch.is_grad_enabled() and not capturing() and getattr(conv, "use_native", False) and x.device.type == "cpu":
+    def _gate(self, conv: nn.Module, gate: Gate, x: Tensor, key: tuple, run_mode: str) -> Tensor:
+        """``gate(x)`` for ``run_mode`` (:func:`.tp_scatter.mode`): in row blocks in inference, the plain call
+        under capture, and for training through the fused kernels the gather form (:class:`_GatePlan`)."""
+        if run_mode == "inference":
+            return _gate_rows(gate, x)
+        if run_mode == "autograd" and isinstance(conv, FastE3Convolution) and conv.implementation(x, run_mode).name == "native":
             plans = self.__dict__.setdefault("_gate_plans", {})
             if key not in plans:
                 plans[key] = _GatePlan(gate)
             return plans[key](gate, x)
-        return _gate_rows(gate, x)
+        return gate(x)
 
     def probe_memory(self, itemsize: int = 4, edges_per_probe: float = 30.0):
         """(fixed bytes, bytes per probe) of one decode call: sizes probe batches for a memory budget."""
@@ -225,5 +311,6 @@ class ChargE3NetBackbone(Backbone):
     def extra_repr(self) -> str:
         return (
             f"num_interactions={self.num_interactions}, mul={self.mul}, lmax={self.lmax}, cutoff={self.cutoff}, "
-            f"num_basis={self.num_basis}, basis={self.basis!r}, num_neighbors={self.num_neighbors}"
+            f"num_basis={self.num_basis}, basis={self.basis!r}, num_neighbors={self.num_neighbors}, "
+            f"backend={self.backend!r}, radial={self.radial!r}, radial_rtol={self.radial_rtol:g}"
         )
