@@ -213,6 +213,8 @@ def test_tables_too_large_for_cache_keep_the_mlp(monkeypatch):
     _, fast = _pair(2, seed=11)
     fast.eval()
     fast.radial_rtol = 1e-4  # 64 intervals are enough for the narrowest
+    for conv in list(fast.atom_convs) + list(fast.probe_convs):
+        conv.use_native = False  # the PyTorch seam: tables are evaluated in PyTorch
     widths = [conv.radial_width() for conv in fast.probe_convs]
     assert max(widths) > min(widths)
     limit = 64 * 4 * 8 * max(widths) - 1  # 64 float64 intervals of the narrowest fit, of the widest not
@@ -229,3 +231,25 @@ def test_tables_too_large_for_cache_keep_the_mlp(monkeypatch):
         fast.radial = "mlp"
         _, want, _ = _run(fast, *s, torch.float64)
     assert (got - want).abs().max() <= 1e-3 * want.abs().max() and not torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_reads_tables_of_any_size(monkeypatch, dtype):
+    """Where the fused kernel runs, it evaluates each edge's weights from the table itself (no [E, W] array,
+    no size limit): every convolution is tabulated, and the densities equal the MLP path's."""
+    from cdp.plugins.backbones.chargee3net import fast_conv
+
+    _, fast = _pair(3, seed=5, dtype=dtype)
+    fast.eval()
+    monkeypatch.setattr(backbone_mod, "TORCH_TABLE_MAX_BYTES", 1)  # nothing fits PyTorch's limit
+    fast.tabulate(dtype)
+    like = torch.empty(0, dtype=dtype)
+    radials = fast._radials(fast.probe_convs, fast.probe_basis, like)
+    assert all(isinstance(r, fast_conv.KernelTable) for r in radials)
+    s = _structure(seed=5)
+    with torch.no_grad():
+        _, got, _ = _run(fast, *s, dtype)
+        fast.radial = "mlp"
+        _, want, _ = _run(fast, *s, dtype)
+    tol = 1e-6 if dtype == torch.float64 else 3e-6
+    assert (got - want).abs().max() <= tol * want.abs().max() and not torch.equal(got, want)

@@ -211,16 +211,21 @@ class ChargE3NetBackbone(Backbone):
         Tables apply with ``radial="table"`` on CPU, in eval mode, when not trained in this process since
         the last :meth:`tabulate` (callers are already outside autograd and graph capture), to float32
         (``AUTO_TABLE_DTYPES``: a table is exact to float32 rounding, not to float64's; float64 tables are
-        used once asked for by ``tabulate(torch.float64)``).  Evaluated in PyTorch, a table is only read
-        faster than the MLP computes when it stays in cache, so each is limited to
+        used once asked for by ``tabulate(torch.float64)``).  Where the fused kernel runs, it evaluates the
+        table per edge itself (:class:`.fast_conv.KernelTable`, any size).  Evaluated in PyTorch, a table is
+        only read faster than the MLP computes when it stays in cache, so there each is limited to
         ``TORCH_TABLE_MAX_BYTES`` (larger convolutions keep their MLP)."""
         tables = [None] * len(convs)
         dtypes = set(AUTO_TABLE_DTYPES) | self.__dict__.get("_table_dtypes", set())
         if (self.radial == "table" and not self.training and self._tables_allowed and like.device.type == "cpu"
                 and like.dtype in dtypes):
-            tables = [conv.radial_table(basis, like.dtype, like.device, self.radial_rtol, TORCH_TABLE_MAX_BYTES)
-                      for conv in convs]
-        return [functools.partial(fast_conv.table_weights, t) if t is not None else
+            # a table the fused kernel reads per edge has no size limit; one evaluated in PyTorch does
+            tables = [fast_conv.KernelTable(t) if in_kernel and t is not None else t for conv in convs
+                      for in_kernel in [conv.kernel_reads_tables(like)]
+                      for t in [conv.radial_table(basis, like.dtype, like.device, self.radial_rtol,
+                                                  None if in_kernel else TORCH_TABLE_MAX_BYTES)]]
+        return [t if isinstance(t, fast_conv.KernelTable) else
+                functools.partial(fast_conv.table_weights, t) if t is not None else
                 functools.partial(_mlp_weights, conv, basis) for conv, t in zip(convs, tables)]
 
     def tabulate(self, dtype: Optional[torch.dtype] = None, device=None) -> "ChargE3NetBackbone":

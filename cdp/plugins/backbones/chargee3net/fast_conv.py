@@ -39,6 +39,19 @@ DENSE_MAX = 1 << 16  # training: a linear map with at most this many matrix entr
 TABLE_MAX_INTERVALS = 2048  # a radial network needing more knots than this is not tabulated (kept as the MLP)
 EdgeFeatures = Callable[[Tensor], Tuple[Tensor, Tensor]]
 Radial = Callable[[Tensor], Tensor]  # radial input of a block of E edges → the seam's weight operand (tp_scatter)
+KERNEL_TABLE_CHUNK = 4096  # edges per block when the kernel reads the radial table itself (no [E, W] weights)
+
+
+class KernelTable:
+    """Radial weights that the fused kernel evaluates per edge from ``table`` (inference, native seam):
+    the radial input of a block is then the edge lengths [E] (Å) and no weight array is formed.  Called
+    like any :data:`Radial` (the same weights, through PyTorch) where the kernel is not used."""
+
+    def __init__(self, table: RadialTable):
+        self.table = table
+
+    def __call__(self, r: Tensor) -> Tensor:
+        return table_weights(self.table, r)
 FusedConvolution = FusedTPScatter  # the kernels' autograd function, under its former name
 
 
@@ -178,6 +191,12 @@ class FastE3Convolution(E3Convolution):
             raise RuntimeError("fast convolution: lin2/lin3 with biases")
         self.plan = UvuPlan(self.tp, self.lin2.irreps_in)
         native.load()  # compiled (once per machine) and loaded here, at model set-up: never from forward
+
+    def kernel_reads_tables(self, like: Tensor) -> bool:
+        """True when inference on inputs like ``like`` runs the fused kernel and it has a table entry for
+        their dtype (then the radial table is evaluated inside the kernel, whatever its size)."""
+        impl = self.implementation(like, "inference")
+        return impl.name == "native" and native.entry_table(impl.lib, like.dtype) is not None
 
     def implementation(self, like: Tensor, run_mode: str) -> TPScatter:
         """The tensor-product–scatter implementation for inputs like ``like`` in ``run_mode``
@@ -409,6 +428,9 @@ class FastE3Convolution(E3Convolution):
         # training through the kernels keeps the radial weights and the aggregate for the backward pass
         # anyway, so blocking would save no memory: all receivers at once (fewer, larger operations)
         chunk = max(self.edge_chunk, src.shape[0], num_receivers) if track and impl.name == "native" else self.edge_chunk
+        in_kernel = isinstance(radial, KernelTable) and impl.name == "native"
+        if in_kernel:  # no per-edge weights are held: larger blocks, fewer calls (acc is [receivers, acc_width])
+            chunk = max(chunk, KERNEL_TABLE_CHUNK)
         r0 = 0
         while r0 < num_receivers:
             # the largest run of whole receivers holding at most edge_chunk edges (at least one receiver)
@@ -416,11 +438,14 @@ class FastE3Convolution(E3Convolution):
             r1 = min(r1, r0 + chunk)  # receivers without edges count too (bounded aggregate)
             e0, e1 = ptr[r0], ptr[r1]
             sh, rad = edge_block(e0, e1)
-            weight = radial(rad)
-            del rad
             local_ptr = [p - e0 for p in ptr[r0 : r1 + 1]]
-            acc = impl(x, sh, weight, src[e0:e1], dst[e0:e1] - r0, local_ptr, r1 - r0)
-            del weight
+            if in_kernel:
+                acc = impl.forward_table(x, sh, rad, radial.table, src[e0:e1], dst[e0:e1] - r0, local_ptr, r1 - r0)
+            else:
+                weight = radial(rad)
+                acc = impl(x, sh, weight, src[e0:e1], dst[e0:e1] - r0, local_ptr, r1 - r0)
+                del weight
+            del rad
             if "mix" in dense:
                 mixed = acc @ dense["mix"]
                 conv, angle = mixed[:, :-1] * norm, mixed[:, -1:] * (0.1 * norm)

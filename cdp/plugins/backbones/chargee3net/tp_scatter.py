@@ -341,6 +341,29 @@ class NativeTPScatter(TPScatter):
             raise RuntimeError("fused ChargE3Net kernel: multiplicity above its limit")
         return acc
 
+    def forward_table(self, x, sh, r, table, src, dst, ptr, num_receivers) -> Tensor:
+        """M [R, acc_width] channels-last with the radial weights evaluated per edge inside the kernel from
+        ``table`` (a :class:`cdp.nn.radial_table.RadialTable` over the seam's weight columns) at the edge
+        lengths ``r`` [E] (Å): no [E, W] weight array exists.  Inference only (no backward)."""
+        fn = native.entry_table(self.lib, table.coef.dtype)
+        x, sh, src, dst = x.contiguous(), sh.contiguous(), src.contiguous(), dst.contiguous()
+        r = r.to(table.coef.dtype).contiguous()
+        coef = table.coef
+        acc = coef.new_zeros((num_receivers, self.plan.acc_width))
+        paths, pairs, mj, coeff = self.plan.on(coef, "kernel")
+        args = (src.data_ptr(), dst.data_ptr(), sh.data_ptr(), sh.shape[1], r.data_ptr(), coef.data_ptr(),
+                coef.shape[0], float(table.inv_h), coef.shape[2], x.data_ptr(), x.shape[1], acc.data_ptr(),
+                acc.shape[1], paths.shape[0], paths.data_ptr(), pairs.data_ptr(), mj.data_ptr(), coeff.data_ptr())
+        bounds = receiver_bounds(ptr, src.shape[0], num_receivers)
+        if len(bounds) == 1:
+            status = [fn(bounds[0][0], bounds[0][1], *args)]
+        else:
+            status = list(_pool(len(bounds)).map(lambda ab: fn(ab[0], ab[1], *args), bounds))
+        if any(status):
+            raise RuntimeError(f"fused ChargE3Net table kernel: status {max(status)} (1: multiplicity above its "
+                               f"limit, 2: out of memory, 3: weight columns beyond the table)")
+        return acc
+
     def backward_kernel(self, grad, x, sh, weight, src, dst, ptr, need_x: bool, need_sh: bool):
         """(dL/dx or None, dL/dsh or None, dL/dweight) from dL/dM: one pass of the backward kernel; each
         thread owns whole receivers and its own dL/dx."""
