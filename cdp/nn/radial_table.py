@@ -27,6 +27,7 @@ RadialFunction = Callable[[Tensor], Tensor]
 MIN_INTERVALS = 64
 MAX_INTERVALS = 8192
 MEASURE_BYTES = 16 << 20  # temporaries of one slice of :meth:`RadialTable.measure`
+HERMITE_COLUMNS = 256  # columns assembled at once (bounded temporaries for wide tables)
 PROBE_POINTS = (0.125, 0.375, 0.5, 0.625, 0.875)  # where in each interval the error is measured
 
 
@@ -43,16 +44,25 @@ def _values_and_slopes(fn: RadialFunction, r: Tensor) -> tuple[Tensor, Tensor]:
     return value.double(), slope.double()
 
 
-def hermite_coefficients(value: Tensor, slope: Tensor, h: float) -> Tensor:
+def hermite_coefficients(value: Tensor, slope: Tensor, h: float, out: Optional[Tensor] = None) -> Tensor:
     """Per-interval monomial coefficients [n, 4, W] of the cubic Hermite interpolant.
 
-    value, slope: [n + 1, W], w and dw/dr at the knots r_i = i·h.
+    value, slope: [n + 1, W], w and dw/dr at the knots r_i = i·h.  Written into ``out`` ([n, 4, W], any
+    float dtype) when given, a block of columns at a time, so the temporaries stay small however wide W is.
     """
-    f0, f1 = value[:-1], value[1:]
-    d0, d1 = slope[:-1] * h, slope[1:] * h
-    c2 = -3.0 * f0 - 2.0 * d0 + 3.0 * f1 - d1
-    c3 = 2.0 * f0 + d0 - 2.0 * f1 + d1
-    return torch.stack([f0, d0, c2, c3], dim=1)
+    n, width = value.shape[0] - 1, value.shape[1]
+    if out is None:
+        out = value.new_empty((n, 4, width))
+    step = max(1, HERMITE_COLUMNS)
+    for a in range(0, width, step):
+        b = min(width, a + step)
+        f0, f1 = value[:-1, a:b], value[1:, a:b]
+        d0, d1 = slope[:-1, a:b] * h, slope[1:, a:b] * h
+        out[:, 0, a:b] = f0
+        out[:, 1, a:b] = d0
+        out[:, 2, a:b] = -3.0 * f0 - 2.0 * d0 + 3.0 * f1 - d1
+        out[:, 3, a:b] = 2.0 * f0 + d0 - 2.0 * f1 + d1
+    return out
 
 
 def evaluate(coef: Tensor, inv_h: float, r: Tensor) -> Tensor:
@@ -116,6 +126,7 @@ class RadialTable(nn.Module):
         knots = torch.arange(n + 1, dtype=torch.float64) * h
         value, slope = _values_and_slopes(fn, knots)
         coef = hermite_coefficients(value, slope, h)
+        del value, slope
         table = cls(coef, r_max)
         table.error = table.measure(fn)
         return table.to(dtype or torch.float32)

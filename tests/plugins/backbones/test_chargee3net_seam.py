@@ -224,3 +224,28 @@ def test_a_capture_implementation_plugs_into_the_seam():
             a = args(seed, num_edges)
             want = ref(*a)
             assert (traced(*a) - want).abs().max() <= 1e-12 * want.abs().max()
+
+
+def test_cached_e3nn_modules_equal_fresh_constructions():
+    """Copies of e3nn modules built once (no e3nn function patched) equal new constructions: the same
+    weights from the same seed, the same normalisation constants, the same outputs."""
+    from e3nn import o3
+    from e3nn.nn import FullyConnectedNet, Gate
+
+    from cdp.plugins.backbones.chargee3net import _build_cache
+
+    for _ in range(2):  # the second round copies the cached templates
+        torch.manual_seed(3)
+        cached = _build_cache.fully_connected_net([6, 16, 40], torch.nn.functional.silu)
+        after_cached = torch.rand(3)
+        torch.manual_seed(3)
+        fresh = FullyConnectedNet([6, 16, 40], torch.nn.functional.silu)
+        after_fresh = torch.rand(3)
+        assert torch.equal(after_cached, after_fresh)  # the random stream is where a construction leaves it
+        x = torch.randn(5, 6)
+        assert torch.equal(cached(x), fresh(x))
+        args = (o3.Irreps("4x0e+2x0o"), [torch.nn.functional.silu, torch.tanh], o3.Irreps("3x0e"),
+                [torch.sigmoid], o3.Irreps("3x1o"))
+        g_cached, g_fresh = _build_cache.gate(*args), Gate(*args)
+        y = torch.randn(5, g_fresh.irreps_in.dim)
+        assert torch.equal(g_cached(y), g_fresh(y))

@@ -1,39 +1,50 @@
-"""Faster construction: memoise e3nn's activation-moment estimate while a backbone is being built.
+"""Faster construction through e3nn's public API: modules built once per configuration, then copied.
 
-e3nn normalises every activation by its second moment, estimated from 10⁶ seeded normal samples each
-time an activation module is created (dozens of times per ChargE3Net).  The estimate is deterministic,
-so reusing it for the same function is exact; the patch is scoped to the ``with`` block.
+e3nn normalises every activation by its second moment, estimated from 10⁶ seeded normal samples each time
+an activation module is created (inside every ``Gate`` and ``FullyConnectedNet``: dozens per ChargE3Net).
+The estimate is deterministic, so a deep copy of a module built earlier with the same arguments (and the
+same default dtype, in which e3nn stores its constants) is the module a new construction would give.  A
+copied ``FullyConnectedNet`` gets new weights drawn exactly as its constructor draws them (one
+``torch.randn(h_in, h_out)`` per layer, in order), so the global random stream, and with it every seeded
+model, is unchanged.  Nothing of e3nn is patched.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import threading
+from typing import Callable, Sequence, Tuple
 
-import e3nn.math._normalize_activation as _norm
+import torch
+from e3nn.nn import FullyConnectedNet, Gate
 
-_LOCK = threading.RLock()
+_LOCK = threading.Lock()
+_TEMPLATES: dict = {}
 
 
-@contextlib.contextmanager
-def memoized_activation_moments():
-    """Within the block, ``moment(f, n, dtype, device)`` is computed once per distinct argument set."""
+def _template(key: tuple, build: Callable[[], torch.nn.Module]) -> Tuple[torch.nn.Module, bool]:
+    """(module, built): a new construction the first time (kept as the template), then copies of it."""
+    key = key + (torch.get_default_dtype(),)
     with _LOCK:
-        original = _norm.moment
-        cache = {}
+        if key not in _TEMPLATES:
+            module = build()
+            _TEMPLATES[key] = copy.deepcopy(module)
+            return module, True
+        return copy.deepcopy(_TEMPLATES[key]), False
 
-        def moment(f, n, dtype=None, device=None):
-            try:
-                key = (f, n, dtype, str(device))
-                hash(key)
-            except TypeError:
-                return original(f, n, dtype=dtype, device=device)
-            if key not in cache:
-                cache[key] = original(f, n, dtype=dtype, device=device)
-            return cache[key].clone()
 
-        _norm.moment = moment
-        try:
-            yield
-        finally:
-            _norm.moment = original
+def gate(scalars, act_scalars: Sequence[Callable], gates, act_gates: Sequence[Callable], gated) -> Gate:
+    """``e3nn.nn.Gate(scalars, act_scalars, gates, act_gates, gated)`` (a module without parameters)."""
+    key = ("gate", str(scalars), tuple(act_scalars), str(gates), tuple(act_gates), str(gated))
+    return _template(key, lambda: Gate(scalars, list(act_scalars), gates, list(act_gates), gated))[0]
+
+
+def fully_connected_net(hs: Sequence[int], act: Callable) -> FullyConnectedNet:
+    """``e3nn.nn.FullyConnectedNet(hs, act)`` with freshly drawn weights, as its constructor draws them."""
+    net, built = _template(("fc", tuple(int(h) for h in hs), act), lambda: FullyConnectedNet(list(hs), act))
+    if built:  # its constructor drew the weights
+        return net
+    with torch.no_grad():
+        for layer in net:  # e3nn's layers in order, each weight ~ N(0, 1) of shape (h_in, h_out)
+            layer.weight.copy_(torch.randn(layer.weight.shape))
+    return net

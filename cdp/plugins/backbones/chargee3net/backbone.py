@@ -14,7 +14,7 @@ from cdp.core.components import Backbone, Spec
 from cdp.core.configs import ChargE3NetConfig
 from cdp.core.constants import NUM_ELEMENTS
 from cdp.core.types import CdpError
-from cdp.plugins.backbones.chargee3net._build_cache import memoized_activation_moments
+from cdp.plugins.backbones.chargee3net import _build_cache
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 from cdp.plugins.backbones.chargee3net import fast_conv
 from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, Radial
@@ -33,7 +33,7 @@ _ACT_GATE = {1: torch.sigmoid, -1: torch.tanh}
 
 def _make_gate(irreps_in, irreps_sh, irreps_hidden) -> Gate:
     scalars, gates, gated = gate_layout(irreps_in, irreps_sh, irreps_hidden)
-    return Gate(
+    return _build_cache.gate(
         scalars,
         [_ACT[ir.p] for _, ir in scalars],
         gates,
@@ -156,8 +156,7 @@ class ChargE3NetBackbone(Backbone):
             raise CdpError(f"chargee3net: mul={mul} leaves no channels at lmax={lmax}")
         self.in_spec = Spec(irreps=str(irreps_in))
 
-        with memoized_activation_moments():
-            self._build(irreps_in, int(radial_neurons))
+        self._build(irreps_in, int(radial_neurons))
 
     def _build(self, irreps_in: o3.Irreps, radial_neurons: int) -> None:
         self.atom_basis = RadialBasis(self.cutoff, self.num_basis, self.basis)

@@ -6,11 +6,11 @@ its own class so that faster backends can replace it without touching the backbo
 
 from __future__ import annotations
 
-from e3nn import o3
-from e3nn.nn import FullyConnectedNet
-from torch import Tensor, nn
 import torch
+from e3nn import o3
+from torch import Tensor, nn
 
+from cdp.plugins.backbones.chargee3net._build_cache import fully_connected_net
 from cdp.plugins.backbones.chargee3net.irreps import uvu_instructions
 
 
@@ -54,7 +54,7 @@ class E3Convolution(nn.Module):
             shared_weights=False,
             _optimize_einsums=False,  # per-edge weights: contraction order search only costs build time
         )
-        self.fc = FullyConnectedNet([num_basis, radial_neurons, self.tp.weight_numel], torch.nn.functional.silu)
+        self.fc = fully_connected_net([num_basis, radial_neurons, self.tp.weight_numel], torch.nn.functional.silu)
         self.lin2 = _linear(irreps_mid, self.irreps_out)
         self.lin3 = _linear(irreps_mid, "0e")
         self.irreps_mid = irreps_mid
