@@ -1,110 +1,255 @@
-"""Decoder latency: onnxruntime (CPU, 1 intra-op thread) vs PyTorch eager, on one workload.
+"""Export time and exported-model speed: ``cdp export`` wall time, and the decoder in onnxruntime /
+TorchScript / pt2 against PyTorch's fast backend on the same workload and thread count.
 
-Exports a model's decoder to ONNX, builds one structure's atom features and one probe batch with cdp's
-graph builder, then times the decoder alone (best of ``--repeat``) in both runtimes with the same
-inputs and thread count.  Prints a JSON line and a table.
+    python -m benchmarks export [--model demo] [--threads 1] [--probes 20000] [--formats onnx,torchscript]
+                                [--export-time] [--full-grid] [--json out.json]
 
-usage: python benchmarks/export_bench.py [--model tiny-chargee3net|PRESET|CKPT] [--probes 2500] [--repeat 5] [--threads 1]
+* ``runtime`` (always): one structure (``--structure water``: H₂O in a 6 Å box, or ``si64``: Si 2×2×2), the
+  middle ``--probes`` points (flat C order: a slab through the structure) of its 0.08 Å grid in probe
+  batches of ``--batch``, decoded by PyTorch's fast backend (the model's own decoder: fused native kernels
+  when built) and by each exported decoder on the same probe edges, in one process: ``--threads`` threads
+  for PyTorch, onnxruntime sessions with their one intra-op thread (cdp's setting).  Best of ``--repeat``
+  interleaved rounds after a warm-up; the outputs are compared (max |Δρ| / max |ρ|).
+* ``--full-grid``: the whole 0.08 Å grid of the structure through ``predict_grid`` (cdp Predictor vs the
+  ONNX export's ExportedPredictor with ``--threads`` concurrent probe batches), as ``cdp predict --runtime
+  onnx`` does it.
+* ``--export-time``: ``python -m cdp.cli.main export MODEL --format onnx -o NEWDIR`` in a fresh process with
+  OMP_NUM_THREADS=2 and empty TORCHINDUCTOR_CACHE_DIR and CDP_CACHE_DIR (wall time, interpreter start-up
+  and imports included), and the phases it logs.
+
+Prints one JSON line and a table; CPU model, core count and versions are in the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def build_model(text: str):
-    from cdp.core.checkpoint import load_checkpoint
+    import torch
+
+    from cdp.cli.export import _load
     from cdp.core.model import DensityModel
-    from cdp.core.registry import get_registry
     from cdp.export.examples import TINY_CONFIGS
 
     if text.startswith("tiny-"):
         torch.manual_seed(0)
         return DensityModel.from_config(TINY_CONFIGS[text[5:]]).eval()
-    if Path(text).is_file():
-        return load_checkpoint(text)[0]
-    return DensityModel.from_config(get_registry().preset(text)).eval()
+    model, info, _ = _load(text)
+    if info is None:  # a preset: seeded random weights (speed does not depend on training)
+        torch.manual_seed(0)
+        model = DensityModel.from_config(model.config).eval()
+    return model.eval()
 
 
-def best(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+def structure(name: str):
+    from ase.build import bulk, molecule
+
+    if name == "water":
+        atoms = molecule("H2O")
+        atoms.cell = np.eye(3) * 6.0
+        atoms.center()
+        return atoms
+    if name == "si64":
+        atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
+        atoms.numbers[::4] = 6
+        return atoms
+    raise SystemExit(f"unknown structure {name!r} (water, si64)")
+
+
+def grid_shape(atoms, spacing: float):
+    lengths = np.linalg.norm(np.asarray(atoms.cell.array), axis=1)
+    return tuple(max(1, int(np.ceil(L / spacing))) for L in lengths)
+
+
+def export_time(model_text: str) -> dict:
+    """Wall time of ``cdp export MODEL --format onnx -o NEWDIR`` in a fresh process (OMP_NUM_THREADS=2)."""
+    root = Path(tempfile.mkdtemp(prefix="cdp-export-time-"))
+    env = dict(os.environ, OMP_NUM_THREADS="2", TORCHINDUCTOR_CACHE_DIR=str(root / "inductor-cache"),
+               CDP_CACHE_DIR=str(root / "cdp-cache"))  # empty caches: no compiled kernel or inductor artefact
+    cmd = [sys.executable, "-m", "cdp.cli.main", "export", model_text, "--format", "onnx", "-o", str(root / "out")]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"export failed: {proc.stderr.strip().splitlines()[-1:]}")
+    phases = {}
+    for line in proc.stderr.splitlines():
+        m = re.match(r"\s*(.+?): ([0-9.]+) s", line)
+        if m:
+            phases[m.group(1)] = float(m.group(2))
+    return {"command": " ".join(["cdp"] + cmd[3:5] + ["--format", "onnx", "-o", "NEWDIR"]), "wall_s": round(wall, 2),
+            "phases_s": phases, "omp_num_threads": 2}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny-chargee3net")
-    ap.add_argument("--probes", type=int, default=2500)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--model", default="demo", help="shipped model name, checkpoint, preset or tiny-<backbone>")
+    ap.add_argument("--structure", default="water")
+    ap.add_argument("--spacing", type=float, default=0.08, help="grid spacing (Å)")
+    ap.add_argument("--probes", type=int, default=20000, help="grid points decoded (runtime case)")
+    ap.add_argument("--batch", type=int, default=2500, help="probe batch")
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--export-dir", default=None, help="reuse/keep the ONNX export here")
+    ap.add_argument("--formats", default="onnx,torchscript", help="comma-separated: onnx, torchscript, pt2")
+    ap.add_argument("--export-dir", default=None, help="keep the exports here (reused when present)")
+    ap.add_argument("--export-time", action="store_true", help="also time the whole `cdp export` command")
+    ap.add_argument("--full-grid", action="store_true", help="also predict the whole grid (Predictor vs ONNX)")
+    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from ase.build import bulk
 
-    from cdp.core.types import Batch
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cdp.core.grid import grid_frame
     from cdp.export import export_model
     from cdp.export.runtime import load_exported
+    from cdp.predict import Predictor
 
     model = build_model(args.model)
-    atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)  # 64 atoms
-    atoms.numbers[::4] = 6
-    out_dir = Path(args.export_dir or tempfile.mkdtemp(prefix="cdp-bench-"))
-    t0 = time.perf_counter()
-    if not (out_dir / "cdp_export.json").is_file():
-        export_model(model, out_dir, "onnx")
-    export_s = time.perf_counter() - t0
-    pred = load_exported(out_dir, workers=1)
-    dtype = model.dtype
-    rng = np.random.default_rng(0)
-    probes = rng.uniform(0, 1, size=(args.probes, 3)) @ atoms.cell.array
-    batch = Batch.from_atoms([atoms]).to(dtype=dtype)
+    atoms = structure(args.structure)
+    shape = grid_shape(atoms, args.spacing)
+    frame = grid_frame(atoms, shape)
+    n = min(args.probes, int(np.prod(shape)))
+    predictor = Predictor(model, probe_batch=args.batch)
+    root = Path(args.export_dir or tempfile.mkdtemp(prefix="cdp-bench-"))
+    result = {
+        "model": args.model, "structure": args.structure, "atoms": len(atoms), "grid": list(shape),
+        "spacing": args.spacing, "probes": n, "batch": args.batch, "threads": args.threads,
+        "dtype": str(model.dtype).replace("torch.", ""), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "decoder_s": {}, "max_rel_diff": {}, "export_s": {},
+    }
+    first = (int(np.prod(shape)) - n) // 2  # the middle of the grid: the slab through the structure
+    chunks = [frame.grid_points(first + s, first + min(s + args.batch, n)) for s in range(0, n, args.batch)]
+    edges = _probe_edges(model, atoms, chunks)
+    runs = {"pytorch-fast": _fast_decoder(model, atoms, edges)}
+    ref = runs["pytorch-fast"]()
+    scale = float(np.abs(ref).max())
+    for fmt in [f for f in args.formats.split(",") if f]:
+        out = root / fmt
+        if not (out / "cdp_export.json").is_file():
+            t = time.perf_counter()
+            export_model(model, out, fmt)
+            result["export_s"][fmt] = round(time.perf_counter() - t, 1)
+        runs[fmt] = _exported_decoder(load_exported(out, workers=1), atoms, edges)
+        got = runs[fmt]()
+        result["max_rel_diff"][fmt] = float(np.abs(got - ref).max() / scale)
+    # interleaved rounds, best per runtime: a busy machine slows every runtime alike
+    times = {name: [] for name in runs}
+    for _ in range(args.repeat):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+    result["decoder_s"] = {name: round(min(ts), 4) for name, ts in times.items()}
+    for fmt in result["decoder_s"]:
+        result.setdefault("ratio_to_fast", {})[fmt] = round(result["decoder_s"][fmt] / result["decoder_s"]["pytorch-fast"], 3)
+    if args.full_grid:
+        if not (root / "onnx" / "cdp_export.json").is_file():
+            export_model(model, root / "onnx", "onnx")
+        t = time.perf_counter()
+        rho_fast = predictor.predict_grid(atoms, shape).values
+        t_fast = time.perf_counter() - t
+        pred = load_exported(root / "onnx", workers=args.threads)
+        t = time.perf_counter()
+        rho_onnx = pred.predict_grid(atoms, shape).values
+        t_onnx = time.perf_counter() - t
+        result["full_grid"] = {"points": int(np.prod(shape)), "pytorch_fast_s": round(t_fast, 2), "onnx_s": round(t_onnx, 2),
+                               "ratio": round(t_onnx / t_fast, 3),
+                               "max_rel_diff": float(np.abs(rho_onnx - rho_fast).max() / np.abs(rho_fast).max())}
+    if args.export_time:
+        result["export_command"] = export_time(args.model)
+    try:
+        import onnxruntime
+
+        result["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    line = json.dumps(result)
+    print(line)
+    if args.json:
+        Path(args.json).write_text(line + "\n")
+    print(f"\n{args.model}, {args.structure} ({len(atoms)} atoms), {n} grid points at {args.spacing} Å in batches of "
+          f"{args.batch}, {args.threads} thread(s), {result['cpu']}")
+    print(f"{'decoder':<16}{'seconds':>10}{'x fast':>9}{'max rel diff':>15}")
+    for fmt, s in result["decoder_s"].items():
+        diff = result["max_rel_diff"].get(fmt)
+        print(f"{fmt:<16}{s:>10.3f}{result['ratio_to_fast'][fmt]:>9.2f}{'' if diff is None else f'{diff:.1e}':>15}")
+    if "full_grid" in result:
+        g = result["full_grid"]
+        print(f"full grid ({g['points']} points): PyTorch fast {g['pytorch_fast_s']} s, ONNX {g['onnx_s']} s ({g['ratio']}x)")
+    if "export_command" in result:
+        e = result["export_command"]
+        print(f"`{e['command']}` (OMP_NUM_THREADS=2): {e['wall_s']} s wall; phases {e['phases_s']}")
+
+
+def _probe_edges(model, atoms, chunks):
+    """(edge_index [2, Ep] int64, edge_vec [Ep, 3]) per probe chunk, from the model's own probe graph."""
+    import torch
+
+    from cdp.core.types import Batch, edge_vectors
+
+    batch = Batch.from_atoms([atoms]).to(dtype=model.dtype)
+    out = []
+    with torch.no_grad():
+        for pts in chunks:
+            p = torch.as_tensor(pts, dtype=model.dtype)
+            graph = model.probe_graph(batch, p)
+            vec = edge_vectors(batch.positions, p, graph.edge_index, graph.offsets, batch.cell, batch.atom_batch)
+            out.append((graph.edge_index, vec, len(pts)))
+    return out
+
+
+def _fast_decoder(model, atoms, edges):
+    """PyTorch's decoder (the model's own backend) over the chunks' probe edges; atom features computed once."""
+    import torch
+
+    from cdp.core.types import Batch
+
+    batch = Batch.from_atoms([atoms]).to(dtype=model.dtype)
     with torch.no_grad():
         feats = model.encode(batch)
-        pts = torch.as_tensor(probes, dtype=dtype)
-        graph = model.probe_graph(batch, pts)
-        from cdp.core.types import edge_vectors
 
-        vec = edge_vectors(batch.positions, pts, graph.edge_index, graph.offsets, batch.cell, batch.atom_batch)
-    layers = [t.numpy() for t in feats.layers]
-    ei, ev = graph.edge_index.numpy(), vec.numpy()
-    slots = np.zeros(args.probes, dtype=ev.dtype)
-
-    def eager():
+    def run():
         with torch.no_grad():
-            return model.readout(model.backbone.decode(feats.layers, graph.edge_index, vec, args.probes))
+            return np.concatenate([model.readout(model.backbone.decode(feats.layers, ei, vec, m)).double().numpy()
+                                   for ei, vec, m in edges])
 
-    def ort():
-        return pred.backend.decode(layers, ei, ev, slots)
+    return run
 
-    diff = float(np.abs(ort() - eager().numpy()).max() / max(1e-30, float(eager().abs().max())))
-    t_eager, t_ort = best(eager, args.repeat), best(ort, args.repeat)
-    import onnxruntime
 
-    result = {
-        "model": args.model, "atoms": len(atoms), "probes": args.probes, "probe_edges": int(ei.shape[1]),
-        "threads": args.threads, "dtype": str(dtype).replace("torch.", ""),
-        "eager_ms": round(1e3 * t_eager, 2), "onnxruntime_ms": round(1e3 * t_ort, 2),
-        "speedup": round(t_eager / t_ort, 3), "max_rel_diff": diff, "export_s": round(export_s, 1),
-        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-    }
-    print(json.dumps(result))
-    print(f"\n{'runtime':<28}{'decoder ms':>12}")
-    print(f"{'PyTorch eager':<28}{result['eager_ms']:>12.2f}")
-    print(f"{'onnxruntime CPU (1 thread)':<28}{result['onnxruntime_ms']:>12.2f}")
-    print(f"{args.probes} probes, {result['probe_edges']} probe edges, {len(atoms)} atoms; speedup {result['speedup']}x; max rel diff {diff:.1e}")
+def _exported_decoder(pred, atoms, edges):
+    """An export's decoder over the same probe edges; its encoder run once."""
+    _, layers = pred.encode(atoms)
+    dtype = pred.np_dtype
+    feeds = [(np.ascontiguousarray(ei.numpy()), np.ascontiguousarray(vec.numpy().astype(dtype)), np.zeros(m, dtype=dtype))
+             for ei, vec, m in edges]
+
+    def run():
+        return np.concatenate([np.asarray(pred.backend.decode(layers, ei, vec, slots), dtype=np.float64) for ei, vec, slots in feeds])
+
+    return run
 
 
 if __name__ == "__main__":

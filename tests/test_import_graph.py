@@ -190,8 +190,4 @@ def test_function_level_imports_say_why():
                     around = lines[node.lineno - 2] + lines[min(node.end_lineno, len(lines) - 1)]
                     if not any("#" in line for line in here) and "#" not in around:
                         missing.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}")
-    # files under rework elsewhere (export speed-up, ChargE3Net convolutions): their lazy imports are
-    # commented when that work lands
-    pending = ("cdp/export/onnx.py", "cdp/export/pt2.py", "cdp/export/wrappers.py", "cdp/export/programs.py",
-               "cdp/plugins/backbones/chargee3net/")
-    assert sorted(m for m in set(missing) if not m.startswith(pending)) == []
+    assert sorted(set(missing)) == []

@@ -167,6 +167,16 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
+    def capture_form(self) -> Optional[nn.Module]:
+        """What graph capture (export to ONNX, TorchScript, pt2) records instead of this module, or None
+        (the default) to record the module itself.
+
+        A backbone whose inference path cannot be captured well (native kernels, per-block loops) returns
+        an ``nn.Module`` with the same ``encode``/``decode`` signatures and function, built from the current
+        weights (constants only); exporters call it once per export.
+        """
+        return None
+
     def probe_memory(self, itemsize: int, edges_per_probe: float) -> Optional[Tuple[int, int]]:
         """Memory of one :meth:`decode` call as (fixed bytes, bytes per probe), or None if unknown.
 

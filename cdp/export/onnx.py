@@ -1,4 +1,9 @@
-"""ONNX export: torch.export (+ decompositions) → ``torch.onnx.export(..., dynamo=True)``, opset ≥ 18.
+"""ONNX export: torch.export → ``torch.onnx.export(..., dynamo=True)``, opset ≥ 18.
+
+The programs are decomposed once, by torch.onnx itself, and written without the onnxscript optimiser
+(onnxruntime folds constants and fuses at session creation; the optimiser cost most of the export time
+and changed no latency).  ``index_add`` is translated straight to ScatterND(add).  Backbones with a
+capture form (ChargE3Net: :func:`cdp.export.wrappers.capture_backbone`) are exported in it.
 
 Never the legacy TorchScript-based exporter: it silently mis-exports e3nn's Gate and ``index_add``.
 Scatter-sums become ScatterND(reduction='add'); onnxruntime's CPU kernel for it races with more than
@@ -13,27 +18,46 @@ from typing import Callable, List
 
 import torch
 
+from cdp.core.atomic import atomic_write
 from cdp.core.types import CdpError
 from cdp.export import metadata as md
 from cdp.export.context import blame, export_context
-from cdp.export.wrappers import DECODER_EDGE_INPUTS, ENCODER_INPUTS
+from cdp.export.programs import export_programs
+from cdp.export.wrappers import DECODER_EDGE_INPUTS, ENCODER_INPUTS, capture_summary
 
 MIN_OPSET = 18
 
 
+def _index_add(self, dim: int, index, source, alpha: float = 1.0):
+    """``aten.index_add`` (dim 0, alpha 1: the scatter-sums of cdp's models) as one ScatterND(add).
+
+    Without it torch.onnx decomposes index_add into index_put, whose translation adds Transposes and an
+    Expand of the scattered values around the ScatterND (a copy of every message).
+    """
+    from onnxscript import opset18 as op  # optional dependency (the onnx extra), only while exporting
+
+    if dim != 0 or alpha != 1:
+        raise NotImplementedError("index_add: only dim=0, alpha=1 is translated")
+    return op.ScatterND(self, op.Unsqueeze(index, op.Constant(value_ints=[-1])), source, reduction="add")
+
+
+def _translations() -> dict:
+    return {torch.ops.aten.index_add.default: _index_add}
+
+
 def _to_onnx(program, path: Path, input_names: List[str], output_names: List[str], opset: int, props: dict) -> dict:
-    import onnx
+    import onnx  # optional dependency (the onnx extra)
 
     with export_context():
         onx = torch.onnx.export(program, (), dynamo=True, opset_version=opset, input_names=input_names,
-                                output_names=output_names, verbose=False, optimize=True)
+                                output_names=output_names, verbose=False, optimize=False,
+                                custom_translation_table=_translations())
     proto = onx.model_proto
     del proto.metadata_props[:]
     for k, v in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.checker.check_model(proto)
-    from cdp.core.atomic import atomic_write
 
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     ops = sorted({n.op_type for n in proto.graph.node})
@@ -44,13 +68,18 @@ def _to_onnx(program, path: Path, input_names: List[str], output_names: List[str
 def export_onnx(model, enc, dec, enc_args, dec_args, layer_names: List[str], out: Path, meta: dict,
                 opset: int = 20, log: Callable[[str], None] = lambda s: None) -> dict:
     """Write encoder.onnx / decoder.onnx; returns the ONNX section of the metadata."""
-    from cdp.export.programs import export_programs
 
     if int(opset) < MIN_OPSET:
         raise CdpError(f"ONNX opset must be ≥ {MIN_OPSET}, got {opset}")
     t0 = time.perf_counter()
-    enc_ep, dec_ep = export_programs(model, enc, dec, enc_args, dec_args)
+    # torch.onnx decomposes the programs itself: decomposing them here too only doubled the time
+    enc_ep, dec_ep = export_programs(model, enc, dec, enc_args, dec_args, decompose=False)
     log(f"torch.export: {time.perf_counter() - t0:.1f} s")
+    summary = capture_summary(enc)
+    if summary:
+        tables = summary.get("radial_tables", {})
+        log("captured " + summary["form"] + "".join(
+            f"; {k} radial table {t['intervals']} intervals, max error {t['max_rel_error']:.1e} of max|w|" for k, t in tables.items()))
     info = {}
     for role, program, ins, outs in (
         ("encoder", enc_ep, list(ENCODER_INPUTS), list(layer_names)),
@@ -70,4 +99,5 @@ def export_onnx(model, enc, dec, enc_args, dec_args, layer_names: List[str], out
         "ops": {r: info[r]["ops"] for r in info},
         "intra_op_num_threads": 1,
         "note": "onnxruntime CPU ScatterND(add) races with >1 intra-op thread: run sessions with intra_op_num_threads=1",
+        "capture": capture_summary(enc),
     }

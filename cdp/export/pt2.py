@@ -16,11 +16,12 @@ import torch
 
 from cdp.export import metadata as md
 from cdp.export.context import blame, export_context
+from cdp.export.programs import export_programs
+from cdp.export.wrappers import capture_summary
 
 
 def export_pt2(model, enc, dec, enc_args, dec_args, out: Path, meta: dict, log: Callable[[str], None] = lambda s: None) -> dict:
     """Write encoder.pt2 / decoder.pt2 AOTInductor packages (+ embedded metadata as a side file)."""
-    from cdp.export.programs import export_programs
 
     enc_ep, dec_ep = export_programs(model, enc, dec, enc_args, dec_args, decompose=False)
     for role, program in (("encoder", enc_ep), ("decoder", dec_ep)):
@@ -40,4 +41,5 @@ def export_pt2(model, enc, dec, enc_args, dec_args, out: Path, meta: dict, log: 
                 tmp.unlink()
         md.atomic_write_text(out / f"{role}.pt2.json", json.dumps(md.embedded(meta, role), sort_keys=True) + "\n")
         log(f"{role}.pt2 compiled")
-    return {"method": "torch.export + AOTInductor", "load": "torch._inductor.aoti_load_package", "torch_version": torch.__version__}
+    return {"method": "torch.export + AOTInductor", "load": "torch._inductor.aoti_load_package", "torch_version": torch.__version__,
+            "capture": capture_summary(enc)}

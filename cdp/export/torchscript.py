@@ -18,6 +18,7 @@ from cdp.core.atomic import atomic_write
 from cdp.export import metadata as md
 from cdp.export.examples import decoder_example, encoder_example
 from cdp.export.context import blame, export_context
+from cdp.export.wrappers import capture_summary
 
 
 def export_torchscript(model, enc, dec, enc_args, dec_args, out: Path, meta: dict, log: Callable[[str], None] = lambda s: None) -> dict:
@@ -37,4 +38,5 @@ def export_torchscript(model, enc, dec, enc_args, dec_args, out: Path, meta: dic
             extra = {"cdp_export.json": json.dumps(md.embedded(meta, role), sort_keys=True)}
             atomic_write(path, lambda tmp: torch.jit.save(traced, tmp, _extra_files=extra))
             log(f"{role}.pt written")
-    return {"method": "e3nn.util.jit.trace (e3nn modules compiled by their compile mode)", "load": "torch.jit.load"}
+    return {"method": "e3nn.util.jit.trace (e3nn modules compiled by their compile mode)", "load": "torch.jit.load",
+            "capture": capture_summary(enc)}

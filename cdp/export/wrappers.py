@@ -18,6 +18,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from cdp.core.model import add_prior
+
 ENCODER_INPUTS = ("numbers", "edge_index", "edge_vec")
 DECODER_EDGE_INPUTS = ("probe_edge_index", "probe_edge_vec", "probe_slots")
 PRIOR_NAME = "atom_prior"
@@ -69,27 +71,43 @@ class Decoder(nn.Module):
         h = self.backbone.decode(layers, edge_index, edge_vec, slots.shape[0])
         out = self.readout(h)
         if self.prior is not None:
-            from cdp.core.model import add_prior
-
+        
             out = add_prior(out, self.prior.density(inputs[self.num_layers], edge_index, edge_vec, slots.shape[0]))
         return out
 
 
+def capture_backbone(backbone: nn.Module) -> nn.Module:
+    """The module graph capture records for ``backbone``: its ``capture_form()`` (Backbone contract: the same
+    encode/decode rebuilt as large dense operations from the trained weights, built once per export) when
+    it gives one, else the backbone itself."""
+    form = backbone.capture_form()
+    return form.eval() if form is not None else backbone
+
+
+def capture_summary(enc: nn.Module) -> Optional[dict]:
+    """``describe()`` of the encoder's backbone when it is a capture form (see :func:`capture_backbone`), else None."""
+    describe = getattr(getattr(enc, "backbone", None), "describe", None)
+    return describe() if callable(describe) else None
+
+
 def split_model(model) -> Tuple[Encoder, Decoder]:
-    """Encoder and decoder sharing the parameters (and prior) of a DensityModel (in eval mode)."""
+    """Encoder and decoder of a DensityModel (in eval mode), sharing its featurizer, readout and prior; the
+    backbone is the one :func:`capture_backbone` gives (built once and shared by both)."""
     model.eval()
     prior = getattr(model, "prior", None)
-    enc = Encoder(model.featurizer, model.backbone, prior).eval()
-    num_layers = count_layers(model)
-    dec = Decoder(model.backbone, model.readout, num_layers, prior).eval()
+    backbone = capture_backbone(model.backbone)
+    enc = Encoder(model.featurizer, backbone, prior).eval()
+    num_layers = count_layers(model, backbone)
+    dec = Decoder(backbone, model.readout, num_layers, prior).eval()
     return enc, dec
 
 
-def count_layers(model) -> int:
-    """Number of atom feature layers the backbone's encode returns (run on a two-atom dummy graph)."""
+def count_layers(model, backbone: Optional[nn.Module] = None) -> int:
+    """Number of atom feature layers the backbone's encode returns (run on a two-atom dummy graph);
+    ``backbone``: the module to run instead of ``model.backbone`` (its capture form: no native kernel build)."""
     dtype = model.dtype
     numbers = torch.tensor([1, 1], dtype=torch.long)
     ei = torch.tensor([[0, 1], [1, 0]], dtype=torch.long)
     vec = torch.tensor([[0.5, 0.1, 0.2], [-0.5, -0.1, -0.2]], dtype=dtype)
     with torch.no_grad():
-        return len(model.backbone.encode(model.featurizer(numbers), ei, vec))
+        return len((backbone or model.backbone).encode(model.featurizer(numbers), ei, vec))

@@ -16,10 +16,12 @@ from cdp.core.constants import NUM_ELEMENTS
 from cdp.core.types import CdpError
 from cdp.plugins.backbones.chargee3net import _build_cache
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
+from cdp.plugins.backbones.chargee3net.dense_conv import capture_backbone
 from cdp.plugins.backbones.chargee3net import fast_conv
 from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, Radial
 from cdp.plugins.backbones.chargee3net.tp_scatter import mode
 from cdp.plugins.backbones.chargee3net.irreps import gate_layout, get_irreps
+from cdp.plugins.backbones.chargee3net.memory import probe_memory
 from cdp.plugins.backbones.chargee3net.radial import RadialBasis
 
 # largest radial table evaluated in PyTorch (bytes): larger ones are read from memory more slowly than the
@@ -306,10 +308,13 @@ class ChargE3NetBackbone(Backbone):
             return plans[key](gate, x)
         return gate(x)
 
+    def capture_form(self) -> nn.Module:
+        """This trained backbone's encode/decode as dense constants and tabulated radial weights, for graph
+        capture (export): see :mod:`cdp.plugins.backbones.chargee3net.dense_conv`."""
+        return capture_backbone(self)
+
     def probe_memory(self, itemsize: int = 4, edges_per_probe: float = 30.0):
         """(fixed bytes, bytes per probe) of one decode call: sizes probe batches for a memory budget."""
-        from cdp.plugins.backbones.chargee3net.memory import probe_memory
-
         return probe_memory(self, itemsize, edges_per_probe)
 
     def extra_repr(self) -> str:
