@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 import traceback
 import warnings
@@ -16,6 +17,8 @@ from typing import Dict, Optional
 import torch
 
 from cdp.core.errors import CdpError
+
+QUIET_LOGGERS = ("torch.onnx._internal.exporter._registration",)  # "torchvision is not installed" notes
 
 
 def _component_files(model) -> Dict[str, str]:
@@ -58,12 +61,20 @@ def blame(exc: BaseException, model, stage: str) -> CdpError:
 
 @contextlib.contextmanager
 def export_context():
-    """Settings every exporter needs: eval mode numerics, no opt_einsum path search (it specialises sizes)."""
+    """Settings every exporter needs: eval mode numerics, no opt_einsum path search (it specialises sizes),
+    and quiet tracing: Python warnings and the torch.onnx registry's notes about packages cdp does not use
+    (``torchvision is not installed``) stay out of the user's terminal; errors still surface as exceptions."""
     prev = torch.backends.opt_einsum.enabled
     torch.backends.opt_einsum.enabled = False
+    quiet = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [log.level for log in quiet]
     try:
+        for log in quiet:
+            log.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         torch.backends.opt_einsum.enabled = prev
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
