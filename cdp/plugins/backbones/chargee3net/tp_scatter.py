@@ -308,6 +308,14 @@ def receiver_bounds(ptr: List[int], num_edges: int, num_receivers: int) -> List[
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
+def _run_blocks(fn, args: tuple, bounds: List[Tuple[int, int]]) -> List[int]:
+    """``fn(e0, e1, *args)`` for each edge range of ``bounds`` (threads of the shared pool when several;
+    ctypes releases the GIL); the kernels' status codes."""
+    if len(bounds) == 1:
+        return [fn(bounds[0][0], bounds[0][1], *args)]
+    return list(_pool(len(bounds)).map(lambda ab: fn(ab[0], ab[1], *args), bounds))
+
+
 class NativeTPScatter(TPScatter):
     """The fused C kernel (forward :meth:`forward_kernel`, backward :meth:`backward_kernel`), with the
     library loaded beforehand (``native.load()`` at model set-up; see :func:`loaded_library`)."""
@@ -332,12 +340,7 @@ class NativeTPScatter(TPScatter):
         args = (src.data_ptr(), dst.data_ptr(), sh.data_ptr(), sh.shape[1], weight.data_ptr(), weight.shape[1],
                 x.data_ptr(), x.shape[1], acc.data_ptr(), acc.shape[1], paths.shape[0], paths.data_ptr(),
                 pairs.data_ptr(), mj.data_ptr(), coeff.data_ptr())
-        bounds = receiver_bounds(ptr, src.shape[0], num_receivers)
-        if len(bounds) == 1:
-            status = [fn(bounds[0][0], bounds[0][1], *args)]
-        else:
-            status = list(_pool(len(bounds)).map(lambda ab: fn(ab[0], ab[1], *args), bounds))
-        if any(status):
+        if any(_run_blocks(fn, args, receiver_bounds(ptr, src.shape[0], num_receivers))):
             raise RuntimeError("fused ChargE3Net kernel: multiplicity above its limit")
         return acc
 
@@ -354,11 +357,7 @@ class NativeTPScatter(TPScatter):
         args = (src.data_ptr(), dst.data_ptr(), sh.data_ptr(), sh.shape[1], r.data_ptr(), coef.data_ptr(),
                 coef.shape[0], float(table.inv_h), coef.shape[2], x.data_ptr(), x.shape[1], acc.data_ptr(),
                 acc.shape[1], paths.shape[0], paths.data_ptr(), pairs.data_ptr(), mj.data_ptr(), coeff.data_ptr())
-        bounds = receiver_bounds(ptr, src.shape[0], num_receivers)
-        if len(bounds) == 1:
-            status = [fn(bounds[0][0], bounds[0][1], *args)]
-        else:
-            status = list(_pool(len(bounds)).map(lambda ab: fn(ab[0], ab[1], *args), bounds))
+        status = _run_blocks(fn, args, receiver_bounds(ptr, src.shape[0], num_receivers))
         if any(status):
             raise RuntimeError(f"fused ChargE3Net table kernel: status {max(status)} (1: multiplicity above its "
                                f"limit, 2: out of memory, 3: weight columns beyond the table)")
