@@ -21,6 +21,7 @@ from cdp.core.constants import DEFAULT_PROBE_BATCH
 from cdp.core.device import resolve_device
 from cdp.core.frame import LocalFrame
 from cdp.core.predictor import DensityPredictor
+from cdp.core.provenance import check_provenance
 from cdp.core.registry import get_registry
 from cdp.core.types import CdpError
 from cdp.core.validate import check_overlap, validate_atoms
@@ -134,12 +135,19 @@ class TorchBackend:
         return out.cpu().numpy()
 
 
-def _graph_builder(meta: dict):
+def _graph_builder(meta: dict, where: str = "cdp_export.json"):
     """The exported model's own graph builder, built through the registry (graph construction stays outside
-    the exported programs); a builder that is not installed here is refused by name."""
+    the exported programs); a builder that is not installed here is refused by name.
+
+    The graph builder is the one component an export runs from installed code (featurizer, backbone and
+    readout are inside the exported programs), so its recorded plugin package is checked as a checkpoint's
+    are: missing → a CdpError naming the package; another version → one warning."""
     spec = (meta.get("model_config") or {}).get("graph") or {"name": "periodic"}
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise CdpError(f"cdp_export.json: model_config.graph must be a component mapping, got {spec!r}")
+    recorded = meta.get("components")
+    if isinstance(recorded, dict) and recorded.get("graph") is not None:
+        check_provenance({"graph": recorded["graph"]}, get_registry(), where)
     try:
         return get_registry().build("graph", spec)
     except CdpError as exc:
@@ -170,7 +178,7 @@ class ExportedPredictor(DensityPredictor):
         self.model_dir = Path(model_dir)
         self.meta = meta
         self.backend = backend
-        self.graph = _graph_builder(meta)
+        self.graph = _graph_builder(meta, str(self.model_dir))
         super().__init__(probe_batch=probe_batch, max_memory=max_memory, name=self.model_dir.name)
         self.workers = default_workers() if workers is None else max(1, int(workers))
         self.np_dtype = NP_DTYPES[meta["dtype"]]

@@ -50,6 +50,10 @@ def tiny_model(base: str = "invdeepdft", *, featurizer: Override = None, graph: 
     if base not in TINY_CONFIGS:
         raise CdpError(f"unknown tiny model base '{base}' (one of {', '.join(sorted(TINY_CONFIGS))})")
     registry = registry or get_registry()
+    for kind, value in (("featurizer", featurizer), ("graph", graph), ("backbone", backbone), ("readout", readout)):
+        if isinstance(value, str):
+            raise CdpError(f"tiny_model: {kind}={value!r}: give a config {{'name': {value!r}, ...}}, a component "
+                           f"instance{', or a class or function called with in_spec' if kind == 'readout' else ''}")
     config = copy.deepcopy(TINY_CONFIGS[base])
     parts = {}
     torch.manual_seed(seed)
@@ -216,8 +220,11 @@ def assert_export_round_trip(model: DensityModel, directory, fmt: str = "onnx", 
     ``fmt``: ``onnx`` (skipped, by raising ``unittest.SkipTest``, when onnxruntime is not installed),
     ``torchscript`` or ``pt2``.  The exported runtime builds the graph builder by its registered name, so
     a graph builder plugin must be installed.  Export failures raise AssertionError with the exporter's
-    one-line reason (which names the component).
+    one-line reason (which names the component).  A float32 copy of ``model`` is exported and compared
+    (exports are for deployment in float32; onnxruntime lacks float64 kernels of some operations, e.g.
+    Softplus).
     """
+    model = copy.deepcopy(model).to(torch.float32).eval()
     if fmt == "onnx":
         try:
             import onnxruntime  # noqa: F401

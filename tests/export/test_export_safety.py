@@ -85,3 +85,29 @@ def test_tampered_metadata_refused(ts_export, tmp_path, monkeypatch, role, chang
     with pytest.raises(CdpError, match=message) as info:
         load_exported(path)
     assert "\n" not in str(info.value)
+
+
+def test_graph_plugin_of_an_export_checked_like_a_checkpoints(ts_export, tmp_path):
+    """The graph builder runs from installed code (the other components are inside the programs): its
+    recorded plugin package missing → one line naming it; another distribution or version → one warning."""
+    from cdp.core.errors import CdpWarning
+
+    meta = json.loads((ts_export / "cdp_export.json").read_text())
+    assert meta["components"]["graph"]["distribution"] == "cdp"
+    missing = tmp_path / "missing"
+    shutil.copytree(ts_export, missing)
+    meta["components"]["graph"] = {"name": "nu-molecule", "class": "x.Graph", "distribution": "newuser-cdp",
+                                   "version": "0.1.0"}
+    meta["model_config"]["graph"] = {"name": "nu-molecule"}
+    (missing / "cdp_export.json").write_text(json.dumps(meta))
+    with pytest.raises(CdpError, match=r"missing: its graph 'nu-molecule' comes from the plugin package "
+                                       r"newuser-cdp 0\.1\.0, which is not installed \(pip install 'newuser-cdp==0\.1\.0'\)"):
+        load_exported(missing)
+    other = tmp_path / "other"
+    shutil.copytree(ts_export, other)
+    meta["components"]["graph"] = {"name": "periodic", "class": "x.Graph", "distribution": "some-plugin",
+                                   "version": "2.0"}
+    meta["model_config"]["graph"] = {"name": "periodic"}
+    (other / "cdp_export.json").write_text(json.dumps(meta))
+    with pytest.warns(CdpWarning, match="graph 'periodic' was built by some-plugin 2.0, now by cdp"):
+        load_exported(other)

@@ -131,3 +131,23 @@ def test_kit_imports_no_pytest_and_nothing_in_cdp_imports_it():
         in_kit = path.parent.name == "testing"
         assert in_kit or not any(n.startswith("cdp.testing") for n in names), path
         assert not (in_kit and any(n.split(".")[0] == "pytest" for n in names)), path
+
+
+def test_tiny_model_names_a_string_override():
+    from cdp.core.errors import CdpError
+    from cdp.testing import tiny_model
+
+    with pytest.raises(CdpError, match=r"tiny_model: readout='mlp': give a config \{'name': 'mlp', \.\.\.\}"):
+        tiny_model("invdeepdft", readout="mlp")
+    with pytest.raises(CdpError, match=r"tiny_model: graph='periodic': give a config"):
+        tiny_model("invdeepdft", graph="periodic")
+
+
+def test_export_round_trip_of_a_float64_model(tmp_path):
+    """The kit exports a float32 copy: invDeepDFT's Softplus has no float64 onnxruntime kernel."""
+    pytest.importorskip("onnxruntime")
+    from cdp.testing import assert_export_round_trip, tiny_model
+
+    model = tiny_model("invdeepdft", dtype=torch.float64)
+    assert_export_round_trip(model, tmp_path / "onnx")
+    assert next(model.parameters()).dtype == torch.float64  # the caller's model is left as it was
