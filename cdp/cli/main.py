@@ -109,7 +109,9 @@ def main(argv=None) -> int:
 
 def _run(argv) -> int:
     try:
-        cli.main(args=argv, prog_name="cdp", standalone_mode=False)
+        status = cli.main(args=argv, prog_name="cdp", standalone_mode=False)
+        if type(status) is int and status != 0:  # click hands back a command's click.exceptions.Exit(code)
+            return status
     except CdpError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2

@@ -31,11 +31,15 @@ def command() -> None:
 
 @command.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def list_cmd(as_json: bool) -> None:
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any plugin is BROKEN (for a plugin's CI).")
+def list_cmd(as_json: bool, strict: bool) -> None:
     """List plugins with their origin and components; broken ones are marked with the reason."""
     report = plugins_report()
+    broken = [p["name"] for p in report["plugins"] if not p["ok"]]
     if as_json:
         click.echo(json.dumps(report, indent=2))
+        if strict and broken:
+            raise click.exceptions.Exit(1)
         return
     click.echo(f"registry: {report['registry']}")
     for p in report["plugins"]:
@@ -51,3 +55,6 @@ def list_cmd(as_json: bool) -> None:
     click.echo(f"presets: {', '.join(report['presets'])}")
     for name, plugin in report["shadowed_presets"].items():
         click.echo(f"  shadowed: preset '{name}' of plugin {plugin} (registry.yaml's preset of that name wins)")
+    if strict and broken:
+        click.echo(f"error: {len(broken)} broken plugin{'s' if len(broken) != 1 else ''}: {', '.join(broken)}", err=True)
+        raise click.exceptions.Exit(1)

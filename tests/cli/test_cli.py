@@ -26,6 +26,7 @@ def test_help_and_version(capsys):
 def test_plugins_list_json(capsys):
     assert main(["plugins", "list", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert main(["plugins", "list", "--strict"]) == 0  # no broken plugin here
     assert "periodic" in report["components"]["graph"]
     assert "chargee3net" in report["presets"]
     assert all({"name", "origin", "ok"} <= set(p) for p in report["plugins"])

@@ -188,6 +188,9 @@ def test_plugin_calling_sys_exit_is_broken_and_commands_keep_working(tmp_path, m
     assert main(["plugins", "list"]) == 0
     out = capsys.readouterr().out
     assert "BROKEN" in out and "import failed: SystemExit: 3" in out
+    assert main(["plugins", "list", "--strict"]) == 1  # for a plugin author's CI
+    assert capsys.readouterr().err.strip() == "error: 1 broken plugin: exiting_plugin_xyz"
+    assert main(["plugins", "list", "--strict", "--json"]) == 1
     assert reg.build("graph", {"name": "periodic"}) is not None
     sys.modules.pop("exiting_plugin_xyz", None)
 
