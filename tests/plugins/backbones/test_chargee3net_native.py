@@ -92,7 +92,7 @@ def test_disabled_kernel_falls_back_with_same_numbers(tmp_path):
         "assert native.load() is None\n"
         "ref, fast = _pair(2, mul=20, seed=22, dtype=torch.float64)\n"
         "conv = next(m for m in fast.modules() if isinstance(m, FastE3Convolution))\n"
-        "assert conv._native_fn(torch.zeros(3, conv.irreps_sender.dim, dtype=torch.float64)) is None\n"
+        "assert conv.implementation(torch.zeros(3, dtype=torch.float64), 'inference').name == 'blocked'\n"
         "s = _structure(seed=8, n_atoms=5, n_probes=40)\n"
         "with torch.no_grad():\n"
         "    a, b = _run(ref, *s, torch.float64), _run(fast, *s, torch.float64)\n"

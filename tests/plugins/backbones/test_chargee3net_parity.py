@@ -21,6 +21,9 @@ from tests.helpers.paths import FIXTURES as REF
 
 STEMS = ["charge3net_small", "charge3net_paper"]
 TOL = 2e-6  # of max |ρ| of the structure; measured ≤ 7.1e-7 (AVX-512, AVX2 and plain C builds)
+# load_model / cdp predict: positions moved into a local frame in float32, radial tables (the default):
+# measured ≤ 2.8e-6 (paper), 1.5e-6 (small); with radial MLPs 2.5e-6 and 1.7e-6
+TOL_API = 5e-6
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,7 +97,7 @@ def _api_check(stem: str, ckpt, tmp_path):
         rho = predictor.predict(atoms, c["probes"])
         ref = c["density_f32"].astype(np.float64)
         err = np.abs(rho - ref).max() / np.abs(ref).max()
-        assert rho.shape == ref.shape and err <= TOL, f"{stem}/{structure} via Python API: {err:.3e}"
+        assert rho.shape == ref.shape and err <= TOL_API, f"{stem}/{structure} via Python API: {err:.3e}"
         # the CLI, when present, from an exact binary structure file (.traj keeps pbc and float64 positions)
         try:
             from cdp.cli.predict import command as predict_cmd
@@ -107,7 +110,7 @@ def _api_check(stem: str, ckpt, tmp_path):
         res = CliRunner().invoke(predict_cmd, args)
         assert res.exit_code == 0, res.output + repr(res.exception)
         err = np.abs(np.load(out) - ref).max() / np.abs(ref).max()
-        assert err <= TOL, f"{stem}/{structure} via CLI: {err:.3e}"
+        assert err <= TOL_API, f"{stem}/{structure} via CLI: {err:.3e}"
 
 
 def test_small_via_cli_import_and_python_api(fixtures_dir, tmp_path):
