@@ -6,6 +6,7 @@ the trainer joins the process group: gloo on CPU, nccl on GPU (one GPU per local
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -14,6 +15,8 @@ import torch
 import torch.distributed as dist
 
 from cdp.core.types import CdpError
+
+TEARDOWN_TIMEOUT_S = 600  # how long a finished rank waits for the others before leaving the group
 
 
 @dataclass
@@ -58,9 +61,19 @@ def setup(info: DistInfo, device: torch.device) -> torch.device:
     return device
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, finished: bool = False) -> None:
+    """Leave the process group.  After a run that finished on this rank, first wait for every rank to
+    finish too (a rank that destroyed the group and exited while another was still in a collective or its
+    own teardown left that one hanging); after an error, leave at once so the others fail instead of waiting."""
     if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if finished:
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=datetime.timedelta(seconds=TEARDOWN_TIMEOUT_S))
+                else:
+                    dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def _device_of_group() -> torch.device:

@@ -100,6 +100,7 @@ def train_run(config: Union[dict, str, Path, None] = None, run_dir=None, resume=
     """
     info = ddp.env_info()
     dev = ddp.setup(info, resolve_device(device))
+    finished = False
     try:
         if resume is not None:
             run = Path(resume)
@@ -126,9 +127,11 @@ def train_run(config: Union[dict, str, Path, None] = None, run_dir=None, resume=
         if progress is not None:
             cfg["progress"] = bool(progress)
         trainer = Trainer(cfg, run, dev, info, resume=resume is not None)
-        return trainer.fit()
+        result = trainer.fit()
+        finished = True
+        return result
     finally:
-        ddp.teardown(info)
+        ddp.teardown(info, finished)
 
 
 def _agree(info: ddp.DistInfo, text: str) -> str:
