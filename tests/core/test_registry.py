@@ -281,5 +281,5 @@ def test_plugin_presets_are_registered_and_build(tmp_path):
     again = types.ModuleType("presets_again")
     again.cdp_presets = hookimpl(lambda: {"toy-wide": TOY_CONFIG})
     info = reg.register(again, "presets_again", "test")
-    assert not info.ok and info.error == "duplicate preset 'toy-wide'"
+    assert not info.ok and info.error == "duplicate preset 'toy-wide' (already registered by presets_plugin)"
     assert reg.preset("toy-wide")["backbone"]["size"] == 6  # the first one stays
