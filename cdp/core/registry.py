@@ -114,7 +114,6 @@ class Registry:
         self.plugins: List[PluginInfo] = []
         self.components: Dict[str, Dict[str, ComponentEntry]] = {k: {} for k in COMPONENT_KINDS}
         self.presets: Dict[str, dict] = {}
-        self._preset_plugins: Dict[str, str] = {}  # plugin preset name → the plugin that registered it
         data = load_registry_yaml(self.path)
         for module in data["plugins"]:
             self._load_module(module, origin=f"built-in ({self.path.name})")
@@ -252,11 +251,10 @@ class Registry:
                 problems.append(str(exc))
                 continue
             if pname in self.presets:
-                owner = self._preset_plugins.get(pname)
+                owner = next((p.name for p in self.plugins if f"preset:{pname}" in p.components), None)
                 problems.append(f"duplicate preset '{pname}'" + (f" (already registered by {owner})" if owner else ""))
             else:
                 self.presets[pname] = preset
-                self._preset_plugins[pname] = plugin
                 info.components.append(f"preset:{pname}")
 
     # -- use ---------------------------------------------------------------------------------------

@@ -216,18 +216,23 @@ class ChargE3NetBackbone(Backbone):
         table per edge itself (:class:`.fast_conv.KernelTable`, any size).  Evaluated in PyTorch, a table is
         only read faster than the MLP computes when it stays in cache, so there each is limited to
         ``TORCH_TABLE_MAX_BYTES`` (larger convolutions keep their MLP)."""
-        tables = [None] * len(convs)
         dtypes = set(AUTO_TABLE_DTYPES) | self.__dict__.get("_table_dtypes", set())
-        if (self.radial == "table" and not self.training and self._tables_allowed and like.device.type == "cpu"
-                and like.dtype in dtypes):
-            # a table the fused kernel reads per edge has no size limit; one evaluated in PyTorch does
-            tables = [fast_conv.KernelTable(t) if in_kernel and t is not None else t for conv in convs
-                      for in_kernel in [conv.kernel_reads_tables(like)]
-                      for t in [conv.radial_table(basis, like.dtype, like.device, self.radial_rtol,
-                                                  None if in_kernel else TORCH_TABLE_MAX_BYTES)]]
-        return [t if isinstance(t, fast_conv.KernelTable) else
-                functools.partial(fast_conv.table_weights, t) if t is not None else
-                functools.partial(_mlp_weights, conv, basis) for conv, t in zip(convs, tables)]
+        use_tables = (self.radial == "table" and not self.training and self._tables_allowed
+                      and like.device.type == "cpu" and like.dtype in dtypes)
+        radials: List[Radial] = []
+        for conv in convs:
+            table = None
+            if use_tables:
+                # a table the fused kernel reads per edge has no size limit; one evaluated in PyTorch does
+                in_kernel = conv.kernel_reads_tables(like)
+                table = conv.radial_table(basis, like.dtype, like.device, self.radial_rtol,
+                                          None if in_kernel else TORCH_TABLE_MAX_BYTES)
+                if table is not None and in_kernel:
+                    radials.append(fast_conv.KernelTable(table))
+                    continue
+            radials.append(functools.partial(fast_conv.table_weights, table) if table is not None
+                           else functools.partial(_mlp_weights, conv, basis))
+        return radials
 
     def tabulate(self, dtype: Optional[torch.dtype] = None, device=None) -> "ChargE3NetBackbone":
         """Build every convolution's radial table now (for the parameters' dtype and device by default), so
