@@ -137,6 +137,41 @@ def linear_channels_last(lin: o3.Linear, acc: Tensor, scale: float, track: bool)
     return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
 
+def _scaled_weights(lin: o3.Linear, scale: float, like: Tensor) -> list:
+    """Per instruction of ``lin``: (instruction, weight · path_weight · scale) in ``like``'s dtype; kept on the
+    module (not a parameter or buffer) until its weights change, so inference does not rescale them per call."""
+    version = (lin.weight._version, lin.weight.data_ptr(), like.dtype, like.device, scale)
+    cache = lin.__dict__.setdefault("_cdp_scaled_weights", {})
+    hit = cache.get(scale)
+    if hit is None or hit[0] != version:
+        with torch.no_grad():
+            weights = [(ins, (w * (ins.path_weight * scale)).to(like.dtype).contiguous())
+                       for _, ins, w in lin.weight_views(yield_instruction=True)]
+        hit = cache[scale] = (version, weights)
+    return hit[1]
+
+
+def linear_blocks(lin: o3.Linear, blocks: List[Tensor], scale: float) -> Tensor:
+    """``lin(M) · scale`` (inference) for M in the seam's "blocks" layout: block b of ``lin.irreps_in`` as a
+    contiguous [R, d_b, mul_b] tensor (:meth:`UvuPlan.block_views`), so each instruction is one
+    [R·d, mul_in] @ [mul_in, mul_out] GEMM on the block as it lies; the same sum as
+    :func:`linear_channels_last`.  Returns [R, lin.irreps_out.dim] in e3nn's layout."""
+    rows = blocks[0].shape[0] if blocks else 0
+    out_slices = lin.irreps_out.slices()
+    out = blocks[0].new_zeros((rows, lin.irreps_out.dim))
+    for ins, weight in _scaled_weights(lin, scale, out):
+        block = blocks[ins.i_in]
+        d, mul_in = block.shape[1], block.shape[2]
+        y = torch.mm(block.view(rows * d, mul_in), weight)
+        mul_out = y.shape[1]
+        target = out.narrow(1, out_slices[ins.i_out].start, mul_out * d)
+        if d == 1:
+            target.add_(y)
+        else:
+            target.view(rows, mul_out, d).add_(y.view(rows, d, mul_out).transpose(1, 2))
+    return out
+
+
 class DenseLinear:
     """One or more e3nn Linears (no biases) side by side as a dense matrix built from their weights:
     ``D = cat(path_weight · weight view for every instruction, 0)[index].view(rows, cols)``, read through
@@ -440,13 +475,18 @@ class FastE3Convolution(E3Convolution):
             sh, rad = edge_block(e0, e1)
             local_ptr = [p - e0 for p in ptr[r0 : r1 + 1]]
             if in_kernel:
-                acc = impl.forward_table(x, sh, rad, radial.table, src[e0:e1], dst[e0:e1] - r0, local_ptr, r1 - r0)
+                acc = None
+                mid = impl.forward_table(x, sh, rad, radial.table, src[e0:e1], dst[e0:e1] - r0, local_ptr, r1 - r0)
             else:
                 weight = radial(rad)
                 acc = impl(x, sh, weight, src[e0:e1], dst[e0:e1] - r0, local_ptr, r1 - r0)
                 del weight
             del rad
-            if "mix" in dense:
+            if acc is None:  # the kernel's "blocks" aggregate
+                conv = linear_blocks(self.lin2, mid, norm)
+                angle = linear_blocks(self.lin3, mid, 0.1 * norm)
+                del mid
+            elif "mix" in dense:
                 mixed = acc @ dense["mix"]
                 conv, angle = mixed[:, :-1] * norm, mixed[:, -1:] * (0.1 * norm)
             elif impl.layout == "channels_last":

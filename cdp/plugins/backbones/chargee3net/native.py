@@ -223,11 +223,13 @@ _SIGNATURES = {
     "forward": [_I64, _I64, _P, _P, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _I64, _P, _P, _P, _P],
     "table": [_I64, _I64, _P, _P, _P, _I64, _P, _P, _I64, _F64, _I64, _P, _I64, _P, _I64, _I64, _P, _P, _P, _P],
     "backward": [_I64, _I64, _P, _P, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _P, _P, _I64, _P, _P, _P, _P],
+    "receivers": [_I64, _I64, _P, _P, _P, _I64, _P, _P, _I64, _F64, _I64, _P, _I64, _P, _P, _I64, _P, _P, _P, _P],
 }
 _ENTRIES = {
     "forward": {torch.float32: "cdp_uvu_conv_f32", torch.float64: "cdp_uvu_conv_f64"},
     "table": {torch.float32: "cdp_uvu_conv_table_f32", torch.float64: "cdp_uvu_conv_table_f64"},
     "backward": {torch.float32: "cdp_uvu_conv_backward_f32", torch.float64: "cdp_uvu_conv_backward_f64"},
+    "receivers": {torch.float32: "cdp_uvu_receivers_table_f32", torch.float64: "cdp_uvu_receivers_table_f64"},
 }
 _EXPORTED = {"cdp_uvu_abi_version": ABI_VERSION, "cdp_uvu_pad_width": PAD_WIDTH, "cdp_uvu_acc_slack": ACC_SLACK,
              "cdp_uvu_max_mul": MAX_MUL}
@@ -341,6 +343,22 @@ def entry_table(lib: ctypes.CDLL, dtype: torch.dtype):
     (a path's columns beyond ``n_cols``).
     """
     name = _ENTRIES["table"].get(dtype)
+    return None if name is None else getattr(lib, name)
+
+
+def entry_receivers(lib: ctypes.CDLL, dtype: torch.dtype):
+    """The receiver-major table entry point for ``dtype`` (float32/float64), or None for another dtype.
+
+    Arguments: ``(r0, r1, ptr, src, y, y_stride, r, coef, n_intervals, inv_h, n_cols, x, x_stride, acc,
+    path_acc, n_paths, paths, pairs, m_j, c)``: the sum of :func:`entry_table` over the edges of receivers
+    [r0, r1) (``ptr`` [R + 1] int64 edge offsets, edges sorted by receiver), with path p's channel u of
+    row m_k of receiver rr written at ``acc[path_acc[p, 0] + rr * path_acc[p, 1] + m_k * row_stride_p + u]``
+    (``path_acc`` [P, 2] int64; the caller picks the layout).  Every path's values of those receivers are
+    written, so ``acc`` need not be zeroed.  AVX-512/AVX2 builds (float32) keep each output row in
+    registers across the receiver's edges; other builds and float64 run the same order in plain C.
+    Returns as :func:`entry_table`.
+    """
+    name = _ENTRIES["receivers"].get(dtype)
     return None if name is None else getattr(lib, name)
 
 

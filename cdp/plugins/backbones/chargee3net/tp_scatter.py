@@ -164,6 +164,14 @@ class UvuPlan:
             x_off += native.padded(mul) * ir_in.dim
         self.packed_width = x_off
         self.acc_width = native.round_up(self.mid_simple.dim + native.ACC_SLACK, 16)
+        # per path: (first column, width d·mul) of its mid_simple block in a channels-last row; a
+        # "blocks" aggregate holds block b as [R, d_b, mul_b] starting at R · (first column of b)
+        starts = [sl.start for sl in simple_slices]
+        path_block = []
+        for path in paths_native:
+            b = bisect.bisect_right(starts, path[4]) - 1
+            path_block.append([starts[b], simple_slices[b].stop - starts[b]])
+        self.path_block = torch.tensor(path_block, dtype=torch.int64).reshape(-1, 2)
         self.blocked_cols = torch.cat(blocked_cols) if blocked_cols else torch.zeros(0, dtype=torch.long)
         # the kernel's sparse plan (native.py); int32 tables, coefficients kept in float64
         self.paths = torch.tensor(paths_native, dtype=torch.int32).reshape(-1, 8)
@@ -187,6 +195,23 @@ class UvuPlan:
             to_e3nn[mid_slices[k].start + u * ir_k.dim + m] = start + m * stride + u
         self.channels_last_of_mid = to_e3nn
         self._cache: dict = {}
+
+    def path_acc(self, num_receivers: int) -> Tensor:
+        """[P, 2] int64 (offset, receiver stride) of each path in a "blocks" aggregate of ``num_receivers``
+        rows (:func:`native.entry_receivers`): block b of the mid irreps is [R, d_b, mul_b] contiguous at
+        R · (its first channels-last column), so each block is a plain [R·d_b, mul_b] matrix for lin2."""
+        start, width = self.path_block[:, 0], self.path_block[:, 1]
+        offset = num_receivers * start + (self.paths[:, 4].long() - start)
+        return torch.stack([offset, width], dim=1).contiguous()
+
+    def block_views(self, flat: Tensor, num_receivers: int) -> List[Tensor]:
+        """The mid blocks [R, d_b, mul_b] of a "blocks" aggregate ``flat`` [R · mid dim] (views)."""
+        views, at = [], 0
+        for mul, ir in self.mid_simple:
+            n = num_receivers * mul * ir.dim
+            views.append(flat[at : at + n].view(num_receivers, ir.dim, mul))
+            at += n
+        return views
 
     def radial_width(self) -> int:
         """Columns of the radial weights the implementations read: W, then ≥ ACC_SLACK zero columns."""
@@ -308,6 +333,18 @@ def receiver_bounds(ptr: List[int], num_edges: int, num_receivers: int) -> List[
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
+def receiver_ranges(ptr: List[int], num_edges: int, num_receivers: int) -> List[Tuple[int, int]]:
+    """Receiver ranges [r0, r1) for the kernel threads, covering all receivers, with about as many edges each."""
+    threads = max(1, min(torch.get_num_threads(), num_receivers, num_edges // 32))
+    if threads == 1:
+        return [(0, num_receivers)] if num_receivers else []
+    cuts = [0]
+    for t in range(1, threads):
+        cuts.append(max(cuts[-1], min(num_receivers, bisect.bisect_left(ptr, t * num_edges // threads))))
+    cuts.append(num_receivers)
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
 def _run_blocks(fn, args: tuple, bounds: List[Tuple[int, int]]) -> List[int]:
     """``fn(e0, e1, *args)`` for each edge range of ``bounds`` (threads of the shared pool when several;
     ctypes releases the GIL); the kernels' status codes."""
@@ -344,24 +381,29 @@ class NativeTPScatter(TPScatter):
             raise RuntimeError("fused ChargE3Net kernel: multiplicity above its limit")
         return acc
 
-    def forward_table(self, x, sh, r, table, src, dst, ptr, num_receivers) -> Tensor:
-        """M [R, acc_width] channels-last with the radial weights evaluated per edge inside the kernel from
+    def forward_table(self, x, sh, r, table, src, dst, ptr, num_receivers) -> List[Tensor]:
+        """M in the "blocks" layout — one [R, d_b, mul_b] tensor per block of the simplified mid irreps
+        (:meth:`UvuPlan.block_views`) — with the radial weights evaluated per edge inside the kernel from
         ``table`` (a :class:`cdp.nn.radial_table.RadialTable` over the seam's weight columns) at the edge
-        lengths ``r`` [E] (Å): no [E, W] weight array exists.  Inference only (no backward)."""
-        fn = native.entry_table(self.lib, table.coef.dtype)
-        x, sh, src, dst = x.contiguous(), sh.contiguous(), src.contiguous(), dst.contiguous()
+        lengths ``r`` [E] (Å): no [E, W] weight array exists, and M is written whole, never zero-filled.
+        Inference only (no backward); each thread owns a range of receivers.  ``dst`` is implied by ``ptr``."""
+        fn = native.entry_receivers(self.lib, table.coef.dtype)
+        x, sh, src = x.contiguous(), sh.contiguous(), src.contiguous()
         r = r.to(table.coef.dtype).contiguous()
         coef = table.coef
-        acc = coef.new_zeros((num_receivers, self.plan.acc_width))
+        flat = coef.new_empty((num_receivers * self.plan.mid_simple.dim,))
         paths, pairs, mj, coeff = self.plan.on(coef, "kernel")
-        args = (src.data_ptr(), dst.data_ptr(), sh.data_ptr(), sh.shape[1], r.data_ptr(), coef.data_ptr(),
-                coef.shape[0], float(table.inv_h), coef.shape[2], x.data_ptr(), x.shape[1], acc.data_ptr(),
-                acc.shape[1], paths.shape[0], paths.data_ptr(), pairs.data_ptr(), mj.data_ptr(), coeff.data_ptr())
-        status = _run_blocks(fn, args, receiver_bounds(ptr, src.shape[0], num_receivers))
+        ptr_t = torch.tensor(ptr, dtype=torch.int64)
+        path_acc = self.plan.path_acc(num_receivers)
+        args = (ptr_t.data_ptr(), src.data_ptr(), sh.data_ptr(), sh.shape[1], r.data_ptr(), coef.data_ptr(),
+                coef.shape[0], float(table.inv_h), coef.shape[2], x.data_ptr(), x.shape[1], flat.data_ptr(),
+                path_acc.data_ptr(), paths.shape[0], paths.data_ptr(), pairs.data_ptr(), mj.data_ptr(),
+                coeff.data_ptr())
+        status = _run_blocks(fn, args, receiver_ranges(ptr, src.shape[0], num_receivers))
         if any(status):
             raise RuntimeError(f"fused ChargE3Net table kernel: status {max(status)} (1: multiplicity above its "
                                f"limit, 2: out of memory, 3: weight columns beyond the table)")
-        return acc
+        return self.plan.block_views(flat, num_receivers)
 
     def backward_kernel(self, grad, x, sh, weight, src, dst, ptr, need_x: bool, need_sh: bool):
         """(dL/dx or None, dL/dsh or None, dL/dweight) from dL/dM: one pass of the backward kernel; each

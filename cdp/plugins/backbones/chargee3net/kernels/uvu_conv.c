@@ -33,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CDP_UVU_ABI_VERSION 5
+#define CDP_UVU_ABI_VERSION 6
 #define CDP_UVU_PAD_WIDTH 8    /* sender rows: mul rounded up to a multiple of this, zero padded */
 #define CDP_UVU_SLACK 8        /* columns after each w row and acc row that a vector path may touch */
 #define CDP_MAX_MUL 1024       /* largest mul of a path (the plain path's per-path channel buffer) */
@@ -525,6 +525,352 @@ int cdp_uvu_conv_table_f64(int64_t e0, int64_t e1, const int64_t *restrict src, 
     if (n_int < 1 || n_cols < 0) return 3;
     return cdp_forward_plain_f64(e0, e1, src, dst, y, y_stride, NULL, 0, r, coef, n_int, inv_h, n_cols, x,
                                  x_stride, acc, acc_stride, n_paths, path_info, pair_info, term_mj, term_c);
+}
+
+/* -- receiver-major entries: every row of receivers [r0, r1) written whole, radial weights from the table --
+ *
+ *     cdp_uvu_receivers_table_{f32,f64}(r0, r1, ptr, src, y, y_stride, r, coef, n_int, inv_h, n_cols,
+ *                                       x, x_stride, acc, path_acc, n_paths, paths, pairs, m_j, c)
+ *
+ * The same sum as cdp_uvu_conv_table_* over the edges [ptr[r0], ptr[r1]) (ptr [R + 1] int64: receiver rr
+ * owns edges [ptr[rr], ptr[rr + 1]), edges sorted by receiver), with two differences:
+ *   - where each path writes is given per path: path_acc [n_paths][2] int64 = (offset, receiver stride), so
+ *     path p's channel u of row m_k of receiver rr is acc[offset + rr * stride + m_k * paths[p].row_stride
+ *     + u] (the paths table's acc_off is not used).  The caller chooses the layout: channels-last rows
+ *     (offset acc_off, stride the row width) or one contiguous [R][d][mul] block per output irrep;
+ *   - acc need not be zeroed: every path's values of every receiver in [r0, r1) are written (zeros for a
+ *     receiver without edges); nothing else is touched.
+ *
+ * AVX-512 / AVX2 (float32): per receiver, per chunk of up to CDP_CH of its edges, the radial weight rows are
+ * evaluated from the table (a few long streams), then per path the chunk's coefficients A_p(e) are formed
+ * densely [d_k][d_i][edge] (zeros where C has none), and for each vector of the path's channels the d_k
+ * output rows stay in registers across the receiver's edges:
+ *     t[m_k] = sum_{m_i} A_p(e)[m_k, m_i] x[src_e, m_i]      (d_i loads, d_k·d_i FMAs with broadcast A)
+ *     acc[m_k] += w_e ∘ t[m_k]
+ * (or x scaled by w_e first when d_k ≥ d_i), each row stored once per receiver, masked to the path's mul.
+ * One function per (d_i, d_k), unrolled by the compiler, keeps every accumulator in a register; tiles
+ * with few accumulators alternate two sets between consecutive edges to hide FMA latency.  Other builds
+ * and float64: the same receiver-major order in plain C (channel loops left to the compiler). */
+#define CDP_PATH_ROW(acc, path_acc, p, rr) ((acc) + (path_acc)[2 * (p)] + (rr) * (path_acc)[2 * (p) + 1])
+
+#define CDP_RECEIVERS_PLAIN(SUFFIX, T)                                                                        \
+static void cdp_zero_receiver_##SUFFIX(int64_t rr, T *restrict acc, const int64_t *restrict path_acc,         \
+                                       int64_t n_paths, const int32_t *restrict path_info)                    \
+{                                                                                                             \
+    for (int64_t p = 0; p < n_paths; ++p) {                                                                   \
+        const int32_t *pi = path_info + 8 * p;                                                                \
+        T *row = CDP_PATH_ROW(acc, path_acc, p, rr);                                                          \
+        for (int mk = 0; mk < pi[1]; ++mk) memset(row + (int64_t)mk * pi[5], 0, sizeof(T) * (size_t)pi[0]);  \
+    }                                                                                                         \
+}                                                                                                             \
+                                                                                                              \
+static int cdp_receivers_plain_##SUFFIX(int64_t r0, int64_t r1, const int64_t *restrict ptr,                  \
+        const int64_t *restrict src, const T *restrict y, int64_t y_stride, const T *restrict r,              \
+        const T *restrict coef, int64_t n_int, T inv_h, int64_t n_cols, const T *restrict x,                  \
+        int64_t x_stride, T *restrict acc, const int64_t *restrict path_acc, int64_t n_paths,                 \
+        const int32_t *restrict path_info, const int32_t *restrict pair_info,                                 \
+        const int32_t *restrict term_mj, const T *restrict term_c)                                            \
+{                                                                                                             \
+    T tmp[CDP_MAX_MUL];                                                                                       \
+    for (int64_t p = 0; p < n_paths; ++p)                                                                     \
+        if (path_info[8 * p] > CDP_MAX_MUL) return 1;                                                         \
+    if (!cdp_table_fits(n_paths, path_info, n_cols)) return 3;                                                \
+    if (r1 <= r0) return 0;                                                                                   \
+    T *wbuf = (T *)malloc(sizeof(T) * (size_t)(n_cols + 1));                                                  \
+    if (!wbuf) return 2;                                                                                      \
+    for (int64_t rr = r0; rr < r1; ++rr) {                                                                    \
+        cdp_zero_receiver_##SUFFIX(rr, acc, path_acc, n_paths, path_info);                                    \
+        for (int64_t e = ptr[rr]; e < ptr[rr + 1]; ++e) {                                                     \
+            cdp_table_row_##SUFFIX(coef, n_int, inv_h, n_cols, r[e], wbuf);                                   \
+            const T *ye = y + e * y_stride, *xe = x + src[e] * x_stride;                                      \
+            for (int64_t p = 0; p < n_paths; ++p) {                                                           \
+                const int32_t *pi = path_info + 8 * p;                                                        \
+                const int mul = pi[0], d_k = pi[1];                                                           \
+                const T *xp = xe + pi[2], *wp = wbuf + pi[3];                                                 \
+                T *ap = CDP_PATH_ROW(acc, path_acc, p, rr);                                                   \
+                int q = pi[6];                                                                                \
+                for (int mk = 0; mk < d_k; ++mk) {                                                            \
+                    int first = 1;                                                                            \
+                    for (; q < pi[7] && pair_info[4 * q] == mk; ++q) {                                        \
+                        const int32_t *qi = pair_info + 4 * q;                                                \
+                        T s = 0;                                                                              \
+                        for (int t = qi[2]; t < qi[3]; ++t) s += term_c[t] * ye[term_mj[t]];                  \
+                        const T *xr = xp + qi[1];                                                             \
+                        if (first) {                                                                          \
+                            for (int u = 0; u < mul; ++u) tmp[u] = s * xr[u];                                 \
+                            first = 0;                                                                        \
+                        } else {                                                                              \
+                            for (int u = 0; u < mul; ++u) tmp[u] += s * xr[u];                                \
+                        }                                                                                     \
+                    }                                                                                         \
+                    if (!first) {                                                                             \
+                        T *ar = ap + (int64_t)mk * pi[5];                                                     \
+                        for (int u = 0; u < mul; ++u) ar[u] += wp[u] * tmp[u];                                \
+                    }                                                                                         \
+                }                                                                                             \
+            }                                                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
+    free(wbuf);                                                                                               \
+    return 0;                                                                                                 \
+}
+
+CDP_RECEIVERS_PLAIN(f64, double)
+#if !(defined(CDP_AVX512) || defined(CDP_AVX2))
+CDP_RECEIVERS_PLAIN(f32, float)
+#endif
+
+#if defined(CDP_AVX512) || defined(CDP_AVX2)
+static void cdp_zero_receiver_f32(int64_t rr, float *restrict acc, const int64_t *restrict path_acc, int64_t n_paths,
+                                  const int32_t *restrict path_info)
+{
+    for (int64_t p = 0; p < n_paths; ++p) {
+        const int32_t *pi = path_info + 8 * p;
+        float *row = CDP_PATH_ROW(acc, path_acc, p, rr);
+        for (int mk = 0; mk < pi[1]; ++mk) memset(row + (int64_t)mk * pi[5], 0, sizeof(float) * (size_t)pi[0]);
+    }
+}
+
+#define CDP_CH 16 /* edges of one receiver whose coefficients A are formed at once */
+#if defined(CDP_AVX512)
+#define CDP_VL 16
+#define CDP_VREGS 32
+typedef __m512 cdp_vf;
+typedef __mmask16 cdp_vm;
+static inline cdp_vm cdp_vmask(int n) { return n >= 16 ? (cdp_vm)0xFFFF : (cdp_vm)((1u << n) - 1u); }
+static inline cdp_vf cdp_vload(const float *p, cdp_vm m, int full) { return full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p); }
+static inline void cdp_vstore(float *p, cdp_vm m, int full, cdp_vf v) { if (full) _mm512_storeu_ps(p, v); else _mm512_mask_storeu_ps(p, m, v); }
+#define cdp_vset1 _mm512_set1_ps
+#define cdp_vfma _mm512_fmadd_ps
+#define cdp_vmul _mm512_mul_ps
+#define cdp_vadd _mm512_add_ps
+#define cdp_vzero _mm512_setzero_ps
+#else
+#define CDP_VL 8
+#define CDP_VREGS 16
+typedef __m256 cdp_vf;
+typedef __m256i cdp_vm;
+static inline cdp_vm cdp_vmask(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+static inline cdp_vf cdp_vload(const float *p, cdp_vm m, int full) { return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m); }
+static inline void cdp_vstore(float *p, cdp_vm m, int full, cdp_vf v) { if (full) _mm256_storeu_ps(p, v); else _mm256_maskstore_ps(p, m, v); }
+#define cdp_vset1 _mm256_set1_ps
+#define cdp_vfma _mm256_fmadd_ps
+#define cdp_vmul _mm256_mul_ps
+#define cdp_vadd _mm256_add_ps
+#define cdp_vzero _mm256_setzero_ps
+#endif
+
+/* one path of one chunk of n_e edges of a receiver: xe[e] its sender row + the path's x_off, we[e] its radial
+ * weights + the path's first column, a [DK·DI][CDP_CH] the dense coefficients; rows ar + m_k·row_stride,
+ * channels [0, mul): the first chunk of a receiver stores, later chunks add. */
+typedef void (*cdp_tile_fn)(int n_e, const float *const *xe, const float *const *we, const float *restrict a,
+                            float *restrict ar, int64_t row_stride, int padmul, int mul, int first);
+
+#define CDP_TILE_EDGE(S, E)                                                                                   \
+    do {                                                                                                      \
+        const cdp_vf w_ = cdp_vload(we[E] + v0, m, full);                                                     \
+        const float *xr_ = xe[E] + v0;                                                                        \
+        const float *ae_ = a + (E);                                                                           \
+        if (T_FORM) {                                                                                         \
+            cdp_vf t_[TDK];                                                                                    \
+            _Pragma("GCC unroll 9") for (int mi = 0; mi < TDI; ++mi) {                                         \
+                const cdp_vf xv_ = cdp_vload(xr_ + mi * padmul, m, full);                                     \
+                _Pragma("GCC unroll 9") for (int mk = 0; mk < TDK; ++mk) {                                     \
+                    const cdp_vf c2_ = cdp_vset1(ae_[(mk * TDI + mi) * CDP_CH]);                               \
+                    t_[mk] = mi == 0 ? cdp_vmul(c2_, xv_) : cdp_vfma(c2_, xv_, t_[mk]);                       \
+                }                                                                                             \
+            }                                                                                                 \
+            _Pragma("GCC unroll 9") for (int mk = 0; mk < TDK; ++mk) acc[S][mk] = cdp_vfma(w_, t_[mk], acc[S][mk]); \
+        } else {                                                                                              \
+            _Pragma("GCC unroll 9") for (int mi = 0; mi < TDI; ++mi) {                                         \
+                const cdp_vf wx_ = cdp_vmul(w_, cdp_vload(xr_ + mi * padmul, m, full));                       \
+                _Pragma("GCC unroll 9") for (int mk = 0; mk < TDK; ++mk)                                       \
+                    acc[S][mk] = cdp_vfma(cdp_vset1(ae_[(mk * TDI + mi) * CDP_CH]), wx_, acc[S][mk]);          \
+            }                                                                                                 \
+        }                                                                                                     \
+    } while (0)
+
+#define CDP_TILE(DI, DK)                                                                                      \
+static void cdp_tile_##DI##_##DK(int n_e, const float *const *xe, const float *const *we,                    \
+                                  const float *restrict a, float *restrict ar, int64_t row_stride,          \
+                                  int padmul, int mul, int first)                                            \
+{                                                                                                             \
+    enum { TDI = DI, TDK = DK, T_FORM = (DK < DI) && (2 * DK + 2 <= CDP_VREGS - 2) };                                             \
+    enum { NS = ((T_FORM ? 3 : 2) * DK + 2 <= CDP_VREGS - 4) ? 2 : 1 };                                       \
+    for (int v0 = 0; v0 < mul; v0 += CDP_VL) {                                                                \
+        const int lanes = mul - v0 < CDP_VL ? mul - v0 : CDP_VL;                                              \
+        const int full = lanes == CDP_VL;                                                                     \
+        const cdp_vm m = cdp_vmask(lanes);                                                                    \
+        cdp_vf acc[NS][DK];                                                                                   \
+        _Pragma("GCC unroll 9") for (int mk = 0; mk < DK; ++mk) {                                             \
+            acc[0][mk] = first ? cdp_vzero() : cdp_vload(ar + mk * row_stride + v0, m, full);                \
+            if (NS > 1) acc[NS - 1][mk] = cdp_vzero();                                                        \
+        }                                                                                                     \
+        int e = 0;                                                                                            \
+        if (NS > 1)                                                                                           \
+            for (; e + 1 < n_e; e += 2) {                                                                     \
+                CDP_TILE_EDGE(0, e);                                                                          \
+                CDP_TILE_EDGE(NS - 1, e + 1);                                                                 \
+            }                                                                                                 \
+        for (; e < n_e; ++e) CDP_TILE_EDGE(0, e);                                                             \
+        _Pragma("GCC unroll 9") for (int mk = 0; mk < DK; ++mk)                                               \
+            cdp_vstore(ar + mk * row_stride + v0, m, full, NS > 1 ? cdp_vadd(acc[0][mk], acc[NS - 1][mk]) : acc[0][mk]); \
+    }                                                                                                         \
+}
+
+#define CDP_TILES_DI(DI) CDP_TILE(DI, 1) CDP_TILE(DI, 3) CDP_TILE(DI, 5) CDP_TILE(DI, 7) CDP_TILE(DI, 9)
+CDP_TILES_DI(1)
+CDP_TILES_DI(3)
+CDP_TILES_DI(5)
+CDP_TILES_DI(7)
+CDP_TILES_DI(9)
+#define CDP_TILE_ROW(DI) {cdp_tile_##DI##_1, cdp_tile_##DI##_3, cdp_tile_##DI##_5, cdp_tile_##DI##_7, cdp_tile_##DI##_9}
+static const cdp_tile_fn cdp_tiles[5][5] = {CDP_TILE_ROW(1), CDP_TILE_ROW(3), CDP_TILE_ROW(5), CDP_TILE_ROW(7), CDP_TILE_ROW(9)};
+
+/* one coefficient of A for the CDP_CH edges of a chunk: sum of its terms c · Y[m_j] (yt: [m_j][edge]) */
+static inline void cdp_chunk_a(int t0, int t1, const int32_t *restrict term_mj, const float *restrict term_c,
+                               const float *restrict yt, float *restrict out)
+{
+#if defined(CDP_AVX512)
+    __m512 s = _mm512_setzero_ps();
+    for (int t = t0; t < t1; ++t) s = _mm512_fmadd_ps(_mm512_set1_ps(term_c[t]), _mm512_loadu_ps(yt + term_mj[t] * CDP_CH), s);
+    _mm512_storeu_ps(out, s);
+#else
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    for (int t = t0; t < t1; ++t) {
+        const __m256 c = _mm256_set1_ps(term_c[t]);
+        s0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(yt + term_mj[t] * CDP_CH), s0);
+        s1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(yt + term_mj[t] * CDP_CH + 8), s1);
+    }
+    _mm256_storeu_ps(out, s0);
+    _mm256_storeu_ps(out + 8, s1);
+#endif
+}
+
+static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict ptr, const int64_t *restrict src,
+                                 const float *restrict y, int64_t y_stride, const float *restrict r,
+                                 const float *restrict coef, int64_t n_int, float inv_h, int64_t n_cols,
+                                 const float *restrict x, int64_t x_stride, float *restrict acc,
+                                 const int64_t *restrict path_acc, int64_t n_paths, const int32_t *restrict path_info,
+                                 const int32_t *restrict pair_info, const int32_t *restrict term_mj,
+                                 const float *restrict term_c)
+{
+    int64_t max_dense = 1;
+    for (int64_t p = 0; p < n_paths; ++p) {
+        const int32_t *pi = path_info + 8 * p;
+        if (pi[0] > CDP_MAX_MUL || pi[1] < 1 || pi[1] > 9 || !(pi[1] & 1)) return 1;
+        if ((int64_t)pi[1] * 9 > max_dense) max_dense = (int64_t)pi[1] * 9;
+    }
+    if (!cdp_table_fits(n_paths, path_info, n_cols)) return 3;
+    if (r1 <= r0) return 0;
+    /* d_i of each path: from its pairs' m_i (rounded up to odd: an m_i without any pair is a zero column);
+     * then every dense entry (m_k, m_i) of every path as a term range [t0, t1) (t0 == t1: zero) */
+    int *d_i = (int *)malloc(sizeof(int) * (size_t)(n_paths + 1));
+    int64_t *ent_off = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n_paths + 1));
+    float *a = (float *)malloc(sizeof(float) * (size_t)(max_dense * CDP_CH));
+    float *yt = (float *)malloc(sizeof(float) * (size_t)((y_stride + 1) * CDP_CH));
+    int32_t *entries = NULL;
+    /* weight rows of a chunk: n_cols columns and a vector of slack (masked loads never read past mul) */
+    const int64_t row_len = ((n_cols + 15) / 16) * 16 + 16;
+    float *wbuf = (float *)malloc(sizeof(float) * (size_t)(CDP_CH * row_len));
+    int status = 0;
+    if (!d_i || !ent_off || !a || !yt || !wbuf) { status = 2; goto done; }
+    ent_off[0] = 0;
+    for (int64_t p = 0; p < n_paths; ++p) {
+        const int32_t *pi = path_info + 8 * p;
+        const int padmul = (pi[0] + CDP_UVU_PAD_WIDTH - 1) / CDP_UVU_PAD_WIDTH * CDP_UVU_PAD_WIDTH;
+        int top = 0;
+        for (int q = pi[6]; q < pi[7]; ++q)
+            if (pair_info[4 * q + 1] / padmul > top) top = pair_info[4 * q + 1] / padmul;
+        d_i[p] = (top + 1) | 1;
+        if (d_i[p] > 9) { status = 1; goto done; }
+        ent_off[p + 1] = ent_off[p] + (int64_t)pi[1] * d_i[p];
+    }
+    entries = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * ent_off[n_paths] + 2));
+    if (!entries) { status = 2; goto done; }
+    for (int64_t p = 0; p < n_paths; ++p) {
+        const int32_t *pi = path_info + 8 * p;
+        const int padmul = (pi[0] + CDP_UVU_PAD_WIDTH - 1) / CDP_UVU_PAD_WIDTH * CDP_UVU_PAD_WIDTH;
+        int32_t *ent = entries + 2 * ent_off[p];
+        for (int64_t k = 0; k < ent_off[p + 1] - ent_off[p]; ++k) ent[2 * k] = ent[2 * k + 1] = 0;
+        for (int q = pi[6]; q < pi[7]; ++q) {
+            const int32_t *qi = pair_info + 4 * q;
+            const int k = qi[0] * d_i[p] + qi[1] / padmul;
+            ent[2 * k] = qi[2];
+            ent[2 * k + 1] = qi[3];
+        }
+    }
+    const float *xb[CDP_CH], *xe[CDP_CH], *we[CDP_CH];
+    for (int64_t rr = r0; rr < r1; ++rr) {
+        const int64_t e_begin = ptr[rr], e_end = ptr[rr + 1];
+        if (e_end <= e_begin) {
+            cdp_zero_receiver_f32(rr, acc, path_acc, n_paths, path_info);
+            continue;
+        }
+        for (int64_t c0 = e_begin; c0 < e_end; c0 += CDP_CH) {
+            const int n = e_end - c0 < CDP_CH ? (int)(e_end - c0) : CDP_CH;
+            for (int64_t j = 0; j < y_stride; ++j)
+                for (int l = 0; l < CDP_CH; ++l) yt[j * CDP_CH + l] = l < n ? y[(c0 + l) * y_stride + j] : 0.f;
+            for (int l = 0; l < n; ++l) {  /* the chunk's radial weight rows: a few long streams through the table */
+                xb[l] = x + src[c0 + l] * x_stride;
+                cdp_table_row_f32(coef, n_int, inv_h, n_cols, r[c0 + l], wbuf + l * row_len);
+            }
+            for (int64_t p = 0; p < n_paths; ++p) {
+                const int32_t *pi = path_info + 8 * p;
+                const int mul = pi[0], d_k = pi[1], di = d_i[p];
+                const int padmul = (mul + CDP_UVU_PAD_WIDTH - 1) / CDP_UVU_PAD_WIDTH * CDP_UVU_PAD_WIDTH;
+                /* dense A [d_k][d_i][edge] from the entries' term ranges (an empty range is a zero) */
+                const int32_t *ent = entries + 2 * ent_off[p];
+                for (int k = 0; k < d_k * di; ++k) cdp_chunk_a(ent[2 * k], ent[2 * k + 1], term_mj, term_c, yt, a + k * CDP_CH);
+                for (int l = 0; l < n; ++l) {
+                    xe[l] = xb[l] + pi[2];
+                    we[l] = wbuf + l * row_len + pi[3];
+                }
+                cdp_tiles[di / 2][d_k / 2](n, xe, we, a, CDP_PATH_ROW(acc, path_acc, p, rr), pi[5], padmul, mul,
+                                           c0 == e_begin);
+            }
+        }
+    }
+done:
+    free(wbuf);
+    free(d_i);
+    free(ent_off);
+    free(entries);
+    free(a);
+    free(yt);
+    return status;
+}
+#endif
+
+int cdp_uvu_receivers_table_f32(int64_t r0, int64_t r1, const int64_t *restrict ptr, const int64_t *restrict src,
+                                const float *restrict y, int64_t y_stride, const float *restrict r,
+                                const float *restrict coef, int64_t n_int, double inv_h, int64_t n_cols,
+                                const float *restrict x, int64_t x_stride, float *restrict acc,
+                                const int64_t *restrict path_acc, int64_t n_paths, const int32_t *restrict path_info,
+                                const int32_t *restrict pair_info, const int32_t *restrict term_mj,
+                                const float *restrict term_c)
+{
+    if (n_int < 1 || n_cols < 0) return 3;
+#if defined(CDP_AVX512) || defined(CDP_AVX2)
+    return cdp_receivers_vec_f32(r0, r1, ptr, src, y, y_stride, r, coef, n_int, (float)inv_h, n_cols, x, x_stride,
+                                 acc, path_acc, n_paths, path_info, pair_info, term_mj, term_c);
+#else
+    return cdp_receivers_plain_f32(r0, r1, ptr, src, y, y_stride, r, coef, n_int, (float)inv_h, n_cols, x, x_stride,
+                                   acc, path_acc, n_paths, path_info, pair_info, term_mj, term_c);
+#endif
+}
+
+int cdp_uvu_receivers_table_f64(int64_t r0, int64_t r1, const int64_t *restrict ptr, const int64_t *restrict src,
+                                const double *restrict y, int64_t y_stride, const double *restrict r,
+                                const double *restrict coef, int64_t n_int, double inv_h, int64_t n_cols,
+                                const double *restrict x, int64_t x_stride, double *restrict acc,
+                                const int64_t *restrict path_acc, int64_t n_paths, const int32_t *restrict path_info,
+                                const int32_t *restrict pair_info, const int32_t *restrict term_mj,
+                                const double *restrict term_c)
+{
+    if (n_int < 1 || n_cols < 0) return 3;
+    return cdp_receivers_plain_f64(r0, r1, ptr, src, y, y_stride, r, coef, n_int, inv_h, n_cols, x, x_stride, acc,
+                                   path_acc, n_paths, path_info, pair_info, term_mj, term_c);
 }
 
 /* Backward of the fused kernel: given g = dL/dacc, for every edge e and path p (same tables as forward)
