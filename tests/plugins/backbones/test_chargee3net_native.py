@@ -418,6 +418,72 @@ def test_table_entry_equals_weight_rows_from_the_same_table(dtype):
         assert fn(0, len(src), *short) == 3, isa
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_receivers_entry_writes_the_table_entrys_sums_in_any_layout(dtype):
+    """The receiver-major entry against the edge-major table entry on the same arrays: receivers with no
+    edge, with more edges than one chunk (16), split between two calls; rows written whole into garbage in
+    a channels-last layout and in the "blocks" layout, and nothing outside the paths' values touched."""
+    rng = np.random.default_rng(8)
+    paths, pairs, mj, c, x_width, w_width, acc_width = _plan(rng)
+    counts = np.array([3, 0, 37, 1, 16, 17, 0, 5, 2])
+    n_recv, y_dim, n_int, r_max = len(counts), 9, 29, 4.0
+    dst = np.repeat(np.arange(n_recv), counts).astype(np.int64)
+    src = rng.integers(0, 7, len(dst)).astype(np.int64)
+    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    coef = rng.standard_normal((n_int, 4, w_width)).astype(np_dtype)
+    r = rng.uniform(0, r_max, len(src)).astype(np_dtype)
+    y = rng.standard_normal((len(src), y_dim)).astype(np_dtype)
+    x = rng.standard_normal((7, x_width)).astype(np_dtype)
+    off = 0
+    for mul, d_i in ((13, 3), (21, 1), (8, 5)):
+        for m_i in range(d_i):
+            x[:, off + m_i * native.padded(mul) + mul : off + (m_i + 1) * native.padded(mul)] = 0
+        off += d_i * native.padded(mul)
+    cc = c.astype(np_dtype)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    # the "blocks" layout: path p as its own [R, d_k, mul] block, blocks in path order
+    sizes = paths[:, 0].astype(np.int64) * paths[:, 1]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    layouts = {"channels_last": np.stack([paths[:, 4].astype(np.int64), np.full(len(paths), acc_width + 5)], 1),
+               "blocks": np.stack([n_recv * starts, sizes], 1)}
+    for isa, lib in _isa_libs():
+        want = np.zeros((n_recv, acc_width + native.ACC_SLACK), np_dtype)
+        targs = (_ptr(src), _ptr(dst), _ptr(y), y_dim, _ptr(r), _ptr(coef), n_int, n_int / r_max, w_width, _ptr(x),
+                 x_width, _ptr(want), want.shape[1], len(paths), _ptr(paths), _ptr(pairs), _ptr(mj), _ptr(cc))
+        assert native.entry_table(lib, dtype)(0, len(src), *targs) == 0
+        fn = native.entry_receivers(lib, dtype)
+        for name, path_acc in layouts.items():
+            path_acc = np.ascontiguousarray(path_acc, dtype=np.int64)
+            size = n_recv * (acc_width + 5) if name == "channels_last" else n_recv * int(sizes.sum())
+            acc = np.full(size + 64, np.nan, np_dtype)
+            written = np.zeros(size + 64, bool)
+            for p, (mul, d_k, *_rest) in enumerate(paths):
+                for rr in range(n_recv):
+                    for m_k in range(d_k):
+                        at = path_acc[p, 0] + rr * path_acc[p, 1] + m_k * paths[p, 5]
+                        written[at : at + mul] = True
+            acc[~written] = 7.0  # a sentinel the kernel must leave alone
+            args = (_ptr(ptr), _ptr(src), _ptr(y), y_dim, _ptr(r), _ptr(coef), n_int, n_int / r_max, w_width,
+                    _ptr(x), x_width, _ptr(acc), _ptr(path_acc), len(paths), _ptr(paths), _ptr(pairs), _ptr(mj),
+                    _ptr(cc))
+            assert _call(fn, args, [(0, 4), (4, n_recv)]) == [0, 0], (isa, name)
+            assert (acc[~written] == 7.0).all(), (isa, name)
+            got = np.zeros_like(want)
+            for p, (mul, d_k, _, _, acc_off, stride, _, _) in enumerate(paths):
+                for rr in range(n_recv):
+                    for m_k in range(d_k):
+                        at = path_acc[p, 0] + rr * path_acc[p, 1] + m_k * stride
+                        got[rr, acc_off + m_k * stride : acc_off + m_k * stride + mul] = acc[at : at + mul]
+            assert np.isfinite(got).all(), (isa, name)
+            assert np.abs(got - want).max() <= tol * np.abs(want).max(), (isa, name)
+            assert not got[1].any() and not got[6].any(), (isa, name)  # receivers without edges: zeros
+        bad = paths.copy()
+        bad[0, 0] = native.MAX_MUL + 1
+        assert fn(0, n_recv, *args[:14], _ptr(bad), *args[15:]) == 1, isa
+        assert fn(0, n_recv, *args[:8], int(paths[:, 3].max()), *args[9:]) == 3, isa
+
+
 def test_table_paths_refuses_weights_split_in_the_network_order():
     paths = torch.tensor([[4, 1, 0, 0, 0, 4, 0, 0]], dtype=torch.int32)
     with pytest.raises(ValueError, match="path 0: its weights are not contiguous"):
