@@ -158,17 +158,24 @@ def linear_blocks(lin: o3.Linear, blocks: List[Tensor], scale: float) -> Tensor:
     :func:`linear_channels_last`.  Returns [R, lin.irreps_out.dim] in e3nn's layout."""
     rows = blocks[0].shape[0] if blocks else 0
     out_slices = lin.irreps_out.slices()
-    out = blocks[0].new_zeros((rows, lin.irreps_out.dim))
-    for ins, weight in _scaled_weights(lin, scale, out):
+    weights = _scaled_weights(lin, scale, blocks[0])
+    out = blocks[0].new_empty((rows, lin.irreps_out.dim))
+    written = set()
+    for k, sl in enumerate(out_slices):  # an output no instruction reaches is zero
+        if all(ins.i_out != k for ins, _ in weights):
+            out[:, sl] = 0
+    for ins, weight in weights:
         block = blocks[ins.i_in]
         d, mul_in = block.shape[1], block.shape[2]
         y = torch.mm(block.view(rows * d, mul_in), weight)
         mul_out = y.shape[1]
-        target = out.narrow(1, out_slices[ins.i_out].start, mul_out * d)
-        if d == 1:
+        target = out.narrow(1, out_slices[ins.i_out].start, mul_out * d).view(rows, mul_out, d)
+        y = y.view(rows, d, mul_out).transpose(1, 2)
+        if ins.i_out in written:
             target.add_(y)
-        else:
-            target.view(rows, mul_out, d).add_(y.view(rows, d, mul_out).transpose(1, 2))
+        else:  # the first instruction into an output writes it: no zero fill, no read
+            target.copy_(y)
+            written.add(ins.i_out)
     return out
 
 
