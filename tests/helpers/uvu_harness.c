@@ -1,7 +1,8 @@
 /* Standalone check of kernels/uvu_conv.c for cross-compiled builds (run under qemu-aarch64 by
  * tests/plugins/backbones/test_chargee3net_native.py): a fixed pseudo-random problem (multiplicities that
  * are not multiples of 8, receivers with 0-6 edges), the float32 and float64 entries with weight rows and
- * with a table; prints every accumulator value, one per line, so builds can be compared number by number.
+ * with a table, and the receiver-major table entry (float32, written into NaN); prints every accumulator
+ * value, one per line, so builds can be compared number by number.
  * Build: cc -O2 -std=c99 uvu_harness.c ../../cdp/plugins/backbones/chargee3net/kernels/uvu_conv.c */
 #include <stdint.h>
 #include <stdio.h>
@@ -20,6 +21,10 @@ int cdp_uvu_conv_table_f32(int64_t, int64_t, const int64_t *, const int64_t *, c
 int cdp_uvu_conv_table_f64(int64_t, int64_t, const int64_t *, const int64_t *, const double *, int64_t, const double *,
                            const double *, int64_t, double, int64_t, const double *, int64_t, double *, int64_t, int64_t,
                            const int32_t *, const int32_t *, const int32_t *, const double *);
+int cdp_uvu_receivers_table_f32(int64_t, int64_t, const int64_t *, const int64_t *, const float *, int64_t,
+                                const float *, const float *, int64_t, double, int64_t, const float *, int64_t, float *,
+                                const int64_t *, int64_t, const int32_t *, const int32_t *, const int32_t *,
+                                const float *);
 int cdp_uvu_vector_path(void);
 int cdp_uvu_acc_slack(void);
 int cdp_uvu_pad_width(void);
@@ -125,7 +130,23 @@ int main(void)
                                pairs, mj, c);
     status |= cdp_uvu_conv_table_f64(0, n_edges, src, dst, y, Y_DIM, r, coef, N_INT, inv_h, n_cols, x, x_width, td,
                                      acc_stride, N_PATHS, tpaths, pairs, mj, c);
+    /* the receiver-major entry into the same channels-last rows, pre-filled with NaN where paths write */
+    float *rf32 = calloc((size_t)N_RECV * acc_stride, sizeof(float));
+    int64_t ptr[N_RECV + 1], path_acc[2 * N_PATHS];
+    for (int rr = 0, e = 0; rr <= N_RECV; ++rr) {
+        while (e < n_edges && dst[e] < rr) ++e;
+        ptr[rr] = e;
+    }
+    for (int p = 0; p < N_PATHS; ++p) {
+        path_acc[2 * p] = tpaths[8 * p + 4];
+        path_acc[2 * p + 1] = acc_stride;
+        for (int rr = 0; rr < N_RECV; ++rr)
+            for (int i = 0; i < tpaths[8 * p + 1] * tpaths[8 * p]; ++i) rf32[rr * acc_stride + tpaths[8 * p + 4] + i] = 0.f / 0.f;
+    }
+    status |= cdp_uvu_receivers_table_f32(0, N_RECV, ptr, src, yf, Y_DIM, rf, coeff, N_INT, inv_h, n_cols, xf, x_width,
+                                          rf32, path_acc, N_PATHS, tpaths, pairs, mj, cf);
     printf("vector_path %d edges %d status %d\n", cdp_uvu_vector_path(), n_edges, status);
-    for (int i = 0; i < N_RECV * acc_stride; ++i) printf("%.9e %.9e %.17e %.17e\n", af[i], tf[i], ad[i], td[i]);
+    for (int i = 0; i < N_RECV * acc_stride; ++i)
+        printf("%.9e %.9e %.17e %.17e %.9e\n", af[i], tf[i], ad[i], td[i], rf32[i]);
     return status;
 }
