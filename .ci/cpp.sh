@@ -2,7 +2,7 @@
 # Build and run the C++/onnxruntime example against a tiny exported model; fail if it differs from PyTorch.
 #
 # Needs: the cdp environment (torch, onnx, onnxscript, onnxruntime from pip) active, g++ (or cmake).
-# onnxruntime's library comes from the PyPI wheel; its C/C++ headers are vendored in examples/cpp/third_party.
+# onnxruntime's library comes from the PyPI wheel; its C/C++ headers are vendored in cdp/export/third_party/onnxruntime.
 # Env: CDP_CPP_BACKBONE (chargee3net|invdeepdft|equideepdft, default chargee3net), CDP_CPP_BUILD (build dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,3 +40,11 @@ rel = np.abs(got - ref).max() / np.abs(ref).max()
 print(f"C++ onnxruntime vs PyTorch: {len(ref)} probes, max|diff|/max|rho| = {rel:.2e}")
 sys.exit(0 if rel <= 1e-5 else 1)
 PYEOF
+
+if [ "$BACKBONE" = chargee3net ]; then
+  echo "== the same model exported with cdp's onnxruntime operators (--ops cdp), run with its library"
+  "$PY" -m cdp.cli.main export "$B/tiny.ckpt" --format onnx --ops cdp -o "$B/export-cdp-ops" --force
+  "$BIN" "$B/export-cdp-ops" "$B/example" "$B/density_cpp_ops.npy" --batch 8 --workers 2 --check 1e-5 \
+    --custom-ops "$B/export-cdp-ops/cdp_ort_ops.so"
+  "$PY" -c "import sys, numpy as np; r = np.load('$B/example/density.npy'); g = np.load('$B/density_cpp_ops.npy'); d = np.abs(g - r).max() / np.abs(r).max(); print(f'C++ with cdp operators vs PyTorch: max|diff|/max|rho| = {d:.2e}'); sys.exit(0 if d <= 1e-5 else 1)"
+fi

@@ -42,13 +42,16 @@ def _load(model_text: str):
 @click.option("--structure", type=click.Path(exists=True, dir_okay=False), default=None,
               help="ase-readable structure for --example-inputs (default: a small built-in slab).")
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (≥ 18).")
+@click.option("--ops", type=click.Choice(["standard", "cdp"]), default="standard", show_default=True,
+              help="ONNX operators: standard ones only, or cdp's onnxruntime operators where the model has them "
+                   "(ChargE3Net: its probe convolutions as the fused kernel; the library is written beside the models).")
 @click.option("--force", is_flag=True, help="Write into DIR even when it already holds files.")
-def command(model, fmt, out_dir, example_dir, structure, opset, force):
+def command(model, fmt, out_dir, example_dir, structure, opset, ops, force):
     """Export MODEL (a cdp checkpoint, a shipped model such as demo, or a preset name) as a two-stage
     encoder/decoder for deployment.  DIR must be missing or empty unless --force."""
     check_out_dir(Path(out_dir), force)  # before loading anything: a refused DIR is never touched
     net, info, source = _load(model)
-    meta = export_model(net, out_dir, fmt, info=info, source=source, opset=opset, force=force,
+    meta = export_model(net, out_dir, fmt, info=info, source=source, opset=opset, force=force, ops=ops,
                         log=lambda s: click.echo(f"  {s}", err=True))
     click.echo(f"wrote {out_dir}/{meta['encoder']['file']}, {meta['decoder']['file']}, cdp_export.json "
                f"({fmt}, cutoff {meta['cutoff']} Å, {meta['num_layers']} layers, {meta['dtype']})")

@@ -167,14 +167,21 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
-    def capture_form(self) -> Optional[nn.Module]:
+    def capture_form(self, ops: str = "standard") -> Optional[nn.Module]:
         """What graph capture (export to ONNX, TorchScript, pt2) records instead of this module, or None
         (the default) to record the module itself.
 
         A backbone whose inference path cannot be captured well (native kernels, per-block loops) returns
         an ``nn.Module`` with the same ``encode``/``decode`` signatures and function, built from the current
-        weights (constants only); exporters call it once per export.
+        weights (constants only); exporters call it once per export.  ``ops``: ``"standard"`` (only ONNX's
+        own operators) or ``"cdp"`` (``cdp export --ops cdp``: the form may call operators of its plugin's
+        onnxruntime library; it then lists them in ``describe()["custom_ops"]`` as ``{"domain", "ops",
+        "provider": "module:function"}``, the function returning the library's path, and gives their ONNX
+        translations from ``onnx_translations()``).  A backbone without such operators raises CdpError for
+        ``"cdp"``.
         """
+        if ops != "standard":
+            raise CdpError(f"{type(self).__name__} has no export form with cdp's operators (use --ops standard)")
         return None
 
     def probe_memory(self, itemsize: int, edges_per_probe: float) -> Optional[Tuple[int, int]]:

@@ -105,14 +105,23 @@ def export_model(
     opset: int = 20,
     log: Callable[[str], None] = lambda s: None,
     force: bool = False,
+    ops: str = "standard",
 ) -> dict:
     """Write the encoder/decoder of ``model`` in ``fmt`` (onnx, torchscript, pt2) to ``out_dir``; returns the metadata.
+
+    ``ops``: ``"standard"`` (ONNX's own operators only) or ``"cdp"`` (ONNX only: the backbone's capture form
+    may call its plugin's onnxruntime operators — ChargE3Net's probe convolutions as the fused kernel; the
+    export directory then also holds that operator library for C++ deployments, see the README).
 
     ``out_dir`` must be missing or empty: a directory holding any file (even one this format would not
     write) is refused untouched with a CdpError unless ``force``, which overwrites the files it writes.
     """
     if fmt not in EXPORTERS:
         raise CdpError(f"unknown export format '{fmt}' (one of {', '.join(EXPORTERS)})")
+    if ops not in ("standard", "cdp"):
+        raise CdpError(f"unknown export operators '{ops}' (standard or cdp)")
+    if ops == "cdp" and fmt != "onnx":
+        raise CdpError("--ops cdp applies to ONNX exports only")
     dtype = model.dtype
     if dtype not in DTYPE_NAMES:
         raise CdpError(f"cannot export a model in {dtype} (float32 or float64)")
@@ -120,7 +129,7 @@ def export_model(
     check_out_dir(out, force)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    enc, dec = split_model(model)
+    enc, dec = split_model(model, ops)
     elements = model_elements(model, info)
     cutoff = float(model.cutoff)
     s = EXAMPLE_SIZES

@@ -12,6 +12,7 @@ one intra-op thread, so cdp's runtime (and the C++ example) use one intra-op thr
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, List
@@ -19,9 +20,11 @@ from typing import Callable, List
 import torch
 
 from cdp.core.atomic import atomic_write
+from cdp.core.checkpoint import file_sha256
 from cdp.core.types import CdpError
 from cdp.export import metadata as md
 from cdp.export.context import blame, export_context
+from cdp.export.custom_ops import LIBRARY_FILE, custom_ops_library
 from cdp.export.programs import export_programs
 from cdp.export.wrappers import DECODER_EDGE_INPUTS, ENCODER_INPUTS, capture_summary
 
@@ -41,17 +44,18 @@ def _index_add(self, dim: int, index, source, alpha: float = 1.0):
     return op.ScatterND(self, op.Unsqueeze(index, op.Constant(value_ints=[-1])), source, reduction="add")
 
 
-def _translations() -> dict:
-    return {torch.ops.aten.index_add.default: _index_add}
+def _translations(extra: dict) -> dict:
+    return {torch.ops.aten.index_add.default: _index_add, **extra}
 
 
-def _to_onnx(program, path: Path, input_names: List[str], output_names: List[str], opset: int, props: dict) -> dict:
+def _to_onnx(program, path: Path, input_names: List[str], output_names: List[str], opset: int, props: dict,
+             extra: dict) -> dict:
     import onnx  # optional dependency (the onnx extra)
 
     with export_context():
         onx = torch.onnx.export(program, (), dynamo=True, opset_version=opset, input_names=input_names,
                                 output_names=output_names, verbose=False, optimize=False,
-                                custom_translation_table=_translations())
+                                custom_translation_table=_translations(extra))
     proto = onx.model_proto
     del proto.metadata_props[:]
     for k, v in props.items():
@@ -80,6 +84,9 @@ def export_onnx(model, enc, dec, enc_args, dec_args, layer_names: List[str], out
         tables = summary.get("radial_tables", {})
         log("captured " + summary["form"] + "".join(
             f"; {k} radial table {t['intervals']} intervals, max error {t['max_rel_error']:.1e} of max|w|" for k, t in tables.items()))
+    form = getattr(enc, "backbone", None)
+    translations = getattr(form, "onnx_translations", dict)()  # a capture form's own operators, if any
+    custom = (summary or {}).get("custom_ops")
     info = {}
     for role, program, ins, outs in (
         ("encoder", enc_ep, list(ENCODER_INPUTS), list(layer_names)),
@@ -87,13 +94,23 @@ def export_onnx(model, enc, dec, enc_args, dec_args, layer_names: List[str], out
     ):
         t0 = time.perf_counter()
         try:
-            info[role] = _to_onnx(program, out / meta[role]["file"], ins, outs, int(opset), md.embedded(meta, role))
+            info[role] = _to_onnx(program, out / meta[role]["file"], ins, outs, int(opset), md.embedded(meta, role),
+                                  translations)
         except CdpError:
             raise
         except Exception as exc:
             raise blame(exc, model, role) from None
         log(f"{role}.onnx: {time.perf_counter() - t0:.1f} s, {info[role]['nodes']} nodes")
+    section = {}
+    if custom:
+        # the operator library beside the models, for C++ deployments (cdp's own runtime builds its own)
+        library = custom_ops_library(custom)
+        target = out / LIBRARY_FILE
+        atomic_write(target, lambda tmp: shutil.copyfile(library, tmp))
+        section["custom_ops"] = dict(custom, library=LIBRARY_FILE, sha256=file_sha256(target))
+        log(f"operators {custom['domain']}: {', '.join(custom['ops'])} (library {LIBRARY_FILE})")
     return {
+        **section,
         "opset": info["decoder"]["opset"],
         "exporter": "torch.export + torch.onnx.export(dynamo=True)",
         "ops": {r: info[r]["ops"] for r in info},

@@ -26,6 +26,7 @@ from cdp.core.registry import get_registry
 from cdp.core.types import CdpError
 from cdp.core.validate import check_overlap, validate_atoms
 from cdp.export import metadata as md
+from cdp.export.custom_ops import custom_ops_library
 
 NP_DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -48,6 +49,10 @@ class OnnxBackend:
             raise CdpError("onnxruntime is not installed (pip install 'cdp[onnx]', or 'cdp[gpu]' for CUDA)") from None
         self.ort = ort
         self.providers = self._providers(device)
+        custom = (meta.get("onnx") or {}).get("custom_ops")
+        # operators of cdp's plugins (``--ops cdp``): the library cdp builds from its own sources, never
+        # the copy in the export directory (that one is for C++ deployments)
+        self.custom_library = str(custom_ops_library(custom)) if custom else None
         self.sessions = {}
         for role in ("encoder", "decoder"):
             path = model_dir / meta[role]["file"]
@@ -67,6 +72,8 @@ class OnnxBackend:
         so.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
+        if self.custom_library:
+            so.register_custom_ops_library(self.custom_library)
         return so
 
     def _providers(self, device: Optional[str]) -> List[str]:

@@ -76,11 +76,11 @@ class Decoder(nn.Module):
         return out
 
 
-def capture_backbone(backbone: nn.Module) -> nn.Module:
-    """The module graph capture records for ``backbone``: its ``capture_form()`` (Backbone contract: the same
-    encode/decode rebuilt as large dense operations from the trained weights, built once per export) when
-    it gives one, else the backbone itself."""
-    form = backbone.capture_form()
+def capture_backbone(backbone: nn.Module, ops: str = "standard") -> nn.Module:
+    """The module graph capture records for ``backbone``: its ``capture_form(ops)`` (Backbone contract: the
+    same encode/decode rebuilt as large dense operations from the trained weights, built once per export)
+    when it gives one, else the backbone itself."""
+    form = backbone.capture_form() if ops == "standard" else backbone.capture_form(ops=ops)
     return form.eval() if form is not None else backbone
 
 
@@ -90,12 +90,12 @@ def capture_summary(enc: nn.Module) -> Optional[dict]:
     return describe() if callable(describe) else None
 
 
-def split_model(model) -> Tuple[Encoder, Decoder]:
+def split_model(model, ops: str = "standard") -> Tuple[Encoder, Decoder]:
     """Encoder and decoder of a DensityModel (in eval mode), sharing its featurizer, readout and prior; the
-    backbone is the one :func:`capture_backbone` gives (built once and shared by both)."""
+    backbone is the one :func:`capture_backbone` gives for ``ops`` (built once and shared by both)."""
     model.eval()
     prior = getattr(model, "prior", None)
-    backbone = capture_backbone(model.backbone)
+    backbone = capture_backbone(model.backbone, ops)
     enc = Encoder(model.featurizer, backbone, prior).eval()
     num_layers = count_layers(model, backbone)
     dec = Decoder(backbone, model.readout, num_layers, prior).eval()

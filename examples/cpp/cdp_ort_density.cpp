@@ -6,7 +6,10 @@
 // each session with ONE intra-op thread: onnxruntime's CPU ScatterND-add is not thread safe), and writes
 // the densities as a float64 .npy file.  Optionally compares them with the reference densities.
 //
-// usage: cdp_ort_density EXPORT_DIR EXAMPLE_DIR OUT.npy [--batch K] [--workers W] [--check TOL]
+// usage: cdp_ort_density EXPORT_DIR EXAMPLE_DIR OUT.npy [--batch K] [--workers W] [--check TOL] [--custom-ops LIB]
+// --custom-ops: register an operator library first (`cdp export --ops cdp` writes cdp_ort_ops.so beside the
+// models; cdp_export.json's onnx.custom_ops records its SHA-256 — check it before loading a library you
+// did not build).
 
 #include <onnxruntime_cxx_api.h>
 
@@ -378,16 +381,18 @@ int run(Ort::Session& enc, Ort::Session& dec, const std::vector<int64_t>& number
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::cerr << "usage: " << argv[0] << " EXPORT_DIR EXAMPLE_DIR OUT.npy [--batch K] [--workers W] [--check TOL]\n";
+    std::cerr << "usage: " << argv[0] << " EXPORT_DIR EXAMPLE_DIR OUT.npy [--batch K] [--workers W] [--check TOL] [--custom-ops LIB]\n";
     return 2;
   }
   const std::string model_dir = argv[1], ex_dir = argv[2], out_path = argv[3];
+  std::string custom_ops;
   Options opt;
   for (int i = 4; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--batch") opt.batch = std::stoll(argv[i + 1]);
     else if (a == "--workers") opt.workers = std::max(1, std::stoi(argv[i + 1]));
     else if (a == "--check") opt.check = std::stod(argv[i + 1]);
+    else if (a == "--custom-ops") custom_ops = argv[i + 1];
     else {
       std::cerr << "unknown option " << a << "\n";
       return 2;
@@ -410,6 +415,7 @@ int main(int argc, char** argv) {
     so.SetIntraOpNumThreads(1);  // ScatterND(add) races with more intra-op threads (onnxruntime #18048, #23396)
     so.SetInterOpNumThreads(1);
     so.AddConfigEntry("session.intra_op.allow_spinning", "0");
+    if (!custom_ops.empty()) so.RegisterCustomOpsLibrary(custom_ops.c_str());
     Ort::Session enc(env, (model_dir + "/encoder.onnx").c_str(), so);
     Ort::Session dec(env, (model_dir + "/decoder.onnx").c_str(), so);
 

@@ -17,6 +17,7 @@ from cdp.core.types import CdpError
 from cdp.plugins.backbones.chargee3net import _build_cache
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 from cdp.plugins.backbones.chargee3net.dense_conv import capture_backbone
+from cdp.plugins.backbones.chargee3net.kernel_capture import capture_with_kernel
 from cdp.plugins.backbones.chargee3net import fast_conv
 from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, Radial
 from cdp.plugins.backbones.chargee3net.tp_scatter import mode
@@ -315,9 +316,14 @@ class ChargE3NetBackbone(Backbone):
             return plan(gate, x)
         return gate(x)
 
-    def capture_form(self) -> nn.Module:
+    def capture_form(self, ops: str = "standard") -> nn.Module:
         """This trained backbone's encode/decode as dense constants and tabulated radial weights, for graph
-        capture (export): see :mod:`cdp.plugins.backbones.chargee3net.dense_conv`."""
+        capture (export): see :mod:`cdp.plugins.backbones.chargee3net.dense_conv`; with ``ops="cdp"`` the
+        probe convolutions call the fused kernel as one operator (:mod:`.kernel_capture`, :mod:`.ort_ops`)."""
+        if ops == "cdp":
+            return capture_with_kernel(self)
+        if ops != "standard":
+            raise CdpError(f"unknown export operators '{ops}' (standard or cdp)")
         return capture_backbone(self)
 
     def probe_memory(self, itemsize: int = 4, edges_per_probe: float = 30.0):

@@ -66,6 +66,52 @@ def _maybe_bias(b: Tensor) -> Optional[Tensor]:
     return b if bool((b != 0).any()) else None
 
 
+class DenseSelfConnection(nn.Module):
+    """A convolution's self-connection ``sc`` as one matrix per irrep block (kron(W, 1_d) read off the e3nn
+    Linear), and its mixing with the convolution: ``cos(angle) · sc(receiver) + sin · conv`` on the masked
+    channels (:class:`E3Convolution`)."""
+
+    def __init__(self, conv: nn.Module, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        sc, bsc = linear_matrix(conv.sc, conv.irreps_receiver.dim)
+        self.sc_blocks: List[List[Tuple[int, int, int]]] = []  # per output block: (receiver start, stop, buffer)
+        recv = conv.sc.irreps_in
+        n_sc = 0
+        for (mul_out, ir), sl in zip(conv.sc.irreps_out, conv.sc.irreps_out.slices()):
+            terms = []
+            for (_, ir_in), sl_in in zip(recv, recv.slices()):
+                if ir_in == ir:
+                    block = sc[sl_in, sl]
+                    if bool((block != 0).any()):
+                        self.register_buffer(f"sc_{n_sc}", block.to(dtype))
+                        terms.append((sl_in.start, sl_in.stop, n_sc))
+                        n_sc += 1
+            self.sc_blocks.append(terms)
+        bsc = _maybe_bias(bsc)
+        self.register_buffer("sc_bias", None if bsc is None else bsc.to(dtype))
+        self.register_buffer("sc_mask", conv.sc.output_mask.to(dtype))
+        self.sc_dims = [mul * ir.dim for mul, ir in conv.sc.irreps_out]
+
+    def forward(self, receiver: Tensor) -> Tensor:
+        num_receivers = receiver.shape[0]
+        scs: List[Tensor] = []
+        for terms, dim in zip(self.sc_blocks, self.sc_dims):
+            y: Optional[Tensor] = None
+            for r0, r1, k in terms:
+                part = receiver[:, r0:r1] @ getattr(self, f"sc_{k}")
+                y = part if y is None else y + part
+            scs.append(receiver.new_zeros((num_receivers, dim)) if y is None else y)
+        sc = torch.cat(scs, dim=1) if len(scs) > 1 else scs[0]
+        if self.sc_bias is not None:
+            sc = sc + self.sc_bias
+        return sc
+
+    def mix(self, receiver: Tensor, angle: Tensor, conv: Tensor) -> Tensor:
+        """The convolution's output from its receivers, lin3's angle [R, 1] and lin2's output [R, d_out]."""
+        sin = (1.0 - self.sc_mask) + angle.sin() * self.sc_mask
+        return angle.cos() * self(receiver) + sin * conv
+
+
 class DenseConvolution(nn.Module):
     """One :class:`E3Convolution` (or its fast subclass) as dense constants; see the module docstring.
 
@@ -145,25 +191,7 @@ class DenseConvolution(nn.Module):
         self.angle_bias = float(0.1 * b3[0])
         self.width = sum(n * mul for mul, _, _, n in self.blocks)
 
-        # self-connection: per output block, the receiver blocks of its irrep through kron(W, 1_d)
-        sc, bsc = linear_matrix(conv.sc, conv.irreps_receiver.dim)
-        self.sc_blocks: List[List[Tuple[int, int, int]]] = []  # per output block: (receiver start, stop, buffer)
-        recv = conv.sc.irreps_in
-        n_sc = 0
-        for (mul_out, ir), sl in zip(conv.sc.irreps_out, conv.sc.irreps_out.slices()):
-            terms = []
-            for (_, ir_in), sl_in in zip(recv, recv.slices()):
-                if ir_in == ir:
-                    block = sc[sl_in, sl]
-                    if bool((block != 0).any()):
-                        self.register_buffer(f"sc_{n_sc}", block.to(dtype))
-                        terms.append((sl_in.start, sl_in.stop, n_sc))
-                        n_sc += 1
-            self.sc_blocks.append(terms)
-        bsc = _maybe_bias(bsc)
-        self.register_buffer("sc_bias", None if bsc is None else bsc.to(dtype))
-        self.register_buffer("sc_mask", conv.sc.output_mask.to(dtype))
-        self.sc_dims = [mul * ir.dim for mul, ir in conv.sc.irreps_out]
+        self.self_connection = DenseSelfConnection(conv, dtype)
         self.out_dim = int(conv.irreps_out.dim)
 
     def forward(self, sender: Tensor, receiver: Tensor, edge_index: Tensor, sh: Tensor, weight: Tensor) -> Tensor:
@@ -206,18 +234,7 @@ class DenseConvolution(nn.Module):
             angle = receiver.new_zeros((num_receivers, 1))
         if self.angle_bias != 0.0:
             angle = angle + self.angle_bias
-        scs: List[Tensor] = []
-        for terms, dim in zip(self.sc_blocks, self.sc_dims):
-            y: Optional[Tensor] = None
-            for r0, r1, k in terms:
-                part = receiver[:, r0:r1] @ getattr(self, f"sc_{k}")
-                y = part if y is None else y + part
-            scs.append(receiver.new_zeros((num_receivers, dim)) if y is None else y)
-        sc = torch.cat(scs, dim=1) if len(scs) > 1 else scs[0]
-        if self.sc_bias is not None:
-            sc = sc + self.sc_bias
-        sin = (1.0 - self.sc_mask) + angle.sin() * self.sc_mask
-        return angle.cos() * sc + sin * conv
+        return self.self_connection.mix(receiver, angle, conv)
 
 
 def _block_paths(conv: nn.Module):
@@ -432,13 +449,20 @@ class CaptureBackbone(nn.Module):
     error on the radial weights (float64), relative to their largest magnitude.
     """
 
-    def __init__(self, backbone: nn.Module, rtol: float = DEFAULT_RTOL, dtype: Optional[torch.dtype] = None):
+    def __init__(self, backbone: nn.Module, rtol: float = DEFAULT_RTOL, dtype: Optional[torch.dtype] = None,
+                 probe_convs: Optional[nn.ModuleList] = None, custom_ops: Optional[dict] = None,
+                 translations: Optional[dict] = None):
         super().__init__()
         dtype = dtype or next(backbone.parameters()).dtype
         self.irreps_sh = backbone.irreps_sh
         self.cutoff = float(backbone.cutoff)
+        # probe_convs given (kernel_capture: --ops cdp): modules called with the edge lengths instead of
+        # the stage's tabulated weights, their operators described by custom_ops / translations
+        self.ops = "standard" if probe_convs is None else "cdp"
+        self.custom_ops, self.translations = custom_ops, dict(translations or {})
         self.atom_convs = nn.ModuleList(DenseConvolution(c, dtype) for c in backbone.atom_convs)
-        self.probe_convs = nn.ModuleList(DenseConvolution(c, dtype) for c in backbone.probe_convs)
+        self.probe_convs = probe_convs if probe_convs is not None else nn.ModuleList(
+            DenseConvolution(c, dtype) for c in backbone.probe_convs)
         self.atom_gates = nn.ModuleList(DenseGate(g, dtype) for g in backbone.atom_gates)
         self.probe_gates = nn.ModuleList(DenseGate(g, dtype) for g in backbone.probe_gates)
         self.atom_radial = TabulatedRadial(backbone.atom_convs, backbone.atom_basis, self.cutoff, rtol, dtype)
@@ -451,7 +475,15 @@ class CaptureBackbone(nn.Module):
         for stage, t in (("atom", self.atom_radial), ("probe", self.probe_radial)):
             tables[stage] = {"intervals": t.num_intervals, "composed": bool(t.full),
                              "max_abs_error": t.error, "max_rel_error": t.error / max(t.scale, 1e-300)}
-        return {"form": "dense ChargE3Net (cdp.plugins.backbones.chargee3net.dense_conv)", "radial_tables": tables}
+        out = {"form": "dense ChargE3Net (cdp.plugins.backbones.chargee3net.dense_conv)", "radial_tables": tables}
+        if self.custom_ops:
+            out["form"] += "; probe convolutions: " + ", ".join(f"{self.custom_ops['domain']}.{o}" for o in self.custom_ops["ops"])
+            out["custom_ops"] = dict(self.custom_ops)
+        return out
+
+    def onnx_translations(self) -> dict:
+        """ONNX translations of the custom operators this form calls (torch.onnx ``custom_translation_table``)."""
+        return dict(self.translations)
 
     def _edge_features(self, edge_vec: Tensor) -> Tuple[Tensor, Tensor]:
         sh = o3.spherical_harmonics(self.irreps_sh, edge_vec, normalize=True, normalization="component")
@@ -470,10 +502,10 @@ class CaptureBackbone(nn.Module):
 
     def decode(self, atom_layers: List[Tensor], edge_index: Tensor, edge_vec: Tensor, num_probes: int) -> Tensor:
         sh, r = self._edge_features(edge_vec)
-        weights = self.probe_radial(r)
+        weights = self.probe_radial(r) if self.ops == "standard" else r
         p = edge_vec.new_zeros((num_probes, 1))
         for n, (conv, gate) in enumerate(zip(self.probe_convs, self.probe_gates)):
-            w = self.probe_radial.weights(weights, n)
+            w = self.probe_radial.weights(weights, n) if self.ops == "standard" else r
             p = gate(conv(atom_layers[n], p, edge_index, sh, w))
         return p
 

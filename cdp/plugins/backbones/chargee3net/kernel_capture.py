@@ -1,0 +1,191 @@
+"""ChargE3Net's probe decoder for export with cdp's onnxruntime operator (``--ops cdp``).
+
+:class:`KernelConvolution` is a probe convolution whose aggregate is one call of the fused kernel —
+``torch.ops.cdp.uvu_conv_table``, recorded by graph capture as a single node and written to ONNX as
+``ai.cdp.UvuConvTable`` (:mod:`.ort_ops`) — instead of the dense form (:mod:`.dense_conv`), which writes
+every edge's tensor-product output [E, Σ d_k·mul] and reads it back.  Around the call it is the fast
+backend's inference path (:meth:`FastE3Convolution._blocks` with the kernel reading the radial table):
+lin1 and the sender packing as one matrix, the radial table the fast backend builds (same knots, same
+error bound), lin2/lin3 as one GEMM per instruction on the kernel's "blocks" aggregate
+(:func:`.fast_conv.linear_blocks`), and the dense self-connection.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import Tensor, nn
+
+from cdp.core.types import CdpError
+from cdp.plugins.backbones.chargee3net import native
+from cdp.plugins.backbones.chargee3net.dense_conv import (
+    DEFAULT_RTOL, CaptureBackbone, DenseSelfConnection, _maybe_bias, linear_matrix,
+)
+from cdp.plugins.backbones.chargee3net.fast_conv import _scaled_weights
+
+
+@torch.library.custom_op("cdp::uvu_conv_table", mutates_args=())
+def uvu_conv_table(x: Tensor, sh: Tensor, r: Tensor, src: Tensor, dst: Tensor, slots: Tensor, coef: Tensor,
+                   inv_h: float, paths: Tensor, pairs: Tensor, mj: Tensor, c: Tensor, path_block: Tensor,
+                   mid_dim: int) -> Tensor:
+    """The aggregate M [R · mid_dim] ("blocks" layout) of one convolution: the same function as the ONNX
+    operator ``ai.cdp.UvuConvTable`` (kernels/ort_ops.cc), here through the kernel library (float32, CPU).
+    Edges in any order; R = len(slots)."""
+    lib = native.load()
+    fn = None if lib is None else native.entry_receivers(lib, coef.dtype)
+    if fn is None:
+        raise RuntimeError("cdp::uvu_conv_table needs the fused kernel library (a C compiler)")
+    num_receivers = slots.shape[0]
+    order = torch.argsort(dst, stable=True)
+    src_s, sh_s, r_s = src[order].contiguous(), sh[order].contiguous(), r[order].to(coef.dtype).contiguous()
+    ptr = torch.searchsorted(dst[order], torch.arange(num_receivers + 1, dtype=dst.dtype)).contiguous()
+    start = path_block[:, 0]
+    path_acc = torch.stack([num_receivers * start + (paths[:, 4].long() - start), path_block[:, 1]], 1).contiguous()
+    flat = coef.new_empty((num_receivers * mid_dim,))
+    x = x.contiguous()
+    status = fn(0, num_receivers, ptr.data_ptr(), src_s.data_ptr(), sh_s.data_ptr(), sh_s.shape[1], r_s.data_ptr(),
+                coef.data_ptr(), coef.shape[0], float(inv_h), coef.shape[2], x.data_ptr(), x.shape[1], flat.data_ptr(),
+                path_acc.data_ptr(), paths.shape[0], paths.data_ptr(), pairs.data_ptr(), mj.data_ptr(), c.data_ptr())
+    if status:
+        raise RuntimeError(f"cdp::uvu_conv_table: kernel status {status}")
+    return flat
+
+
+@uvu_conv_table.register_fake
+def _(x, sh, r, src, dst, slots, coef, inv_h, paths, pairs, mj, c, path_block, mid_dim):
+    return x.new_empty((slots.shape[0] * mid_dim,))
+
+
+ONNX_INPUTS = (("x", "tensor(float)"), ("sh", "tensor(float)"), ("r", "tensor(float)"), ("src", "tensor(int64)"),
+               ("dst", "tensor(int64)"), ("slots", "tensor(float)"), ("coef", "tensor(float)"),
+               ("inv_h", "tensor(float)"), ("paths", "tensor(int32)"), ("pairs", "tensor(int32)"),
+               ("m_j", "tensor(int32)"), ("c", "tensor(float)"), ("path_block", "tensor(int64)"))
+
+
+def onnx_schema():
+    """The ONNX schema of ``ai.cdp.UvuConvTable`` (kernels/ort_ops.cc), registered with onnx once (the
+    exporter builds nodes against schemas)."""
+    import onnx  # noqa: PLC0415  (optional dependency, only while exporting)
+    from onnx.defs import OpSchema  # noqa: PLC0415
+
+    if not onnx.defs.has("UvuConvTable", "ai.cdp"):
+        schema = OpSchema("UvuConvTable", "ai.cdp", 1, doc="ChargE3Net convolution aggregate (cdp's fused kernel)",
+                          inputs=[OpSchema.FormalParameter(n, t) for n, t in ONNX_INPUTS],
+                          outputs=[OpSchema.FormalParameter("aggregate", "tensor(float)")])
+        onnx.defs.register_schema(schema)
+    return onnx.defs.get_schema("UvuConvTable", 1, "ai.cdp")
+
+
+def onnx_translation(x, sh, r, src, dst, slots, coef, inv_h: float, paths, pairs, mj, c, path_block, mid_dim: int):
+    """``cdp::uvu_conv_table`` as the node ``ai.cdp.UvuConvTable`` (torch.onnx custom translation)."""
+    from onnxscript import opset18 as op  # noqa: PLC0415  (optional dependency, only while exporting)
+    from onnxscript import values  # noqa: PLC0415
+
+    node = values.Op(values.Opset("ai.cdp", 1), "UvuConvTable", onnx_schema())
+    return node(x, sh, r, src, dst, slots, coef, op.Constant(value_floats=[float(inv_h)]), paths, pairs, mj, c,
+                path_block)
+
+
+class KernelConvolution(nn.Module):
+    """One probe convolution (a :class:`FastE3Convolution`) around ``cdp::uvu_conv_table`` (module docstring).
+
+    ``forward(sender [Ns, ds], receiver [R, dr], edge_index [2, E], sh [E, dY], r [E] Å)`` → the pre-gate
+    output [R, d_out]; float32 (the kernel's table dtype).  Raises RuntimeError when the convolution has no
+    radial table (a radial network that cannot be tabulated) or the kernel cannot run its plan."""
+
+    def __init__(self, conv: nn.Module, basis: nn.Module, rtol: float):
+        super().__init__()
+        dtype = torch.float32
+        plan = conv.plan
+        if not plan.native_ok():
+            raise RuntimeError("this convolution's multiplicities exceed the kernel's limit")
+        table = conv.radial_table(basis, dtype, torch.device("cpu"), rtol)
+        if table is None:
+            raise RuntimeError(f"no radial table ({conv.extra_repr()})")
+        norm = 1.0 / float(conv.num_neighbors) ** 0.5
+        lin1, b1 = linear_matrix(conv.lin1, conv.irreps_sender.dim)
+        pack = plan.pack_index  # packed column → lin1 output column (lin1.irreps_out.dim: a zero column)
+        lin1 = torch.cat([lin1, lin1.new_zeros((lin1.shape[0], 1))], dim=1)[:, pack]
+        b1 = torch.cat([b1, b1.new_zeros(1)])[pack]
+        self.register_buffer("lin1", lin1.to(dtype))
+        bias = _maybe_bias(b1)
+        self.register_buffer("lin1_bias", None if bias is None else bias.to(dtype))
+        paths, pairs, mj, c = plan.on(table.coef, "kernel")
+        self.register_buffer("coef", table.coef.detach().clone())
+        self.register_buffer("paths", paths.clone())
+        self.register_buffer("pairs", pairs.clone())
+        self.register_buffer("mj", mj.clone())
+        self.register_buffer("c", c.to(dtype).clone())
+        self.register_buffer("path_block", plan.path_block.clone())
+        self.inv_h = float(table.inv_h)
+        self.mid = [(mul, ir.dim) for mul, ir in plan.mid_simple]
+        self.mid_dim = int(plan.mid_simple.dim)
+        # lin2 and lin3 per instruction on the mid blocks (1/√n and lin3's 0.1 folded in), their biases
+        like = torch.empty(0, dtype=dtype)
+        self.lin2_ins, self.lin3_ins = [], []
+        for name, lin, scale, out in (("lin2", conv.lin2, norm, self.lin2_ins), ("lin3", conv.lin3, 0.1 * norm, self.lin3_ins)):
+            for n, (ins, w) in enumerate(_scaled_weights(lin, scale, like)):
+                self.register_buffer(f"{name}_{n}", w.detach().clone())
+                out.append((ins.i_in, ins.i_out))
+        _, b2 = linear_matrix(conv.lin2, self.mid_dim, torch.zeros(0, dtype=torch.long))
+        _, b3 = linear_matrix(conv.lin3, self.mid_dim, torch.zeros(0, dtype=torch.long))
+        bias = _maybe_bias(b2)
+        self.register_buffer("lin2_bias", None if bias is None else bias.to(dtype))
+        self.angle_bias = float(0.1 * b3[0])
+        self.out2 = [(mul, ir.dim) for mul, ir in conv.lin2.irreps_out]
+        self.self_connection = DenseSelfConnection(conv, dtype)
+
+    def _linear(self, name: str, instructions, outs, blocks: List[Tensor], rows) -> Tensor:
+        pieces: List[Tensor] = []
+        for k, (mul_out, d) in enumerate(outs):
+            y = None
+            for n, (i_in, i_out) in enumerate(instructions):
+                if i_out != k:
+                    continue
+                block = blocks[i_in]
+                part = (block.reshape(-1, block.shape[2]) @ getattr(self, f"{name}_{n}")).reshape(rows, d, mul_out)
+                y = part if y is None else y + part
+            if y is None:
+                pieces.append(blocks[0].new_zeros((rows, mul_out * d)))
+            else:
+                pieces.append(y.transpose(1, 2).reshape(rows, mul_out * d) if d > 1 else y.reshape(rows, mul_out))
+        return torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
+
+    def forward(self, sender: Tensor, receiver: Tensor, edge_index: Tensor, sh: Tensor, r: Tensor) -> Tensor:
+        rows = receiver.shape[0]
+        x = sender @ self.lin1
+        if self.lin1_bias is not None:
+            x = x + self.lin1_bias
+        slots = receiver[:, 0]
+        flat = torch.ops.cdp.uvu_conv_table(x, sh, r, edge_index[0], edge_index[1], slots, self.coef, self.inv_h,
+                                            self.paths, self.pairs, self.mj, self.c, self.path_block, self.mid_dim)
+        blocks: List[Tensor] = []
+        at = 0
+        for mul, d in self.mid:
+            blocks.append(flat[at * rows : (at + mul * d) * rows].reshape(rows, d, mul))
+            at += mul * d
+        conv = self._linear("lin2", self.lin2_ins, self.out2, blocks, rows)
+        if self.lin2_bias is not None:
+            conv = conv + self.lin2_bias
+        angle = self._linear("lin3", self.lin3_ins, [(1, 1)], blocks, rows)
+        if self.angle_bias != 0.0:
+            angle = angle + self.angle_bias
+        return self.self_connection.mix(receiver, angle, conv)
+
+
+CUSTOM_OPS = {"domain": "ai.cdp", "ops": ["UvuConvTable"], "provider": "cdp.plugins.backbones.chargee3net.ort_ops:build"}
+
+
+def capture_with_kernel(backbone: nn.Module, rtol: float = DEFAULT_RTOL) -> CaptureBackbone:
+    """The capture form with every probe convolution a :class:`KernelConvolution` (``--ops cdp``); float32
+    only.  Raises CdpError when the kernel cannot run this model."""
+    if next(backbone.parameters()).dtype != torch.float32:
+        raise CdpError("--ops cdp exports float32 models only (the kernel's radial tables are float32)")
+    native.load()
+    try:
+        convs = nn.ModuleList(KernelConvolution(c, backbone.probe_basis, backbone.radial_rtol) for c in backbone.probe_convs)
+    except RuntimeError as exc:
+        raise CdpError(f"--ops cdp: {exc}") from None
+    return CaptureBackbone(backbone, rtol=rtol, probe_convs=convs, custom_ops=CUSTOM_OPS,
+                           translations={torch.ops.cdp.uvu_conv_table.default: onnx_translation}).eval()

@@ -1,0 +1,89 @@
+"""``--ops cdp``: ChargE3Net's probe convolutions exported as one ``ai.cdp.UvuConvTable`` node each, run by
+cdp's onnxruntime operator library (the fused kernel) — the PyTorch model's densities, a verified library
+beside the models, and one-line refusals for what it cannot do."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from cdp.core.types import CdpError
+from cdp.export import export_model
+from cdp.export.custom_ops import custom_ops_library
+from cdp.export.runtime import load_exported
+from cdp.predict import Predictor
+from tests.helpers.export import cases, tiny_model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = tiny_model("chargee3net")
+    out = tmp_path_factory.mktemp("cdp-ops") / "onnx"
+    meta = export_model(model, out, "onnx", ops="cdp")
+    return model, out, meta
+
+
+def test_probe_convolutions_are_one_cdp_node_each_and_match_pytorch(exported):
+    model, out, meta = exported
+    proto = onnx.load(str(out / "decoder.onnx"))
+    nodes = [n for n in proto.graph.node if n.domain == "ai.cdp"]
+    assert [n.op_type for n in nodes] == ["UvuConvTable"] * len(model.backbone.probe_convs)
+    assert "ScatterND" not in {n.op_type for n in proto.graph.node}  # no per-edge outputs scattered
+    assert {"ai.cdp": 1}.items() <= {o.domain: o.version for o in proto.opset_import}.items()
+    assert not [n for n in onnx.load(str(out / "encoder.onnx")).graph.node if n.domain == "ai.cdp"]
+    pred = load_exported(out, workers=1)
+    for label, atoms, probes in cases():
+        want = Predictor(model, probe_batch=7).predict(atoms, probes)
+        got = pred.predict(atoms, probes, probe_batch=7)
+        scale = np.abs(want).max()
+        assert got.shape == want.shape and scale > 0, label
+        assert np.abs(got - want).max() <= 2e-6 * scale, (label, np.abs(got - want).max() / scale)
+
+
+def test_the_library_beside_the_models_is_recorded_with_its_hash(exported):
+    _, out, meta = exported
+    custom = meta["onnx"]["custom_ops"]
+    lib = out / custom["library"]
+    assert custom["domain"] == "ai.cdp" and custom["ops"] == ["UvuConvTable"]
+    assert hashlib.sha256(lib.read_bytes()).hexdigest() == custom["sha256"]
+    assert json.loads((out / "cdp_export.json").read_text())["onnx"]["custom_ops"] == custom
+    # the copy serves a plain onnxruntime session too (what the C++ example does)
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(str(lib))
+    ort.InferenceSession(str(out / "decoder.onnx"), so, providers=["CPUExecutionProvider"])
+
+
+def test_bad_edges_are_refused_by_the_operator_not_read_out_of_bounds(exported):
+    _, out, _ = exported
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(str(custom_ops_library(json.loads((out / "cdp_export.json").read_text())["onnx"]["custom_ops"])))
+    sess = ort.InferenceSession(str(out / "decoder.onnx"), so, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for i in sess.get_inputs():
+        if i.name.startswith("atom_layer"):
+            feeds[i.name] = np.ones((3, i.shape[1]), np.float32)
+    feeds["probe_edge_index"] = np.array([[0, 7], [0, 1]], np.int64)  # sender 7 of 3 atoms
+    feeds["probe_edge_vec"] = np.full((2, 3), 0.5, np.float32)
+    feeds["probe_slots"] = np.zeros(2, np.float32)
+    with pytest.raises(Exception, match="UvuConvTable: a sender index is out of range"):
+        sess.run(None, feeds)
+    feeds["probe_edge_index"] = np.array([[0, 1], [0, 5]], np.int64)  # receiver 5 of 2 probes
+    with pytest.raises(Exception, match="UvuConvTable: a receiver index is out of range"):
+        sess.run(None, feeds)
+
+
+def test_refusals(tmp_path):
+    with pytest.raises(CdpError, match="--ops cdp applies to ONNX exports only"):
+        export_model(tiny_model("chargee3net"), tmp_path / "ts", "torchscript", ops="cdp")
+    with pytest.raises(CdpError, match="has no export form with cdp's operators"):
+        export_model(tiny_model("invdeepdft"), tmp_path / "s", "onnx", ops="cdp")
+    with pytest.raises(CdpError, match="unknown export operators 'fast'"):
+        export_model(tiny_model("chargee3net"), tmp_path / "f", "onnx", ops="fast")
+    # metadata never chooses the code cdp runs: only a registered plugin's function builds a library
+    with pytest.raises(CdpError, match="provider 'os:getcwd' is not a registered plugin's"):
+        custom_ops_library({"domain": "ai.cdp", "provider": "os:getcwd"})
