@@ -107,7 +107,7 @@ def _blocks(n: int, r_max: float, width: int) -> Iterator[Tuple[int, int, Tensor
 def _block_error(fn: RadialFunction, block: Tensor, k0: int, inv_h: float, r: Tensor, i: Tensor) -> float:
     """max |interpolant − fn| (float64) at the points r [P] of intervals i [P] (global indices) for a block
     [B, 4, W] of float64 coefficients starting at interval ``k0``: :func:`evaluate`'s arithmetic (the same
-    t, the same Horner's rule) with two [P, W] temporaries besides ``fn(r)``."""
+    t, the same Horner's rule) with two [P, W] temporaries besides ``fn(r)``; inf where not finite."""
     if r.numel() == 0:
         return 0.0
     with torch.no_grad():
@@ -118,7 +118,8 @@ def _block_error(fn: RadialFunction, block: Tensor, k0: int, inv_h: float, r: Te
         tmp = torch.empty_like(approx)
         for k in (2, 1, 0):
             approx.mul_(t).add_(torch.index_select(block[:, k], 0, local, out=tmp))
-        return float(approx.sub_(exact).abs_().max())
+        err = approx.sub_(exact).abs_().max()
+        return float(err) if bool(torch.isfinite(err)) else math.inf
 
 
 class RadialTable(nn.Module):
@@ -161,7 +162,8 @@ class RadialTable(nn.Module):
         ``fn`` is called in float64 (the caller passes a float64 copy of its module).  ``dtype``: the table's
         storage type (default float32).  Built a block of intervals at a time (module docstring): the
         coefficients are those of the float64 interpolant rounded once to ``dtype``, and ``error`` is the
-        float64 interpolant's, as if the whole table had been built in float64 first.
+        float64 interpolant's, as if the whole table had been built in float64 first.  Raises ValueError
+        where the function or its slope is not finite.
         """
         return cls._build(fn, r_max, num_intervals, dtype or torch.float32)[0]
 
@@ -184,6 +186,9 @@ class RadialTable(nn.Module):
             coef[k0:k1] = block
             scale = max(scale, float(block[:, 0].abs().max()))
             err = max(err, _block_error(fn, block, k0, n / float(r_max), r, i))
+            if not (math.isfinite(scale) and math.isfinite(err)):
+                raise ValueError(f"radial table: the function or its slope is not finite on "
+                                 f"[{k0 * h:.3g}, {k1 * h:.3g}] Å")
         return cls(coef, r_max, err), scale
 
     @classmethod
@@ -194,7 +199,8 @@ class RadialTable(nn.Module):
         The error is measured in float64 at five points inside every interval (where a cubic Hermite
         interpolant's error peaks) for the float64 interpolant, so it bounds what float32 storage adds on top
         (rounding, ~6e-8 relative); max|w| is over the float64 knot values.
-        Raises ValueError when ``max_intervals`` is not enough (a non-smooth function).
+        Raises ValueError when ``max_intervals`` is not enough (a non-smooth function) or the function is
+        not finite on [0, r_max].
         """
         n = int(min_intervals)
         while True:

@@ -137,3 +137,15 @@ def test_blockwise_build_is_the_whole_float64_table_rounded_once(monkeypatch):
     reference = RadialTable.fit(gaussians, R_MAX, rtol=1e-7)
     assert fitted.num_intervals == reference.num_intervals
     assert torch.equal(fitted.coef, reference.coef) and fitted.error == reference.error
+
+
+def test_a_function_not_finite_somewhere_is_refused():
+    def gap(r):  # NaN strictly between two knots of every power-of-two table: only the error points see it
+        return torch.where((r > 1.001) & (r < 1.06), math.nan, 1.0).unsqueeze(1) * gaussians(r)
+
+    with pytest.raises(ValueError, match=r"not finite on \[0, 4\] Å"):  # W = 5: the whole table is one block
+        RadialTable.fit(gap, R_MAX, rtol=1e-7)
+    with pytest.raises(ValueError, match="not finite"):
+        RadialTable.build(lambda r: torch.log(r).unsqueeze(1), R_MAX, 64)  # -inf at the knot r = 0
+    table = RadialTable.build(gaussians, R_MAX, 64)
+    assert table.measure(gap) == math.inf
