@@ -7,11 +7,12 @@ CPU-s per 1,000 probes from run to run for that reason alone.  :func:`keep_freed
 threshold at its maximum (32 MiB) and raises the trim threshold, so such blocks are reused.  The CLI and
 the benchmarks call it; library users may.  Peak RSS is unchanged (freed blocks are reused, not added).
 
-One-off work is the exception: e3nn draws 10⁶ float64 samples (8 MB) for every activation it builds, and
-the radial tables are fitted through multi-megabyte float64 blocks.  Kept in the heap, such temporaries
-stay resident for the life of the process and fragment the heap that inference reuses; within
-:func:`returning_freed_memory` (model construction, table fitting) blocks of 1 MiB and more get their
-own pages instead, returned to the system when freed (the paper-size ChargE3Net's peak RSS: −30 MiB).
+One-off work is the exception: e3nn draws 10⁶ float64 samples (8 MB) for every activation it builds.
+Kept in the heap, such temporaries stay resident for the life of the process and fragment the heap that
+inference reuses; within :func:`returning_freed_memory` (model construction) blocks of 1 MiB and more
+get their own pages instead, returned to the system when freed.  Long-lived blocks allocated amid
+temporaries (a radial table) are allocated there too, so that they do not pin the heap's top.  Both
+together: the paper-size ChargE3Net's peak RSS −30 MiB.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ float64 against the function itself and doubles ``n`` until it is below the requ
 Tables are built from trained weights (at model load) and never trained.  A table is built a block of
 intervals at a time (:data:`BUILD_BYTES`): knot values and slopes, coefficients and the error at the
 block's probe points in float64, then the block is stored in the table's dtype, so no float64 copy of the
-whole table ever exists.
+whole table ever exists; the table gets its own pages (:func:`cdp.core.malloc.returning_freed_memory`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from cdp.core.malloc import returning_freed_memory
 
 RadialFunction = Callable[[Tensor], Tensor]
 MIN_INTERVALS = 64
@@ -182,7 +184,8 @@ class RadialTable(nn.Module):
             block = hermite_coefficients(value, slope, h)  # [k1 - k0, 4, W] float64
             del value, slope
             if coef is None:
-                coef = torch.empty((n, 4, block.shape[2]), dtype=dtype)
+                with returning_freed_memory():  # long-lived: its own pages, not pinning the heap's top
+                    coef = torch.empty((n, 4, block.shape[2]), dtype=dtype)
             coef[k0:k1] = block
             scale = max(scale, float(block[:, 0].abs().max()))
             err = max(err, _block_error(fn, block, k0, n / float(r_max), r, i))

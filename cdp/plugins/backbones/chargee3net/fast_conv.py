@@ -25,7 +25,6 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 
-from cdp.core.malloc import returning_freed_memory
 from cdp.nn.radial_table import MIN_INTERVALS, RadialTable
 from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
@@ -274,10 +273,8 @@ class FastE3Convolution(E3Convolution):
                 cutoff = float(basis.cutoff)
                 if not bool(torch.isfinite(fn(torch.linspace(0.0, cutoff, 33, dtype=torch.float64))).all()):
                     raise ValueError("the radial network is not finite on [0, cutoff]")
-                # built in ``dtype`` a block of intervals at a time (fitted and measured in float64 per block);
-                # its float64 temporaries returned to the system, the table in its own pages (not in the heap)
-                with returning_freed_memory():
-                    table = RadialTable.fit(fn, cutoff, rtol=rtol, dtype=dtype, max_intervals=max_intervals)
+                # built in ``dtype`` a block of intervals at a time (fitted and measured in float64 per block)
+                table = RadialTable.fit(fn, cutoff, rtol=rtol, dtype=dtype, max_intervals=max_intervals)
                 table = table.to(device=device)
                 scale = float(table.coef[:, 0].abs().max()) or 1.0
                 report = (f"radial=table({table.num_intervals} intervals, {table.num_intervals * row_bytes >> 10} KiB, "
