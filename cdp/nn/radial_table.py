@@ -12,21 +12,26 @@ monomial coefficients of the cubic Hermite interpolant built from w and dw/dr at
 This layout is shared with the native kernels, which evaluate a row per edge without writing [E, W].
 The interpolation error is h⁴/384 · max|w''''| (h = r_max / n); :meth:`RadialTable.fit` measures it in
 float64 against the function itself and doubles ``n`` until it is below the requested tolerance.
-Tables are built from trained weights (at model load) and never trained.
+Tables are built from trained weights (at model load) and never trained.  A table is built a block of
+intervals at a time (:data:`BUILD_BYTES`): knot values and slopes, coefficients and the error at the
+block's probe points in float64, then the block is stored in the table's dtype, so no float64 copy of the
+whole table ever exists; the table gets its own pages (:func:`cdp.core.malloc.returning_freed_memory`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from cdp.core.malloc import returning_freed_memory
+
 RadialFunction = Callable[[Tensor], Tensor]
 MIN_INTERVALS = 64
 MAX_INTERVALS = 8192
-MEASURE_BYTES = 16 << 20  # temporaries of one slice of :meth:`RadialTable.measure`
+BUILD_BYTES = 2 << 20  # one float64 [points, W] operand of a build or measure block (~10 such at once)
 HERMITE_COLUMNS = 256  # columns assembled at once (bounded temporaries for wide tables)
 PROBE_POINTS = (0.125, 0.375, 0.5, 0.625, 0.875)  # where in each interval the error is measured
 
@@ -79,6 +84,46 @@ def evaluate(coef: Tensor, inv_h: float, r: Tensor) -> Tensor:
     return c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
 
 
+def _width(fn: RadialFunction) -> int:
+    """W of ``fn`` (one evaluation at r = 0)."""
+    with torch.no_grad():
+        return int(fn(torch.zeros(1, dtype=torch.float64)).shape[-1])
+
+
+def _blocks(n: int, r_max: float, width: int) -> Iterator[Tuple[int, int, Tensor, Tensor]]:
+    """Blocks (k0, k1, r, i) of the intervals [k0, k1) of an ``n``-interval table over [0, r_max], with the
+    measure points r [P] (float64) that :func:`evaluate` places in the block and their intervals i [P]
+    (global indices, float64).  Points: :data:`PROBE_POINTS` of every interval, and both ends."""
+    h, inv_h = r_max / n, n / r_max
+    frac = torch.tensor(PROBE_POINTS, dtype=torch.float64)
+    r = ((torch.arange(n, dtype=torch.float64).unsqueeze(1) + frac) * h).reshape(-1)
+    r = torch.cat([r, torch.tensor([0.0, r_max], dtype=torch.float64)])
+    i = torch.clamp(torch.floor(r * inv_h), 0, n - 1)
+    step = max(1, BUILD_BYTES // (8 * len(PROBE_POINTS) * max(1, width)))
+    for k0 in range(0, n, step):
+        k1 = min(n, k0 + step)
+        inside = (i >= k0) & (i < k1)
+        yield k0, k1, r[inside], i[inside]
+
+
+def _block_error(fn: RadialFunction, block: Tensor, k0: int, inv_h: float, r: Tensor, i: Tensor) -> float:
+    """max |interpolant − fn| (float64) at the points r [P] of intervals i [P] (global indices) for a block
+    [B, 4, W] of float64 coefficients starting at interval ``k0``: :func:`evaluate`'s arithmetic (the same
+    t, the same Horner's rule) with two [P, W] temporaries besides ``fn(r)``; inf where not finite."""
+    if r.numel() == 0:
+        return 0.0
+    with torch.no_grad():
+        exact = fn(r).double()
+        t = (r * inv_h - i).unsqueeze(-1)
+        local = (i - k0).long()
+        approx = block[:, 3].index_select(0, local)
+        tmp = torch.empty_like(approx)
+        for k in (2, 1, 0):
+            approx.mul_(t).add_(torch.index_select(block[:, k], 0, local, out=tmp))
+        err = approx.sub_(exact).abs_().max()
+        return float(err) if bool(torch.isfinite(err)) else math.inf
+
+
 class RadialTable(nn.Module):
     """w(r) for r in [0, r_max] as piecewise cubics on ``n`` uniform intervals (module docstring).
 
@@ -117,19 +162,37 @@ class RadialTable(nn.Module):
         """Table of ``fn`` (r [K] float64 → [K, W]) on ``num_intervals`` intervals, with its measured error.
 
         ``fn`` is called in float64 (the caller passes a float64 copy of its module).  ``dtype``: the table's
-        storage type (default float32).
+        storage type (default float32).  Built a block of intervals at a time (module docstring): the
+        coefficients are those of the float64 interpolant rounded once to ``dtype``, and ``error`` is the
+        float64 interpolant's, as if the whole table had been built in float64 first.  Raises ValueError
+        where the function or its slope is not finite.
         """
+        return cls._build(fn, r_max, num_intervals, dtype or torch.float32)[0]
+
+    @classmethod
+    def _build(cls, fn: RadialFunction, r_max: float, num_intervals: int,
+               dtype: torch.dtype) -> Tuple["RadialTable", float]:
+        """(table, max|w| over the knots r_0 … r_{n-1} in float64): :meth:`build` block by block."""
         n = int(num_intervals)
         if n < 1:
             raise ValueError(f"num_intervals must be ≥ 1, got {num_intervals}")
         h = float(r_max) / n
-        knots = torch.arange(n + 1, dtype=torch.float64) * h
-        value, slope = _values_and_slopes(fn, knots)
-        coef = hermite_coefficients(value, slope, h)
-        del value, slope
-        table = cls(coef, r_max)
-        table.error = table.measure(fn)
-        return table.to(dtype or torch.float32)
+        coef, err, scale = None, 0.0, 0.0
+        for k0, k1, r, i in _blocks(n, float(r_max), _width(fn)):
+            knots = torch.arange(k0, k1 + 1, dtype=torch.float64) * h
+            value, slope = _values_and_slopes(fn, knots)
+            block = hermite_coefficients(value, slope, h)  # [k1 - k0, 4, W] float64
+            del value, slope
+            if coef is None:
+                with returning_freed_memory():  # long-lived: its own pages, not pinning the heap's top
+                    coef = torch.empty((n, 4, block.shape[2]), dtype=dtype)
+            coef[k0:k1] = block
+            scale = max(scale, float(block[:, 0].abs().max()))
+            err = max(err, _block_error(fn, block, k0, n / float(r_max), r, i))
+            if not (math.isfinite(scale) and math.isfinite(err)):
+                raise ValueError(f"radial table: the function or its slope is not finite on "
+                                 f"[{k0 * h:.3g}, {k1 * h:.3g}] Å")
+        return cls(coef, r_max, err), scale
 
     @classmethod
     def fit(cls, fn: RadialFunction, r_max: float, rtol: float = 1e-7, dtype: Optional[torch.dtype] = None,
@@ -137,15 +200,17 @@ class RadialTable(nn.Module):
         """The coarsest power-of-two table whose measured error is ≤ ``rtol · max|w|`` over [0, r_max].
 
         The error is measured in float64 at five points inside every interval (where a cubic Hermite
-        interpolant's error peaks), so it bounds what float32 storage adds on top (rounding, ~6e-8 relative).
-        Raises ValueError when ``max_intervals`` is not enough (a non-smooth function).
+        interpolant's error peaks) for the float64 interpolant, so it bounds what float32 storage adds on top
+        (rounding, ~6e-8 relative); max|w| is over the float64 knot values.
+        Raises ValueError when ``max_intervals`` is not enough (a non-smooth function) or the function is
+        not finite on [0, r_max].
         """
         n = int(min_intervals)
         while True:
-            table = cls.build(fn, r_max, n, dtype=torch.float64)
-            scale = float(table.coef[:, 0].abs().max()) or 1.0
+            table, scale = cls._build(fn, r_max, n, dtype or torch.float32)
+            scale = scale or 1.0
             if table.error <= rtol * scale:
-                return table.to(dtype or torch.float32)
+                return table
             if 2 * n > max_intervals:
                 raise ValueError(f"radial table: error {table.error / scale:.2e} of max|w| with {n} intervals "
                                  f"exceeds {rtol:.1e}; the function is not smooth enough to tabulate")
@@ -154,20 +219,11 @@ class RadialTable(nn.Module):
             n = min(max_intervals, max(2 * n, n * 2 ** math.ceil(math.log2(ratio) / 4)))
 
     def measure(self, fn: RadialFunction) -> float:
-        """max |table − fn| in float64 at :data:`PROBE_POINTS` of every interval (and both ends)."""
-        n, h = self.num_intervals, self.r_max / self.num_intervals
-        frac = torch.tensor(PROBE_POINTS, dtype=torch.float64)
-        r = ((torch.arange(n, dtype=torch.float64).unsqueeze(1) + frac) * h).reshape(-1)
-        r = torch.cat([r, torch.tensor([0.0, self.r_max], dtype=torch.float64)])
-        coef = self.coef.double()
-        # in slices of points, so that the temporaries stay ~MEASURE_BYTES however wide the table
-        step = max(1, MEASURE_BYTES // (8 * 6 * max(1, self.width)))
+        """max |table − fn| in float64 at :data:`PROBE_POINTS` of every interval (and both ends), the stored
+        coefficients read in float64 a block of intervals at a time."""
         err = 0.0
-        with torch.no_grad():
-            for a in range(0, r.shape[0], step):
-                exact = fn(r[a : a + step]).double()
-                approx = evaluate(coef, self.inv_h, r[a : a + step])
-                err = max(err, float((approx - exact).abs().max()))
+        for k0, k1, r, i in _blocks(self.num_intervals, self.r_max, self.width):
+            err = max(err, _block_error(fn, self.coef[k0:k1].double(), k0, self.inv_h, r, i))
         return err
 
     def extra_repr(self) -> str:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from cdp.nn import radial_table
 from cdp.nn.radial_table import RadialTable, evaluate, hermite_coefficients
 
 R_MAX = 4.0
@@ -91,3 +92,60 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="positive"):
         RadialTable(torch.zeros(3, 4, 2), -1.0)
     assert math.isnan(RadialTable(torch.zeros(3, 4, 2), R_MAX).error)
+
+
+def _hermite_reference(n: int) -> torch.Tensor:
+    """[n, 4, 5] float64 coefficients of :func:`gaussians` from its analytic values and slopes (the
+    module docstring's formulas, written out independently of the builder)."""
+    h = R_MAX / n
+    r = torch.arange(n + 1, dtype=torch.float64)[:, None] * h
+    centres = torch.linspace(0.5, 3.5, 5, dtype=torch.float64)
+    g, c = torch.exp(-((r - centres) / 0.3) ** 2), torch.cos(1.7 * r + centres)
+    value = g * c
+    slope = g * (-2.0 * (r - centres) / 0.3**2 * c - 1.7 * torch.sin(1.7 * r + centres))
+    f0, f1, d0, d1 = value[:-1], value[1:], slope[:-1] * h, slope[1:] * h
+    return torch.stack([f0, d0, 3 * (f1 - f0) - 2 * d0 - d1, 2 * (f0 - f1) + d0 + d1], dim=1)
+
+
+def test_blockwise_build_is_the_whole_float64_table_rounded_once(monkeypatch):
+    """A table is built a few intervals at a time (bounded float64 temporaries): the coefficients are,
+    bitwise, those of the whole float64 interpolant rounded once to the storage dtype, with the same
+    measured error, and fit chooses the same number of intervals."""
+    n = 48
+    whole = RadialTable.build(gaussians, R_MAX, n, dtype=torch.float64)  # W = 5: one block
+    assert torch.allclose(whole.coef, _hermite_reference(n), rtol=0, atol=1e-12)
+    seen = []
+
+    def recorded(r):
+        seen.append(r.shape[0])
+        return gaussians(r)
+
+    # 3 intervals per block: 16 blocks, some points (the ends) in the first and the last block only
+    monkeypatch.setattr(radial_table, "BUILD_BYTES", 8 * len(radial_table.PROBE_POINTS) * 5 * 3)
+    blocked64 = RadialTable.build(recorded, R_MAX, n, dtype=torch.float64)
+    assert max(seen) == 3 * len(radial_table.PROBE_POINTS) + 1  # never more than one block's points
+    blocked32 = RadialTable.build(gaussians, R_MAX, n)
+    assert blocked32.coef.dtype == torch.float32
+    assert torch.equal(blocked64.coef, whole.coef)
+    assert torch.equal(blocked32.coef, whole.coef.float())
+    assert blocked64.error == blocked32.error == whole.error > 0
+    # the stored float32 table read back in float64: its error differs by float32 rounding of max|w| at most
+    scale = float(whole.coef[:, 0].abs().max())
+    assert abs(blocked32.measure(gaussians) - whole.error) <= 2**-23 * scale
+    fitted = RadialTable.fit(gaussians, R_MAX, rtol=1e-7)
+    monkeypatch.setattr(radial_table, "BUILD_BYTES", 1 << 30)
+    reference = RadialTable.fit(gaussians, R_MAX, rtol=1e-7)
+    assert fitted.num_intervals == reference.num_intervals
+    assert torch.equal(fitted.coef, reference.coef) and fitted.error == reference.error
+
+
+def test_a_function_not_finite_somewhere_is_refused():
+    def gap(r):  # NaN strictly between two knots of every power-of-two table: only the error points see it
+        return torch.where((r > 1.001) & (r < 1.06), math.nan, 1.0).unsqueeze(1) * gaussians(r)
+
+    with pytest.raises(ValueError, match=r"not finite on \[0, 4\] Å"):  # W = 5: the whole table is one block
+        RadialTable.fit(gap, R_MAX, rtol=1e-7)
+    with pytest.raises(ValueError, match="not finite"):
+        RadialTable.build(lambda r: torch.log(r).unsqueeze(1), R_MAX, 64)  # -inf at the knot r = 0
+    table = RadialTable.build(gaussians, R_MAX, 64)
+    assert table.measure(gap) == math.inf

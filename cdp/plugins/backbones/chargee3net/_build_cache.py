@@ -18,6 +18,8 @@ from typing import Callable, Sequence, Tuple
 import torch
 from e3nn.nn import FullyConnectedNet, Gate
 
+from cdp.core.malloc import returning_freed_memory
+
 _LOCK = threading.Lock()
 _TEMPLATES: dict = {}
 
@@ -27,7 +29,8 @@ def _template(key: tuple, build: Callable[[], torch.nn.Module]) -> Tuple[torch.n
     key = key + (torch.get_default_dtype(),)
     with _LOCK:
         if key not in _TEMPLATES:
-            module = build()
+            with returning_freed_memory():  # e3nn's 8 MB moment samples: not kept resident in the heap
+                module = build()
             _TEMPLATES[key] = copy.deepcopy(module)
             return module, True
         return copy.deepcopy(_TEMPLATES[key]), False

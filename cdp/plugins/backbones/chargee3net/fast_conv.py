@@ -315,8 +315,9 @@ class FastE3Convolution(E3Convolution):
                 cutoff = float(basis.cutoff)
                 if not bool(torch.isfinite(fn(torch.linspace(0.0, cutoff, 33, dtype=torch.float64))).all()):
                     raise ValueError("the radial network is not finite on [0, cutoff]")
-                table = RadialTable.fit(fn, cutoff, rtol=rtol, dtype=torch.float64, max_intervals=max_intervals)
-                table = table.to(device=device, dtype=dtype)
+                # built in ``dtype`` a block of intervals at a time (fitted and measured in float64 per block)
+                table = RadialTable.fit(fn, cutoff, rtol=rtol, dtype=dtype, max_intervals=max_intervals)
+                table = table.to(device=device)
                 scale = float(table.coef[:, 0].abs().max()) or 1.0
                 report = (f"radial=table({table.num_intervals} intervals, {table.num_intervals * row_bytes >> 10} KiB, "
                           f"measured error {table.error / scale:.1e}·max|w| (rtol {rtol:.1e}), "
