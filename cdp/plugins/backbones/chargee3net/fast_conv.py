@@ -509,6 +509,8 @@ class FastE3Convolution(E3Convolution):
                 blocks.append(torch.addcmul(sin * conv, angle.cos(), sc))
             else:
                 torch.addcmul(sin * conv, angle.cos(), self.sc(receiver[r0:r1]), out=out[r0:r1])
+            # this block's temporaries go before the next block allocates its own (peak memory)
+            acc = conv = angle = sin = None
             r0 = r1
         if track and blocks:
             return torch.cat(blocks, dim=0) if len(blocks) > 1 else blocks[0]
