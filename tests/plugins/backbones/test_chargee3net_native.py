@@ -418,13 +418,19 @@ def test_table_entry_equals_weight_rows_from_the_same_table(dtype):
         assert fn(0, len(src), *short) == 3, isa
 
 
+SMALL_L = (((13, 3), (21, 1), (8, 5)), ((0, 3), (0, 1), (1, 5), (2, 3), (2, 1)))
+LARGE_L = (((6, 11), (9, 3)), ((0, 11), (0, 3), (1, 11), (1, 1)))  # l = 5: no register tile, plain C order
+
+
+@pytest.mark.parametrize("layout", [SMALL_L, LARGE_L], ids=["l<=4", "l=5"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_receivers_entry_writes_the_table_entrys_sums_in_any_layout(dtype):
+def test_receivers_entry_writes_the_table_entrys_sums_in_any_layout(dtype, layout):
     """The receiver-major entry against the edge-major table entry on the same arrays: receivers with no
     edge, with more edges than one chunk (16), split between two calls; rows written whole into garbage in
     a channels-last layout and in the "blocks" layout, and nothing outside the paths' values touched."""
     rng = np.random.default_rng(8)
-    paths, pairs, mj, c, x_width, w_width, acc_width = _plan(rng)
+    block_list, path_list = layout
+    paths, pairs, mj, c, x_width, w_width, acc_width = _plan(rng, blocks=block_list, paths=path_list)
     counts = np.array([3, 0, 37, 1, 16, 17, 0, 5, 2])
     n_recv, y_dim, n_int, r_max = len(counts), 9, 29, 4.0
     dst = np.repeat(np.arange(n_recv), counts).astype(np.int64)
@@ -436,7 +442,7 @@ def test_receivers_entry_writes_the_table_entrys_sums_in_any_layout(dtype):
     y = rng.standard_normal((len(src), y_dim)).astype(np_dtype)
     x = rng.standard_normal((7, x_width)).astype(np_dtype)
     off = 0
-    for mul, d_i in ((13, 3), (21, 1), (8, 5)):
+    for mul, d_i in block_list:
         for m_i in range(d_i):
             x[:, off + m_i * native.padded(mul) + mul : off + (m_i + 1) * native.padded(mul)] = 0
         off += d_i * native.padded(mul)

@@ -616,21 +616,9 @@ static int cdp_receivers_plain_##SUFFIX(int64_t r0, int64_t r1, const int64_t *r
 }
 
 CDP_RECEIVERS_PLAIN(f64, double)
-#if !(defined(CDP_AVX512) || defined(CDP_AVX2))
-CDP_RECEIVERS_PLAIN(f32, float)
-#endif
+CDP_RECEIVERS_PLAIN(f32, float) /* vector builds too: irreps above l = 4 (d > 9) have no register tile */
 
 #if defined(CDP_AVX512) || defined(CDP_AVX2)
-static void cdp_zero_receiver_f32(int64_t rr, float *restrict acc, const int64_t *restrict path_acc, int64_t n_paths,
-                                  const int32_t *restrict path_info)
-{
-    for (int64_t p = 0; p < n_paths; ++p) {
-        const int32_t *pi = path_info + 8 * p;
-        float *row = CDP_PATH_ROW(acc, path_acc, p, rr);
-        for (int mk = 0; mk < pi[1]; ++mk) memset(row + (int64_t)mk * pi[5], 0, sizeof(float) * (size_t)pi[0]);
-    }
-}
-
 #define CDP_CH 16 /* edges of one receiver whose coefficients A are formed at once */
 #if defined(CDP_AVX512)
 #define CDP_VL 16
@@ -758,7 +746,13 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
     int64_t max_dense = 1;
     for (int64_t p = 0; p < n_paths; ++p) {
         const int32_t *pi = path_info + 8 * p;
-        if (pi[0] > CDP_MAX_MUL || pi[1] < 1 || pi[1] > 9 || !(pi[1] & 1)) return 1;
+        if (pi[0] > CDP_MAX_MUL) return 1;
+        int big = pi[1] > 9 || !(pi[1] & 1);  /* tiles exist for d_k, d_i in {1, 3, 5, 7, 9} (l <= 4) */
+        for (int q = pi[6]; q < pi[7] && !big; ++q)
+            big = pair_info[4 * q + 1] >= 9 * ((pi[0] + CDP_UVU_PAD_WIDTH - 1) / CDP_UVU_PAD_WIDTH * CDP_UVU_PAD_WIDTH);
+        if (big)
+            return cdp_receivers_plain_f32(r0, r1, ptr, src, y, y_stride, r, coef, n_int, inv_h, n_cols, x, x_stride,
+                                           acc, path_acc, n_paths, path_info, pair_info, term_mj, term_c);
         if ((int64_t)pi[1] * 9 > max_dense) max_dense = (int64_t)pi[1] * 9;
     }
     if (!cdp_table_fits(n_paths, path_info, n_cols)) return 3;
@@ -783,7 +777,6 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
         for (int q = pi[6]; q < pi[7]; ++q)
             if (pair_info[4 * q + 1] / padmul > top) top = pair_info[4 * q + 1] / padmul;
         d_i[p] = (top + 1) | 1;
-        if (d_i[p] > 9) { status = 1; goto done; }
         ent_off[p + 1] = ent_off[p] + (int64_t)pi[1] * d_i[p];
     }
     entries = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * ent_off[n_paths] + 2));
