@@ -610,3 +610,20 @@ def test_backward_entry_of_each_build_equals_autograd():
             for got, want in ((gx[:, real], want_x.numpy()[:, real]), (gw[:, :w_width], want_w.numpy()[:, :w_width]),
                               (gy, want_y.numpy())):
                 assert np.abs(got - want).max() <= tol * np.abs(want).max(), (isa, dtype)
+
+
+def test_pattern_tiles_are_the_clebsch_gordan_patterns_of_l_up_to_4():
+    """The kernel's pattern tile list is what gen_patterns.py computes from e3nn's Wigner 3j symbols now, and
+    every real path of an l = 4 model finds a tile covering its pairs (the dense tile otherwise)."""
+    from cdp.plugins.backbones.chargee3net.kernels import gen_patterns
+
+    text = native.SOURCE.read_text()
+    assert gen_patterns.block() in text
+    pats = gen_patterns.patterns()
+    assert len(pats) == 48 and all(bits != (1 << (di * dk)) - 1 for di, dk, bits in pats)
+    from e3nn import o3
+
+    # (l_i, l_j, l_k) = (1, 0, 1): the identity pattern; (2, 1, 2): no entry with |m_k| = |m_i| ± 2
+    assert (3, 3, 0b100010001) in pats
+    nz = (o3.wigner_3j(2, 1, 2).abs() > 1e-12).any(dim=1)
+    assert (5, 5, sum(1 << (mk * 5 + mi) for mk in range(5) for mi in range(5) if nz[mi, mk])) in pats

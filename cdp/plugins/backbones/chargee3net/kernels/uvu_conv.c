@@ -654,35 +654,46 @@ static inline void cdp_vstore(float *p, cdp_vm m, int full, cdp_vf v) { if (full
 typedef void (*cdp_tile_fn)(int n_e, const float *const *xe, const float *const *we, const float *restrict a,
                             float *restrict ar, int64_t row_stride, int padmul, int mul, int first);
 
+/* entry k = m_k·d_i + m_i of the tile's pattern (PLO/PHI: compile-time constants of the tile; every bit set
+ * for the dense tiles), so the compiler drops the multiply-adds of entries that are zero for every edge */
+#define CDP_ON(k) ((k) < 64 ? ((PLO >> (k)) & 1ull) : ((PHI >> ((k) - 64)) & 1ull))
+
 #define CDP_TILE_EDGE(S, E)                                                                                   \
     do {                                                                                                      \
         const cdp_vf w_ = cdp_vload(we[E] + v0, m, full);                                                     \
         const float *xr_ = xe[E] + v0;                                                                        \
         const float *ae_ = a + (E);                                                                           \
         if (T_FORM) {                                                                                         \
-            cdp_vf t_[TDK];                                                                                    \
-            _Pragma("GCC unroll 9") for (int mi = 0; mi < TDI; ++mi) {                                         \
+            cdp_vf t_[TDK];                                                                                   \
+            _Pragma("GCC unroll 9") for (int mk = 0; mk < TDK; ++mk) t_[mk] = cdp_vzero();                    \
+            _Pragma("GCC unroll 9") for (int mi = 0; mi < TDI; ++mi) {                                        \
+                int col_ = 0;                                                                                 \
+                _Pragma("GCC unroll 9") for (int mk = 0; mk < TDK; ++mk) col_ |= (int)CDP_ON(mk * TDI + mi);  \
+                if (!col_) continue;                                                                          \
                 const cdp_vf xv_ = cdp_vload(xr_ + mi * padmul, m, full);                                     \
-                _Pragma("GCC unroll 9") for (int mk = 0; mk < TDK; ++mk) {                                     \
-                    const cdp_vf c2_ = cdp_vset1(ae_[(mk * TDI + mi) * CDP_CH]);                               \
-                    t_[mk] = mi == 0 ? cdp_vmul(c2_, xv_) : cdp_vfma(c2_, xv_, t_[mk]);                       \
-                }                                                                                             \
+                _Pragma("GCC unroll 9") for (int mk = 0; mk < TDK; ++mk)                                      \
+                    if (CDP_ON(mk * TDI + mi))                                                                \
+                        t_[mk] = cdp_vfma(cdp_vset1(ae_[(mk * TDI + mi) * CDP_CH]), xv_, t_[mk]);             \
             }                                                                                                 \
             _Pragma("GCC unroll 9") for (int mk = 0; mk < TDK; ++mk) acc[S][mk] = cdp_vfma(w_, t_[mk], acc[S][mk]); \
         } else {                                                                                              \
-            _Pragma("GCC unroll 9") for (int mi = 0; mi < TDI; ++mi) {                                         \
+            _Pragma("GCC unroll 9") for (int mi = 0; mi < TDI; ++mi) {                                        \
+                int col_ = 0;                                                                                 \
+                _Pragma("GCC unroll 9") for (int mk = 0; mk < TDK; ++mk) col_ |= (int)CDP_ON(mk * TDI + mi);  \
+                if (!col_) continue;                                                                          \
                 const cdp_vf wx_ = cdp_vmul(w_, cdp_vload(xr_ + mi * padmul, m, full));                       \
-                _Pragma("GCC unroll 9") for (int mk = 0; mk < TDK; ++mk)                                       \
-                    acc[S][mk] = cdp_vfma(cdp_vset1(ae_[(mk * TDI + mi) * CDP_CH]), wx_, acc[S][mk]);          \
+                _Pragma("GCC unroll 9") for (int mk = 0; mk < TDK; ++mk)                                      \
+                    if (CDP_ON(mk * TDI + mi))                                                                \
+                        acc[S][mk] = cdp_vfma(cdp_vset1(ae_[(mk * TDI + mi) * CDP_CH]), wx_, acc[S][mk]);     \
             }                                                                                                 \
         }                                                                                                     \
     } while (0)
 
-#define CDP_TILE(DI, DK)                                                                                      \
-static void cdp_tile_##DI##_##DK(int n_e, const float *const *xe, const float *const *we,                    \
-                                  const float *restrict a, float *restrict ar, int64_t row_stride,          \
-                                  int padmul, int mul, int first)                                            \
+#define CDP_TILE_GEN(NAME, DI, DK, LO, HI)                                                                    \
+static void NAME(int n_e, const float *const *xe, const float *const *we, const float *restrict a,           \
+                 float *restrict ar, int64_t row_stride, int padmul, int mul, int first)                     \
 {                                                                                                             \
+    const uint64_t PLO = (LO), PHI = (HI);                                                                    \
     enum { TDI = DI, TDK = DK, T_FORM = (DK < DI) && (2 * DK + 2 <= CDP_VREGS - 2) };                                             \
     enum { NS = ((T_FORM ? 3 : 2) * DK + 2 <= CDP_VREGS - 4) ? 2 : 1 };                                       \
     for (int v0 = 0; v0 < mul; v0 += CDP_VL) {                                                                \
@@ -706,6 +717,7 @@ static void cdp_tile_##DI##_##DK(int n_e, const float *const *xe, const float *c
     }                                                                                                         \
 }
 
+#define CDP_TILE(DI, DK) CDP_TILE_GEN(cdp_tile_##DI##_##DK, DI, DK, ~0ull, ~0ull)
 #define CDP_TILES_DI(DI) CDP_TILE(DI, 1) CDP_TILE(DI, 3) CDP_TILE(DI, 5) CDP_TILE(DI, 7) CDP_TILE(DI, 9)
 CDP_TILES_DI(1)
 CDP_TILES_DI(3)
@@ -714,6 +726,79 @@ CDP_TILES_DI(7)
 CDP_TILES_DI(9)
 #define CDP_TILE_ROW(DI) {cdp_tile_##DI##_1, cdp_tile_##DI##_3, cdp_tile_##DI##_5, cdp_tile_##DI##_7, cdp_tile_##DI##_9}
 static const cdp_tile_fn cdp_tiles[5][5] = {CDP_TILE_ROW(1), CDP_TILE_ROW(3), CDP_TILE_ROW(5), CDP_TILE_ROW(7), CDP_TILE_ROW(9)};
+
+/* pattern tiles: one per sparsity pattern of A that e3nn's real Clebsch-Gordan coefficients give for l ≤ 4
+ * (not every entry set); a path whose non-zero (m_k, m_i) pairs fit one runs it instead of the dense tile */
+/* BEGIN PATTERNS (gen_patterns.py) */
+#define CDP_PATTERN_LIST(X) \
+    X(0, 3, 3, 0x00000000000000eeull, 0x00000ull) \
+    X(1, 3, 3, 0x0000000000000111ull, 0x00000ull) \
+    X(2, 3, 5, 0x0000000000005dddull, 0x00000ull) \
+    X(3, 3, 5, 0x0000000000007f7full, 0x00000ull) \
+    X(4, 3, 7, 0x000000000017fffdull, 0x00000ull) \
+    X(5, 3, 7, 0x00000000001ffbffull, 0x00000ull) \
+    X(6, 3, 9, 0x0000000005fffffdull, 0x00000ull) \
+    X(7, 3, 9, 0x0000000007ffdfffull, 0x00000ull) \
+    X(8, 5, 3, 0x00000000000075d7ull, 0x00000ull) \
+    X(9, 5, 3, 0x0000000000007f7full, 0x00000ull) \
+    X(10, 5, 5, 0x0000000000bbabbaull, 0x00000ull) \
+    X(11, 5, 5, 0x0000000000fbefbeull, 0x00000ull) \
+    X(12, 5, 5, 0x0000000001041041ull, 0x00000ull) \
+    X(13, 5, 5, 0x0000000001efffefull, 0x00000ull) \
+    X(14, 5, 7, 0x0000000475d75d71ull, 0x00000ull) \
+    X(15, 5, 7, 0x00000006cbfdfe9bull, 0x00000ull) \
+    X(16, 5, 7, 0x00000007f5fffd7full, 0x00000ull) \
+    X(17, 5, 7, 0x00000007fffdffffull, 0x00000ull) \
+    X(18, 5, 9, 0x000011dfbfffbf71ull, 0x00000ull) \
+    X(19, 5, 9, 0x00001bfbffbffbfbull, 0x00000ull) \
+    X(20, 7, 3, 0x00000000001fdf7full, 0x00000ull) \
+    X(21, 7, 3, 0x00000000001ffbffull, 0x00000ull) \
+    X(22, 7, 5, 0x00000005fbadaefdull, 0x00000ull) \
+    X(23, 7, 5, 0x0000000757471757ull, 0x00000ull) \
+    X(24, 7, 5, 0x00000007dff77fdfull, 0x00000ull) \
+    X(25, 7, 5, 0x00000007fffdffffull, 0x00000ull) \
+    X(26, 7, 7, 0x00008ebae28ebae2ull, 0x00000ull) \
+    X(27, 7, 7, 0x0000fefefefefefeull, 0x00000ull) \
+    X(28, 7, 7, 0x0001010101010101ull, 0x00000ull) \
+    X(29, 7, 7, 0x0001daeff7dfeeb7ull, 0x00000ull) \
+    X(30, 7, 7, 0x0001fbffffffffbfull, 0x00000ull) \
+    X(31, 7, 9, 0x41c5d5d1c5d5d1c1ull, 0x00000ull) \
+    X(32, 7, 9, 0x636f7ffb6fff7b63ull, 0x00000ull) \
+    X(33, 7, 9, 0x77fdf7fffff7dff7ull, 0x00000ull) \
+    X(34, 7, 9, 0x7f7fffff7fffff7full, 0x00000ull) \
+    X(35, 9, 3, 0x0000000007fdfdffull, 0x00000ull) \
+    X(36, 9, 3, 0x0000000007ffdfffull, 0x00000ull) \
+    X(37, 9, 5, 0x00001bfffbbbfffbull, 0x00000ull) \
+    X(38, 9, 5, 0x00001fb7f1f1fdbfull, 0x00000ull) \
+    X(39, 9, 7, 0x5bf7efe363fbf7edull, 0x00000ull) \
+    X(40, 9, 7, 0x5fffffff7ffffffdull, 0x00000ull) \
+    X(41, 9, 7, 0x715d4741c1715d47ull, 0x00000ull) \
+    X(42, 9, 7, 0x7f7f7ff7f7ff7f7full, 0x00000ull) \
+    X(43, 9, 9, 0xab8b8283a3ab8b82ull, 0x083a3ull) \
+    X(44, 9, 9, 0xeffbeeefbfeffbeeull, 0x0efbfull) \
+    X(45, 9, 9, 0x1004010040100401ull, 0x10040ull) \
+    X(46, 9, 9, 0xfedfc7c7f6fedec7ull, 0x1c6f6ull) \
+    X(47, 9, 9, 0xfffffffffffefeffull, 0x1fefeull) \
+    /* end of list */
+/* END PATTERNS */
+#define CDP_PTILE_FN(N, DI, DK, LO, HI) CDP_TILE_GEN(cdp_ptile_##N, DI, DK, LO, HI)
+#define CDP_PTILE_ENTRY(N, DI, DK, LO, HI) {DI, DK, LO, HI, cdp_ptile_##N},
+CDP_PATTERN_LIST(CDP_PTILE_FN)
+struct cdp_ptile { int di, dk; uint64_t lo, hi; cdp_tile_fn fn; };
+static const struct cdp_ptile cdp_ptiles[] = {CDP_PATTERN_LIST(CDP_PTILE_ENTRY) {0, 0, 0, 0, NULL}};
+
+/* the tile for a path: the pattern tile with the fewest entries that covers the path's pairs, else dense */
+static cdp_tile_fn cdp_pick_tile(int di, int dk, uint64_t lo, uint64_t hi)
+{
+    cdp_tile_fn best = cdp_tiles[di / 2][dk / 2];
+    int best_bits = di * dk + 1;
+    for (const struct cdp_ptile *t = cdp_ptiles; t->fn; ++t) {
+        if (t->di != di || t->dk != dk || (lo & ~t->lo) || (hi & ~t->hi)) continue;
+        const int bits = __builtin_popcountll(t->lo) + __builtin_popcountll(t->hi);
+        if (bits < best_bits) { best = t->fn; best_bits = bits; }
+    }
+    return best;
+}
 
 /* one coefficient of A for the CDP_CH edges of a chunk: sum of its terms c · Y[m_j] (yt: [m_j][edge]) */
 static inline void cdp_chunk_a(int t0, int t1, const int32_t *restrict term_mj, const float *restrict term_c,
@@ -764,11 +849,12 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
     float *a = (float *)malloc(sizeof(float) * (size_t)(max_dense * CDP_CH));
     float *yt = (float *)malloc(sizeof(float) * (size_t)((y_stride + 1) * CDP_CH));
     int32_t *entries = NULL;
+    cdp_tile_fn *tile = (cdp_tile_fn *)malloc(sizeof(cdp_tile_fn) * (size_t)(n_paths + 1));
     /* weight rows of a chunk: n_cols columns and a vector of slack (masked loads never read past mul) */
     const int64_t row_len = ((n_cols + 15) / 16) * 16 + 16;
     float *wbuf = (float *)malloc(sizeof(float) * (size_t)(CDP_CH * row_len));
     int status = 0;
-    if (!d_i || !ent_off || !a || !yt || !wbuf) { status = 2; goto done; }
+    if (!d_i || !ent_off || !a || !yt || !wbuf || !tile) { status = 2; goto done; }
     ent_off[0] = 0;
     for (int64_t p = 0; p < n_paths; ++p) {
         const int32_t *pi = path_info + 8 * p;
@@ -785,13 +871,16 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
         const int32_t *pi = path_info + 8 * p;
         const int padmul = (pi[0] + CDP_UVU_PAD_WIDTH - 1) / CDP_UVU_PAD_WIDTH * CDP_UVU_PAD_WIDTH;
         int32_t *ent = entries + 2 * ent_off[p];
+        uint64_t lo = 0, hi = 0;
         for (int64_t k = 0; k < ent_off[p + 1] - ent_off[p]; ++k) ent[2 * k] = ent[2 * k + 1] = 0;
         for (int q = pi[6]; q < pi[7]; ++q) {
             const int32_t *qi = pair_info + 4 * q;
             const int k = qi[0] * d_i[p] + qi[1] / padmul;
             ent[2 * k] = qi[2];
             ent[2 * k + 1] = qi[3];
+            if (k < 64) lo |= 1ull << k; else hi |= 1ull << (k - 64);
         }
+        tile[p] = cdp_pick_tile(d_i[p], pi[1], lo, hi);
     }
     const float *xb[CDP_CH], *xe[CDP_CH], *we[CDP_CH];
     for (int64_t rr = r0; rr < r1; ++rr) {
@@ -819,12 +908,12 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
                     xe[l] = xb[l] + pi[2];
                     we[l] = wbuf + l * row_len + pi[3];
                 }
-                cdp_tiles[di / 2][d_k / 2](n, xe, we, a, CDP_PATH_ROW(acc, path_acc, p, rr), pi[5], padmul, mul,
-                                           c0 == e_begin);
+                tile[p](n, xe, we, a, CDP_PATH_ROW(acc, path_acc, p, rr), pi[5], padmul, mul, c0 == e_begin);
             }
         }
     }
 done:
+    free(tile);
     free(wbuf);
     free(d_i);
     free(ent_off);
