@@ -82,6 +82,30 @@ def test_threads_and_blocks_give_the_same_result(chunk):
         assert float((a - b).abs().max()) <= 1e-12 * float(a.abs().max())
 
 
+def test_table_kernel_threads_split_receivers_without_changing_a_bit():
+    """float32 inference reads radial tables in the receiver-major kernel; 1 and 3 threads (receiver ranges)
+    give the same numbers exactly, and they equal the e3nn backend's to float32 rounding."""
+    ref, fast = _pair(2, mul=20, seed=22, dtype=torch.float32)
+    ref.eval(), fast.eval()
+    s = _structure(seed=9, n_atoms=6, n_probes=70)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                layers, rho, _ = _run(fast, *s, torch.float32)
+            results.append([*layers, rho])
+    finally:
+        torch.set_num_threads(threads)
+    assert any("radial=table" in conv.extra_repr() for conv in fast.probe_convs)  # the table path ran
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        want = _run(ref, *s, torch.float32)[1]
+    assert float((results[0][-1] - want).abs().max()) <= 2e-5 * float(want.abs().max())
+
+
 @pytest.mark.slow  # ~30-50 s: runs in CI's slow step
 def test_disabled_kernel_falls_back_with_same_numbers(tmp_path):
     code = (
