@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import ase.io
 import click
 
 from cdp.core.checkpoint import load_checkpoint
@@ -54,6 +53,8 @@ def command(model, fmt, out_dir, example_dir, structure, opset, force):
                f"({fmt}, cutoff {meta['cutoff']} Å, {meta['num_layers']} layers, {meta['dtype']})")
     if example_dir:
         if structure:
+            import ase.io  # start-up: only --structure reads a file (ase.io imports scipy: 0.6 s)
+
             try:
                 atoms = ase.io.read(structure)
             except Exception as exc:

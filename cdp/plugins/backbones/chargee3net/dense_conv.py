@@ -178,7 +178,7 @@ class DenseConvolution(nn.Module):
                 x = x + bias
             x = x.index_select(0, src)  # [E, d_i·mul]
             a = sh @ getattr(self, f"cg_{n}")  # [E, K_i·d_i]
-            w = weight[:, w_off : w_off + n_paths * mul].reshape(-1, n_paths, mul)
+            w = weight.narrow(1, w_off, n_paths * mul).reshape(-1, n_paths, mul)
             w_off += n_paths * mul
             kpath = getattr(self, f"kpath_{n}")
             if d_i == 1:  # scalars: weight the P paths' channels first, then broadcast over the K_i outputs
@@ -192,12 +192,17 @@ class DenseConvolution(nn.Module):
             if g is None:
                 outs.append(receiver.new_zeros((num_receivers, mul_out * d)))
                 continue
-            parts = [aggs[b][:, c0:c1].reshape(-1, d, (c1 - c0) // d) for b, c0, c1 in self.gemm_pieces[g]]
-            x = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
-            y = x.reshape(-1, x.shape[2]) @ getattr(self, f"mix_{g}")  # [R·d, mul_out (+1)]
+            pieces = self.gemm_pieces[g]
+            if len(pieces) == 1:  # [R, d·w] → [R·d, w] (rows (r, m)), one reshape
+                b, c0, c1 = pieces[0]
+                x = aggs[b].narrow(1, c0, c1 - c0).reshape(-1, (c1 - c0) // d)
+            else:
+                x = torch.cat([aggs[b].narrow(1, c0, c1 - c0).reshape(-1, d, (c1 - c0) // d) for b, c0, c1 in pieces], dim=2)
+                x = x.reshape(-1, x.shape[2])
+            y = x @ getattr(self, f"mix_{g}")  # [R·d, mul_out (+1)]
             if g == self.angle_gemm:
-                angle = y[:, mul_out:]
-                y = y[:, :mul_out]
+                angle = y.narrow(1, mul_out, y.shape[1] - mul_out)
+                y = y.narrow(1, 0, mul_out)
             outs.append(y.reshape(-1, d, mul_out).transpose(1, 2).reshape(-1, mul_out * d) if d > 1 else y)
         conv = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         if self.lin2_bias is not None:
@@ -210,7 +215,7 @@ class DenseConvolution(nn.Module):
         for terms, dim in zip(self.sc_blocks, self.sc_dims):
             y: Optional[Tensor] = None
             for r0, r1, k in terms:
-                part = receiver[:, r0:r1] @ getattr(self, f"sc_{k}")
+                part = receiver.narrow(1, r0, r1 - r0) @ getattr(self, f"sc_{k}")
                 y = part if y is None else y + part
             scs.append(receiver.new_zeros((num_receivers, dim)) if y is None else y)
         sc = torch.cat(scs, dim=1) if len(scs) > 1 else scs[0]
@@ -288,7 +293,7 @@ class DenseGate(nn.Module):
     def _act(x: Tensor, segments) -> Tensor:
         pieces = []
         for start, stop, f, cst in segments:
-            y = x[:, start:stop] if len(segments) > 1 else x
+            y = x.narrow(1, start, stop - start) if len(segments) > 1 else x
             if f is not None:
                 y = f(y)
                 if cst != 1.0:
@@ -396,7 +401,7 @@ class TabulatedRadial(nn.Module):
         return torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
 
     def _weights(self, rows: Tensor, k: int, lasts: Optional[List[Tensor]] = None) -> Tensor:
-        part = rows[:, self.offsets[k] : self.offsets[k + 1]]
+        part = rows.narrow(1, self.offsets[k], self.offsets[k + 1] - self.offsets[k])
         if self.full:
             return part
         return part @ (lasts[k] if lasts is not None else getattr(self, f"last_{k}"))
