@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
 
 from cdp.core.checkpoint import load_checkpoint
+from cdp.core.components import for_capture
 from cdp.core.model import DensityModel
 from cdp.core.registry import get_registry
 from cdp.core.types import CdpError
@@ -46,7 +48,9 @@ def command(model, fmt, out_dir, example_dir, structure, opset, force):
     """Export MODEL (a cdp checkpoint, a shipped model such as demo, or a preset name) as a two-stage
     encoder/decoder for deployment.  DIR must be missing or empty unless --force."""
     check_out_dir(Path(out_dir), force)  # before loading anything: a refused DIR is never touched
-    net, info, source = _load(model)
+    # built only to be captured (no native kernel compiled), unless PyTorch also predicts the example inputs
+    with for_capture() if not example_dir else contextlib.nullcontext():
+        net, info, source = _load(model)
     meta = export_model(net, out_dir, fmt, info=info, source=source, opset=opset, force=force,
                         log=lambda s: click.echo(f"  {s}", err=True))
     click.echo(f"wrote {out_dir}/{meta['encoder']['file']}, {meta['decoder']['file']}, cdp_export.json "
