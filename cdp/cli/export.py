@@ -14,6 +14,7 @@ from cdp.core.registry import get_registry
 from cdp.core.types import CdpError
 from cdp.export.examples import default_structure, example_probes, write_example_inputs
 from cdp.export.exporter import check_out_dir, export_model
+from cdp.export.fork import default_jobs
 from cdp.predict import Predictor, _named_models
 
 
@@ -44,7 +45,10 @@ def _load(model_text: str):
               help="ase-readable structure for --example-inputs (default: a small built-in slab).")
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (≥ 18).")
 @click.option("--force", is_flag=True, help="Write into DIR even when it already holds files.")
-def command(model, fmt, out_dir, example_dir, structure, opset, force):
+@click.option("--jobs", type=click.IntRange(1, 2), default=None,
+              help="onnx: 2 exports encoder and decoder side by side (a forked second process, Linux); "
+                   "default 2 when a second CPU is free (load average), else 1.")
+def command(model, fmt, out_dir, example_dir, structure, opset, force, jobs):
     """Export MODEL (a cdp checkpoint, a shipped model such as demo, or a preset name) as a two-stage
     encoder/decoder for deployment.  DIR must be missing or empty unless --force."""
     check_out_dir(Path(out_dir), force)  # before loading anything: a refused DIR is never touched
@@ -52,7 +56,7 @@ def command(model, fmt, out_dir, example_dir, structure, opset, force):
     with for_capture() if not example_dir else contextlib.nullcontext():
         net, info, source = _load(model)
     meta = export_model(net, out_dir, fmt, info=info, source=source, opset=opset, force=force,
-                        log=lambda s: click.echo(f"  {s}", err=True))
+                        log=lambda s: click.echo(f"  {s}", err=True), jobs=default_jobs() if jobs is None else jobs)
     click.echo(f"wrote {out_dir}/{meta['encoder']['file']}, {meta['decoder']['file']}, cdp_export.json "
                f"({fmt}, cutoff {meta['cutoff']} Å, {meta['num_layers']} layers, {meta['dtype']})")
     if example_dir:

@@ -44,11 +44,12 @@ class ExportJob:
     opset: int
     log: Callable[[str], None]
     threads: int = 1  # the caller's intra-op thread count (the export itself runs with one)
+    jobs: int = 1  # processes for the two stages (onnx: 2 exports the encoder in a forked second process)
 
 
 def _onnx(job: ExportJob) -> dict:
     return export_onnx(job.model, job.enc, job.dec, job.enc_args, job.dec_args, job.names, job.out, job.meta,
-                       opset=job.opset, log=job.log)
+                       opset=job.opset, log=job.log, jobs=job.jobs)
 
 
 def _torchscript(job: ExportJob) -> dict:
@@ -106,19 +107,21 @@ def export_model(
     opset: int = 20,
     log: Callable[[str], None] = lambda s: None,
     force: bool = False,
+    jobs: int = 1,
 ) -> dict:
     """Write the encoder/decoder of ``model`` in ``fmt`` (onnx, torchscript, pt2) to ``out_dir``; returns the metadata.
 
     ``out_dir`` must be missing or empty: a directory holding any file (even one this format would not
     write) is refused untouched with a CdpError unless ``force``, which overwrites the files it writes.
-    Runs with one intra-op thread (:func:`cdp.export.context.intra_op_threads`).
+    Runs with one intra-op thread (:func:`cdp.export.context.intra_op_threads`); ``jobs`` = 2 exports the
+    ONNX encoder in a forked second process while the decoder is exported here (Linux; the same files).
     """
     with intra_op_threads(1) as threads:
-        return _export_model(model, out_dir, fmt, info, source, opset, log, force, threads)
+        return _export_model(model, out_dir, fmt, info, source, opset, log, force, threads, jobs)
 
 
 def _export_model(model, out_dir, fmt: str, info: Optional[dict], source: Optional[str], opset: int,
-                  log: Callable[[str], None], force: bool, threads: int) -> dict:
+                  log: Callable[[str], None], force: bool, threads: int, jobs: int) -> dict:
     if fmt not in EXPORTERS:
         raise CdpError(f"unknown export format '{fmt}' (one of {', '.join(EXPORTERS)})")
     dtype = model.dtype
@@ -183,7 +186,7 @@ def _export_model(model, out_dir, fmt: str, info: Optional[dict], source: Option
     }
     assert tuple(i["name"] for i in meta["encoder"]["inputs"]) == ENCODER_INPUTS
     assert tuple(i["name"] for i in meta["decoder"]["inputs"])[len(names):] == DECODER_EDGE_INPUTS
-    meta[fmt] = EXPORTERS[fmt](ExportJob(model, enc, dec, enc_args, dec_args, names, out, meta, opset, log, threads))
+    meta[fmt] = EXPORTERS[fmt](ExportJob(model, enc, dec, enc_args, dec_args, names, out, meta, opset, log, threads, int(jobs)))
     for role in ("encoder", "decoder"):
         meta[role]["sha256"] = file_sha256(out / meta[role]["file"])
     md.write_metadata(out, meta)

@@ -26,7 +26,7 @@ def export_pt2(model, enc, dec, enc_args, dec_args, out: Path, meta: dict, log: 
     compiles with ``threads`` intra-op threads (default: the current count), as its generated code may
     depend on them."""
 
-    enc_ep, dec_ep = export_programs(model, enc, dec, enc_args, dec_args, decompose=False)
+    enc_ep, dec_ep = export_programs(model, enc, dec, enc_args, dec_args)
     for role, program in (("encoder", enc_ep), ("decoder", dec_ep)):
         path = out / meta[role]["file"]
         tmp = path.with_name(f".tmp.{path.name}")  # AOTInductor wants the .pt2 suffix
