@@ -12,6 +12,7 @@ from cdp.core.components import for_capture
 from cdp.core.model import DensityModel
 from cdp.core.registry import get_registry
 from cdp.core.types import CdpError
+from cdp.export.context import intra_op_threads
 from cdp.export.examples import default_structure, example_probes, write_example_inputs
 from cdp.export.exporter import check_out_dir, export_model
 from cdp.export.fork import default_jobs
@@ -52,8 +53,9 @@ def command(model, fmt, out_dir, example_dir, structure, opset, force, jobs):
     """Export MODEL (a cdp checkpoint, a shipped model such as demo, or a preset name) as a two-stage
     encoder/decoder for deployment.  DIR must be missing or empty unless --force."""
     check_out_dir(Path(out_dir), force)  # before loading anything: a refused DIR is never touched
-    # built only to be captured (no native kernel compiled), unless PyTorch also predicts the example inputs
-    with for_capture() if not example_dir else contextlib.nullcontext():
+    # built only to be captured (no native kernel compiled), unless PyTorch also predicts the example inputs;
+    # with one intra-op thread, as the export itself (cdp.export.context.intra_op_threads)
+    with for_capture() if not example_dir else contextlib.nullcontext(), intra_op_threads(1):
         net, info, source = _load(model)
     meta = export_model(net, out_dir, fmt, info=info, source=source, opset=opset, force=force,
                         log=lambda s: click.echo(f"  {s}", err=True), jobs=default_jobs() if jobs is None else jobs)

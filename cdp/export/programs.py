@@ -7,6 +7,7 @@ torch.export 5.0 → 3.1 CPU-s; the graphs are the same).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Tuple
 
 import torch
@@ -29,10 +30,18 @@ def dynamic_shapes(role: str, num_inputs: int):
     return (tuple({0: n} for _ in range(num_inputs - 3)) + ({1: ep}, {0: ep}, {0: m}),)
 
 
+def _no_fake_tensor_cache():
+    """torch's fake-tensor dispatch cache off (module docstring); a no-op on a torch without it."""
+    config = torch._dynamo.config
+    if not hasattr(config, "fake_tensor_cache_enabled"):
+        return contextlib.nullcontext()
+    return config.patch(fake_tensor_cache_enabled=False)
+
+
 def export_program(model, role: str, module, args):
     """The ExportedProgram of ``module`` (the model's ``role``: encoder or decoder), every size dynamic;
     a failure is a CdpError naming the component (:func:`cdp.export.context.blame`)."""
-    with export_context(), torch._dynamo.config.patch(fake_tensor_cache_enabled=False):
+    with export_context(), _no_fake_tensor_cache():
         try:
             return torch.export.export(module, args, dynamic_shapes=dynamic_shapes(role, len(args)), strict=False)
         except Exception as exc:

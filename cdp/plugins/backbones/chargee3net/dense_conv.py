@@ -392,7 +392,7 @@ class TabulatedRadial(nn.Module):
                     self.scale = max(self.scale, float(exact.abs().max()))
 
     def _rows(self, coef: List[Tensor], r: Tensor) -> Tensor:
-        x = r.to(coef[0].dtype) * self.inv_h
+        x = (r if r.dtype == coef[0].dtype else r.to(coef[0].dtype)) * self.inv_h  # no conversion node when equal
         i = torch.clamp(torch.floor(x), 0, self.num_intervals - 1)
         t = (x - i).unsqueeze(1)
         i = i.long()
