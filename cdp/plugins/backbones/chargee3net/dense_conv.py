@@ -22,6 +22,9 @@ weights, once, before capture, into dense constants:
   table stops before the MLP's last linear layer, which stays one GEMM per convolution).
 * the gates as column selections and one product.
 
+The forward passes use ``torch.mm`` / ``torch.bmm`` and ``narrow`` (what ``@`` and ``x[:, a:b]`` run in eager
+mode): captured graphs then hold one node per product and per column range, with nothing to decompose.
+
 :class:`CaptureBackbone` has the backbone's ``encode`` / ``decode``; build it with
 :func:`capture_backbone` (or ``ChargE3NetBackbone.capture_form()``) after training, it is never trained.
 """
@@ -172,19 +175,19 @@ class DenseConvolution(nn.Module):
         aggs: List[Tensor] = []
         w_off = 0
         for n, (mul, d_i, k_total, n_paths) in enumerate(self.blocks):
-            x = sender @ getattr(self, f"lin1_{n}")
+            x = torch.mm(sender, getattr(self, f"lin1_{n}"))
             bias = getattr(self, f"lin1_bias_{n}")
             if bias is not None:
                 x = x + bias
             x = x.index_select(0, src)  # [E, d_i·mul]
-            a = sh @ getattr(self, f"cg_{n}")  # [E, K_i·d_i]
+            a = torch.mm(sh, getattr(self, f"cg_{n}"))  # [E, K_i·d_i]
             w = weight.narrow(1, w_off, n_paths * mul).reshape(-1, n_paths, mul)
             w_off += n_paths * mul
             kpath = getattr(self, f"kpath_{n}")
             if d_i == 1:  # scalars: weight the P paths' channels first, then broadcast over the K_i outputs
                 t = a.unsqueeze(2) * (x.unsqueeze(1) * w).index_select(1, kpath)  # [E, K_i, mul]
             else:
-                t = torch.matmul(a.view(-1, k_total, d_i), x.view(-1, d_i, mul)) * w.index_select(1, kpath)
+                t = torch.bmm(a.view(-1, k_total, d_i), x.view(-1, d_i, mul)) * w.index_select(1, kpath)
             aggs.append(t.new_zeros((num_receivers, k_total * mul)).index_add(0, dst, t.reshape(-1, k_total * mul)))
         outs: List[Tensor] = []
         angle: Optional[Tensor] = None
@@ -199,7 +202,7 @@ class DenseConvolution(nn.Module):
             else:
                 x = torch.cat([aggs[b].narrow(1, c0, c1 - c0).reshape(-1, d, (c1 - c0) // d) for b, c0, c1 in pieces], dim=2)
                 x = x.reshape(-1, x.shape[2])
-            y = x @ getattr(self, f"mix_{g}")  # [R·d, mul_out (+1)]
+            y = torch.mm(x, getattr(self, f"mix_{g}"))  # [R·d, mul_out (+1)]
             if g == self.angle_gemm:
                 angle = y.narrow(1, mul_out, y.shape[1] - mul_out)
                 y = y.narrow(1, 0, mul_out)
@@ -215,7 +218,7 @@ class DenseConvolution(nn.Module):
         for terms, dim in zip(self.sc_blocks, self.sc_dims):
             y: Optional[Tensor] = None
             for r0, r1, k in terms:
-                part = receiver.narrow(1, r0, r1 - r0) @ getattr(self, f"sc_{k}")
+                part = torch.mm(receiver.narrow(1, r0, r1 - r0), getattr(self, f"sc_{k}"))
                 y = part if y is None else y + part
             scs.append(receiver.new_zeros((num_receivers, dim)) if y is None else y)
         sc = torch.cat(scs, dim=1) if len(scs) > 1 else scs[0]
@@ -404,7 +407,7 @@ class TabulatedRadial(nn.Module):
         part = rows.narrow(1, self.offsets[k], self.offsets[k + 1] - self.offsets[k])
         if self.full:
             return part
-        return part @ (lasts[k] if lasts is not None else getattr(self, f"last_{k}"))
+        return torch.mm(part, lasts[k] if lasts is not None else getattr(self, f"last_{k}"))
 
     def forward(self, r: Tensor) -> Tensor:
         return self._rows([getattr(self, f"c{k}") for k in range(4)], r)
