@@ -166,6 +166,7 @@ class DenseConvolution(nn.Module):
         bsc = _maybe_bias(bsc)
         self.register_buffer("sc_bias", None if bsc is None else bsc.to(dtype))
         self.register_buffer("sc_mask", conv.sc.output_mask.to(dtype))
+        self.register_buffer("sc_unmasked", 1.0 - self.sc_mask)  # a constant, not a node of the captured graph
         self.sc_dims = [mul * ir.dim for mul, ir in conv.sc.irreps_out]
         self.out_dim = int(conv.irreps_out.dim)
 
@@ -224,7 +225,7 @@ class DenseConvolution(nn.Module):
         sc = torch.cat(scs, dim=1) if len(scs) > 1 else scs[0]
         if self.sc_bias is not None:
             sc = sc + self.sc_bias
-        sin = (1.0 - self.sc_mask) + angle.sin() * self.sc_mask
+        sin = self.sc_unmasked + angle.sin() * self.sc_mask
         return angle.cos() * sc + sin * conv
 
 
