@@ -136,7 +136,9 @@ def test_cli_export_builds_for_capture_and_forks(tmp_path, monkeypatch):
         assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), label
 
 
-def test_export_command_imports_no_ase_io():
-    code = "import sys, cdp.cli.export; print('ase.io' in sys.modules, 'scipy.integrate' in sys.modules)"
+def test_export_command_imports_no_ase_io_or_scipy():
+    """`cdp export` loads neither ase.io (only --structure reads a file) nor scipy (no graph is built)."""
+    code = ("import sys, cdp.cli.export as ce; ce._load('demo'); "
+            "print('ase.io' in sys.modules, 'scipy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False False"
