@@ -72,16 +72,27 @@ def test_run_pair_stage_of_a_killed_child_runs_here():
 
 
 @linux_only
-def test_run_pair_failure_here_stops_the_child():
+def test_run_pair_failure_here_stops_the_child(tmp_path):
+    pid_file = tmp_path / "pid"
+
+    def first():
+        pid_file.write_text(str(os.getpid()))
+        time.sleep(60)
+        return {}
+
     def second():
+        for _ in range(200):  # the child has started
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.05)
         raise KeyboardInterrupt
 
     t = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
-        fork.run_pair(lambda: time.sleep(60) or {}, second, jobs=2)
+        fork.run_pair(first, second, jobs=2)
     assert time.perf_counter() - t < 30
-    with pytest.raises(ChildProcessError):  # killed and reaped: no child left behind
-        os.waitpid(-1, os.WNOHANG)
+    with pytest.raises(ProcessLookupError):  # killed and reaped (a zombie would still take signal 0)
+        os.kill(int(pid_file.read_text()), 0)
 
 
 def test_default_jobs_follows_free_cpus(monkeypatch):
