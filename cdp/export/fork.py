@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Callable, Optional, Tuple, TypeVar
 
 from cdp.core.errors import CdpError
@@ -74,6 +75,22 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
 
 
+def _stop(pid: int, grace: float = 5.0) -> None:
+    """Interrupt the child (its atomic writes remove their temporary files), kill it after ``grace``
+    seconds, and reap it."""
+    try:
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
 def run_pair(first: Callable[[], dict], second: Callable[[], B], jobs: int = 1,
              log: Callable[[str], None] = lambda s: None) -> Tuple[dict, B]:
     """``(first(), second())``: with ``jobs`` ≥ 2 on Linux, ``first`` runs in a forked child while ``second``
@@ -98,11 +115,7 @@ def run_pair(first: Callable[[], dict], second: Callable[[], B], jobs: int = 1,
     finally:
         os.close(read_fd)
         if not done:  # this side failed or was interrupted: the child's work is not wanted
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
+            _stop(pid)
     record: Optional[dict] = None
     try:
         record = json.loads(data.decode()) if data else None
