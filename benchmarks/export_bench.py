@@ -3,6 +3,7 @@ TorchScript / pt2 against PyTorch's fast backend on the same workload and thread
 
     python -m benchmarks export [--model demo] [--threads 1] [--probes 20000] [--formats onnx,torchscript]
                                 [--export-time] [--full-grid] [--json out.json]
+    python -m benchmarks export --export-time-only --export-runs 5 [--export-jobs 1] [--json out.json]
 
 * ``runtime`` (always): one structure (``--structure water``: H₂O in a 6 Å box, or ``si64``: Si 2×2×2), the
   middle ``--probes`` points (flat C order: a slab through the structure) of its 0.08 Å grid in probe
@@ -14,8 +15,10 @@ TorchScript / pt2 against PyTorch's fast backend on the same workload and thread
   ONNX export's ExportedPredictor with ``--threads`` concurrent probe batches), as ``cdp predict --runtime
   onnx`` does it.
 * ``--export-time``: ``python -m cdp.cli.main export MODEL --format onnx -o NEWDIR`` in a fresh process with
-  OMP_NUM_THREADS=2 and empty TORCHINDUCTOR_CACHE_DIR and CDP_CACHE_DIR (wall time, interpreter start-up
-  and imports included), and the phases it logs.
+  OMP_NUM_THREADS=2 and empty caches (XDG_CACHE_HOME, TORCHINDUCTOR_CACHE_DIR, CDP_CACHE_DIR, MPLCONFIGDIR,
+  TRITON_CACHE_DIR in a new directory), ``--export-runs`` times: wall time (interpreter start-up and
+  imports included), CPU time, the load average before each run and the phases it logs.
+  ``--export-time-only`` skips everything else.
 
 Prints one JSON line and a table; CPU model, core count and versions are in the JSON.
 """
@@ -27,6 +30,8 @@ import json
 import os
 import platform
 import re
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,24 +88,59 @@ def grid_shape(atoms, spacing: float):
     return tuple(max(1, int(np.ceil(L / spacing))) for L in lengths)
 
 
-def export_time(model_text: str) -> dict:
-    """Wall time of ``cdp export MODEL --format onnx -o NEWDIR`` in a fresh process (OMP_NUM_THREADS=2)."""
-    root = Path(tempfile.mkdtemp(prefix="cdp-export-time-"))
-    env = dict(os.environ, OMP_NUM_THREADS="2", TORCHINDUCTOR_CACHE_DIR=str(root / "inductor-cache"),
-               CDP_CACHE_DIR=str(root / "cdp-cache"))  # empty caches: no compiled kernel or inductor artefact
-    cmd = [sys.executable, "-m", "cdp.cli.main", "export", model_text, "--format", "onnx", "-o", str(root / "out")]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"export failed: {proc.stderr.strip().splitlines()[-1:]}")
+EMPTY_CACHE_VARS = ("XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "CDP_CACHE_DIR", "MPLCONFIGDIR", "TRITON_CACHE_DIR")
+
+
+def _load() -> list:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _phases(log: str) -> dict:
+    """Seconds the command logs: "LABEL: NAME 1.2 s, NAME 3.4 s, ..." → {"LABEL NAME": 1.2, ...}."""
     phases = {}
-    for line in proc.stderr.splitlines():
-        m = re.match(r"\s*(.+?): ([0-9.]+) s", line)
-        if m:
-            phases[m.group(1)] = float(m.group(2))
-    return {"command": " ".join(["cdp"] + cmd[3:5] + ["--format", "onnx", "-o", "NEWDIR"]), "wall_s": round(wall, 2),
-            "phases_s": phases, "omp_num_threads": 2}
+    for line in log.splitlines():
+        label, sep, rest = line.strip().partition(": ")
+        if not sep:
+            continue
+        for piece in rest.split(", "):
+            m = re.fullmatch(r"(.*?)\s*([0-9]+(?:\.[0-9]+)?) s", piece.strip())
+            if m:
+                phases[f"{label} {m.group(1)}".strip()] = float(m.group(2))
+    return phases
+
+
+def export_time(model_text: str, runs: int = 1, jobs=None) -> dict:
+    """Wall time of ``cdp export MODEL --format onnx -o NEWDIR`` in a fresh process (OMP_NUM_THREADS=2),
+    ``runs`` times, each with empty caches: XDG_CACHE_HOME (~/.cache: torch, onnx), TORCHINDUCTOR_CACHE_DIR,
+    CDP_CACHE_DIR (compiled kernels), MPLCONFIGDIR and TRITON_CACHE_DIR point into a new empty directory.
+    Records per run the wall and CPU seconds (the process and its children), the 1/5/15-minute load
+    average before it and the phases the command logs."""
+    cmd_text = " ".join(["cdp export", model_text, "--format onnx -o NEWDIR"] + ([f"--jobs {jobs}"] if jobs else []))
+    out = {"command": cmd_text, "omp_num_threads": 2, "empty_caches": list(EMPTY_CACHE_VARS), "runs": []}
+    for _ in range(max(1, runs)):
+        root = Path(tempfile.mkdtemp(prefix="cdp-export-time-"))
+        env = dict(os.environ, OMP_NUM_THREADS="2", **{var: str(root / "cache" / var.lower()) for var in EMPTY_CACHE_VARS})
+        cmd = [sys.executable, "-m", "cdp.cli.main", "export", model_text, "--format", "onnx", "-o", str(root / "out")]
+        if jobs:
+            cmd += ["--jobs", str(jobs)]
+        load = _load()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            raise SystemExit(f"export failed: {proc.stderr.strip().splitlines()[-1:]}")
+        phases = _phases(proc.stderr)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        out["runs"].append({"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_avg": load, "phases_s": phases})
+        shutil.rmtree(root, ignore_errors=True)
+    walls = sorted(r["wall_s"] for r in out["runs"])
+    out["wall_s"] = {"min": walls[0], "median": walls[len(walls) // 2], "max": walls[-1]}
+    return out
 
 
 def main(argv=None) -> None:
@@ -116,9 +156,17 @@ def main(argv=None) -> None:
                     help="comma-separated: onnx, onnx-cdp (ONNX with cdp's operators: --ops cdp), torchscript, pt2")
     ap.add_argument("--export-dir", default=None, help="keep the exports here (reused when present)")
     ap.add_argument("--export-time", action="store_true", help="also time the whole `cdp export` command")
+    ap.add_argument("--export-runs", type=int, default=1, help="runs of the timed `cdp export` (each with empty caches)")
+    ap.add_argument("--export-jobs", type=int, default=None, help="--jobs for the timed `cdp export` (default: its own)")
+    ap.add_argument("--export-time-only", action="store_true", help="only time the whole `cdp export` command")
     ap.add_argument("--full-grid", action="store_true", help="also predict the whole grid (Predictor vs ONNX)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.export_time_only:
+        result = {"model": args.model, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+                  "export_command": export_time(args.model, args.export_runs, args.export_jobs)}
+        _print_export_time(result, args.json)
+        return
 
     import torch
 
@@ -181,7 +229,7 @@ def main(argv=None) -> None:
                                "ratio": round(t_onnx / t_fast, 3),
                                "max_rel_diff": float(np.abs(rho_onnx - rho_fast).max() / np.abs(rho_fast).max())}
     if args.export_time:
-        result["export_command"] = export_time(args.model)
+        result["export_command"] = export_time(args.model, args.export_runs, args.export_jobs)
     try:
         import onnxruntime
 
@@ -202,8 +250,25 @@ def main(argv=None) -> None:
         g = result["full_grid"]
         print(f"full grid ({g['points']} points): PyTorch fast {g['pytorch_fast_s']} s, ONNX {g['onnx_s']} s ({g['ratio']}x)")
     if "export_command" in result:
-        e = result["export_command"]
-        print(f"`{e['command']}` (OMP_NUM_THREADS=2): {e['wall_s']} s wall; phases {e['phases_s']}")
+        _print_export_time(result, None, header=False)
+
+
+def _print_export_time(result: dict, json_path, header: bool = True) -> None:
+    """The whole-command export timing as JSON (when ``header``: printed, and written to ``json_path``) and a table."""
+    if header:
+        line = json.dumps(result)
+        print(line)
+        if json_path:
+            Path(json_path).write_text(line + "\n")
+        print(f"\n{result['model']}, {result['cpu']} ({result['cpu_count']} CPUs)")
+    e = result["export_command"]
+    print(f"`{e['command']}` (OMP_NUM_THREADS=2, empty caches: {', '.join(e['empty_caches'])})")
+    print(f"{'run':<5}{'wall s':>8}{'cpu s':>8}  {'load avg (1/5/15 min)':<24}phases")
+    for i, r in enumerate(e["runs"], 1):
+        phases = ", ".join(f"{k} {v}" for k, v in r["phases_s"].items())
+        print(f"{i:<5}{r['wall_s']:>8.2f}{r['cpu_s']:>8.2f}  {' '.join(f'{x:.2f}' for x in r['load_avg']):<24}{phases}")
+    w = e["wall_s"]
+    print(f"wall: min {w['min']} s, median {w['median']} s, max {w['max']} s")
 
 
 def _probe_edges(model, atoms, chunks):

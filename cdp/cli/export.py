@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
-import ase.io
 import click
 
 from cdp.core.checkpoint import load_checkpoint
+from cdp.core.components import for_capture
 from cdp.core.model import DensityModel
 from cdp.core.registry import get_registry
 from cdp.core.types import CdpError
+from cdp.export.context import intra_op_threads
 from cdp.export.examples import default_structure, example_probes, write_example_inputs
 from cdp.export.exporter import check_out_dir, export_model
+from cdp.export.fork import default_jobs
 from cdp.predict import Predictor, _named_models
 
 
@@ -46,17 +49,25 @@ def _load(model_text: str):
               help="ONNX operators: standard ones only, or cdp's onnxruntime operators where the model has them "
                    "(ChargE3Net: its probe convolutions as the fused kernel; the library is written beside the models).")
 @click.option("--force", is_flag=True, help="Write into DIR even when it already holds files.")
-def command(model, fmt, out_dir, example_dir, structure, opset, ops, force):
+@click.option("--jobs", type=click.IntRange(1, 2), default=None,
+              help="onnx: 2 exports encoder and decoder side by side (a forked second process, Linux); "
+                   "default 2 when a second CPU is free (load average), else 1.")
+def command(model, fmt, out_dir, example_dir, structure, opset, ops, force, jobs):
     """Export MODEL (a cdp checkpoint, a shipped model such as demo, or a preset name) as a two-stage
     encoder/decoder for deployment.  DIR must be missing or empty unless --force."""
     check_out_dir(Path(out_dir), force)  # before loading anything: a refused DIR is never touched
-    net, info, source = _load(model)
+    # built only to be captured (no native kernel compiled), unless PyTorch also predicts the example inputs;
+    # with one intra-op thread, as the export itself (cdp.export.context.intra_op_threads)
+    with for_capture() if not example_dir else contextlib.nullcontext(), intra_op_threads(1):
+        net, info, source = _load(model)
     meta = export_model(net, out_dir, fmt, info=info, source=source, opset=opset, force=force, ops=ops,
-                        log=lambda s: click.echo(f"  {s}", err=True))
+                        log=lambda s: click.echo(f"  {s}", err=True), jobs=default_jobs() if jobs is None else jobs)
     click.echo(f"wrote {out_dir}/{meta['encoder']['file']}, {meta['decoder']['file']}, cdp_export.json "
                f"({fmt}, cutoff {meta['cutoff']} Å, {meta['num_layers']} layers, {meta['dtype']})")
     if example_dir:
         if structure:
+            import ase.io  # start-up: only --structure reads a file (ase.io imports scipy: 0.6 s)
+
             try:
                 atoms = ase.io.read(structure)
             except Exception as exc:

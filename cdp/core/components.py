@@ -17,6 +17,8 @@ Units: lengths in Å, densities in e/Å³.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -192,6 +194,29 @@ class Backbone(nn.Module):
         configured probe batch.
         """
         return None
+
+
+_FOR_CAPTURE = contextvars.ContextVar("cdp_for_capture", default=False)
+
+
+@contextlib.contextmanager
+def for_capture():
+    """Components built inside this context are only captured (exported), never run for speed.
+
+    A component may then skip set-up that only its fast inference path needs (compiling or loading
+    native kernels) and keep its PyTorch path: the model computes the same function, and
+    :meth:`Backbone.capture_form` is what the exporters record.  ``cdp export`` loads its model so.
+    """
+    token = _FOR_CAPTURE.set(True)
+    try:
+        yield
+    finally:
+        _FOR_CAPTURE.reset(token)
+
+
+def building_for_capture() -> bool:
+    """True inside :func:`for_capture` (see there): fast-inference-only set-up may be skipped."""
+    return _FOR_CAPTURE.get()
 
 
 class Readout(nn.Module):

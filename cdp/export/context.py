@@ -60,6 +60,23 @@ def blame(exc: BaseException, model, stage: str) -> CdpError:
 
 
 @contextlib.contextmanager
+def intra_op_threads(n: int):
+    """torch's intra-op pool at ``n`` threads for the duration; yields the previous count, restored after.
+
+    Exports run with one (:func:`cdp.export.exporter.export_model`): their own arithmetic is tiny (the
+    capture form's constants, example runs on a few atoms) and tracing is single-threaded Python, so a
+    second intra-op thread only adds hand-offs, which on a busy machine cost more than the work (demo
+    capture form: 0.5 s with one thread, 0.7-1.6 s with two).  AOTInductor compiles with the caller's count.
+    """
+    prev = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield prev
+    finally:
+        torch.set_num_threads(prev)
+
+
+@contextlib.contextmanager
 def export_context():
     """Settings every exporter needs: eval mode numerics, no opt_einsum path search (it specialises sizes),
     and quiet tracing: Python warnings and the torch.onnx registry's notes about packages cdp does not use

@@ -19,7 +19,7 @@ from cdp.core.constants import NUM_ELEMENTS
 from cdp.core.provenance import component_provenance
 from cdp.core.types import CdpError
 from cdp.export import metadata as md
-from cdp.export.context import blame, export_context  # noqa: F401  (re-exported)
+from cdp.export.context import blame, export_context, intra_op_threads  # noqa: F401  (export_context re-exported)
 from cdp.export.examples import EXAMPLE_SIZES, decoder_example, encoder_example
 from cdp.export.onnx import export_onnx
 from cdp.export.pt2 import export_pt2
@@ -43,11 +43,13 @@ class ExportJob:
     meta: dict
     opset: int
     log: Callable[[str], None]
+    threads: int = 1  # the caller's intra-op thread count (the export itself runs with one)
+    jobs: int = 1  # processes for the two stages (onnx: 2 exports the encoder in a forked second process)
 
 
 def _onnx(job: ExportJob) -> dict:
     return export_onnx(job.model, job.enc, job.dec, job.enc_args, job.dec_args, job.names, job.out, job.meta,
-                       opset=job.opset, log=job.log)
+                       opset=job.opset, log=job.log, jobs=job.jobs)
 
 
 def _torchscript(job: ExportJob) -> dict:
@@ -55,7 +57,7 @@ def _torchscript(job: ExportJob) -> dict:
 
 
 def _pt2(job: ExportJob) -> dict:
-    return export_pt2(job.model, job.enc, job.dec, job.enc_args, job.dec_args, job.out, job.meta, log=job.log)
+    return export_pt2(job.model, job.enc, job.dec, job.enc_args, job.dec_args, job.out, job.meta, log=job.log, threads=job.threads)
 
 
 # format name → exporter writing DIR/{encoder,decoder}.<ext>; its return value is stored under meta[format]
@@ -106,6 +108,7 @@ def export_model(
     log: Callable[[str], None] = lambda s: None,
     force: bool = False,
     ops: str = "standard",
+    jobs: int = 1,
 ) -> dict:
     """Write the encoder/decoder of ``model`` in ``fmt`` (onnx, torchscript, pt2) to ``out_dir``; returns the metadata.
 
@@ -115,7 +118,15 @@ def export_model(
 
     ``out_dir`` must be missing or empty: a directory holding any file (even one this format would not
     write) is refused untouched with a CdpError unless ``force``, which overwrites the files it writes.
+    Runs with one intra-op thread (:func:`cdp.export.context.intra_op_threads`); ``jobs`` = 2 exports the
+    ONNX encoder in a forked second process while the decoder is exported here (Linux; the same files).
     """
+    with intra_op_threads(1) as threads:
+        return _export_model(model, out_dir, fmt, info, source, opset, log, force, threads, jobs, ops)
+
+
+def _export_model(model, out_dir, fmt: str, info: Optional[dict], source: Optional[str], opset: int,
+                  log: Callable[[str], None], force: bool, threads: int, jobs: int, ops: str = "standard") -> dict:
     if fmt not in EXPORTERS:
         raise CdpError(f"unknown export format '{fmt}' (one of {', '.join(EXPORTERS)})")
     if ops not in ("standard", "cdp"):
@@ -184,7 +195,7 @@ def export_model(
     }
     assert tuple(i["name"] for i in meta["encoder"]["inputs"]) == ENCODER_INPUTS
     assert tuple(i["name"] for i in meta["decoder"]["inputs"])[len(names):] == DECODER_EDGE_INPUTS
-    meta[fmt] = EXPORTERS[fmt](ExportJob(model, enc, dec, enc_args, dec_args, names, out, meta, opset, log))
+    meta[fmt] = EXPORTERS[fmt](ExportJob(model, enc, dec, enc_args, dec_args, names, out, meta, opset, log, threads, int(jobs)))
     for role in ("encoder", "decoder"):
         meta[role]["sha256"] = file_sha256(out / meta[role]["file"])
     md.write_metadata(out, meta)

@@ -12,10 +12,12 @@ one intra-op thread, so cdp's runtime (and the C++ example) use one intra-op thr
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 
@@ -25,7 +27,8 @@ from cdp.core.types import CdpError
 from cdp.export import metadata as md
 from cdp.export.context import blame, export_context
 from cdp.export.custom_ops import LIBRARY_FILE, custom_ops_library
-from cdp.export.programs import export_programs
+from cdp.export.fork import run_pair
+from cdp.export.programs import export_program
 from cdp.export.wrappers import DECODER_EDGE_INPUTS, ENCODER_INPUTS, capture_summary
 
 MIN_OPSET = 18
@@ -69,16 +72,33 @@ def _to_onnx(program, path: Path, input_names: List[str], output_names: List[str
     return {"ops": ops, "opset": opset_found, "nodes": len(proto.graph.node)}
 
 
+def _export_stage(model, role: str, module, args, input_names: List[str], output_names: List[str], path: Path,
+                  opset: int, props: dict, translations: Optional[dict] = None) -> dict:
+    """torch.export, then ONNX, of one stage (encoder or decoder) to ``path``; returns its ops, opset, node
+    count and the seconds of each step (a JSON-able record: it may come from a second process)."""
+    t0 = time.perf_counter()
+    program = export_program(model, role, module, args)
+    t1 = time.perf_counter()
+    try:
+        info = _to_onnx(program, path, input_names, output_names, opset, props, translations or {})
+    except CdpError:
+        raise
+    except Exception as exc:
+        raise blame(exc, model, role) from None
+    info.update(export_s=t1 - t0, onnx_s=time.perf_counter() - t1, pid=os.getpid())
+    return info
+
+
 def export_onnx(model, enc, dec, enc_args, dec_args, layer_names: List[str], out: Path, meta: dict,
-                opset: int = 20, log: Callable[[str], None] = lambda s: None) -> dict:
-    """Write encoder.onnx / decoder.onnx; returns the ONNX section of the metadata."""
+                opset: int = 20, log: Callable[[str], None] = lambda s: None, jobs: int = 1) -> dict:
+    """Write encoder.onnx / decoder.onnx; returns the ONNX section of the metadata.
+
+    ``jobs`` ≥ 2: the encoder is exported in a forked second process while the decoder is exported here
+    (:func:`cdp.export.fork.run_pair`; Linux), the same files as one after the other.
+    """
 
     if int(opset) < MIN_OPSET:
         raise CdpError(f"ONNX opset must be ≥ {MIN_OPSET}, got {opset}")
-    t0 = time.perf_counter()
-    # torch.onnx decomposes the programs itself: decomposing them here too only doubled the time
-    enc_ep, dec_ep = export_programs(model, enc, dec, enc_args, dec_args, decompose=False)
-    log(f"torch.export: {time.perf_counter() - t0:.1f} s")
     summary = capture_summary(enc)
     if summary:
         tables = summary.get("radial_tables", {})
@@ -87,20 +107,25 @@ def export_onnx(model, enc, dec, enc_args, dec_args, layer_names: List[str], out
     form = getattr(enc, "backbone", None)
     translations = getattr(form, "onnx_translations", dict)()  # a capture form's own operators, if any
     custom = (summary or {}).get("custom_ops")
-    info = {}
-    for role, program, ins, outs in (
-        ("encoder", enc_ep, list(ENCODER_INPUTS), list(layer_names)),
-        ("decoder", dec_ep, list(layer_names) + list(DECODER_EDGE_INPUTS), ["density"]),
-    ):
-        t0 = time.perf_counter()
-        try:
-            info[role] = _to_onnx(program, out / meta[role]["file"], ins, outs, int(opset), md.embedded(meta, role),
-                                  translations)
-        except CdpError:
-            raise
-        except Exception as exc:
-            raise blame(exc, model, role) from None
-        log(f"{role}.onnx: {time.perf_counter() - t0:.1f} s, {info[role]['nodes']} nodes")
+    stages = {
+        role: functools.partial(_export_stage, model, role, module, args, ins, outs, out / meta[role]["file"], int(opset),
+                                md.embedded(meta, role), translations)
+        for role, module, args, ins, outs in (
+            ("encoder", enc, enc_args, list(ENCODER_INPUTS), list(layer_names)),
+            ("decoder", dec, dec_args, list(layer_names) + list(DECODER_EDGE_INPUTS), ["density"]),
+        )
+    }
+    if jobs >= 2:
+        _warm_imports()
+    t0 = time.perf_counter()
+    info = dict(zip(("encoder", "decoder"), run_pair(stages["encoder"], stages["decoder"], jobs, log=log)))
+    wall = time.perf_counter() - t0
+    here = os.getpid()
+    for role in ("encoder", "decoder"):
+        r = info[role]
+        where = "" if r["pid"] == here else " (second process)"
+        log(f"{role}: torch.export {r['export_s']:.1f} s, ONNX {r['onnx_s']:.1f} s, {r['nodes']} nodes{where}")
+    log(f"encoder + decoder: {wall:.1f} s")
     section = {}
     if custom:
         # the operator library beside the models, for C++ deployments (cdp's own runtime builds its own)
@@ -116,5 +141,18 @@ def export_onnx(model, enc, dec, enc_args, dec_args, layer_names: List[str], out
         "ops": {r: info[r]["ops"] for r in info},
         "intra_op_num_threads": 1,
         "note": "onnxruntime CPU ScatterND(add) races with >1 intra-op thread: run sessions with intra_op_num_threads=1",
-        "capture": capture_summary(enc),
+        "capture": summary,
     }
+
+
+def _warm_imports() -> None:
+    """Import what both stages import on first use (torch.export's tracer, torch.onnx's exporter and
+    onnxscript's op library, ~1 s) once, before the second process is forked; a missing one is left to the
+    stages to report."""
+    try:
+        import onnx  # noqa: F401  (optional dependency, the onnx extra; start-up: imported once, before forking)
+        import onnxscript  # noqa: F401  (as above)
+        import torch.export._trace  # noqa: F401  (as above)
+        import torch.onnx._internal.exporter._core  # noqa: F401  (as above)
+    except ImportError:
+        pass

@@ -10,25 +10,28 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from cdp.export import metadata as md
-from cdp.export.context import blame, export_context
+from cdp.export.context import blame, export_context, intra_op_threads
 from cdp.export.programs import export_programs
 from cdp.export.wrappers import capture_summary
 
 
-def export_pt2(model, enc, dec, enc_args, dec_args, out: Path, meta: dict, log: Callable[[str], None] = lambda s: None) -> dict:
-    """Write encoder.pt2 / decoder.pt2 AOTInductor packages (+ embedded metadata as a side file)."""
+def export_pt2(model, enc, dec, enc_args, dec_args, out: Path, meta: dict, log: Callable[[str], None] = lambda s: None,
+               threads: Optional[int] = None) -> dict:
+    """Write encoder.pt2 / decoder.pt2 AOTInductor packages (+ embedded metadata as a side file); AOTInductor
+    compiles with ``threads`` intra-op threads (default: the current count), as its generated code may
+    depend on them."""
 
-    enc_ep, dec_ep = export_programs(model, enc, dec, enc_args, dec_args, decompose=False)
+    enc_ep, dec_ep = export_programs(model, enc, dec, enc_args, dec_args)
     for role, program in (("encoder", enc_ep), ("decoder", dec_ep)):
         path = out / meta[role]["file"]
         tmp = path.with_name(f".tmp.{path.name}")  # AOTInductor wants the .pt2 suffix
         try:
-            with export_context():
+            with export_context(), intra_op_threads(threads or torch.get_num_threads()):
                 try:
                     torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
                 except OSError as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from cdp.core.components import GraphBuilder
 from cdp.core.hookspec import hookimpl
@@ -134,6 +133,8 @@ class _Lattice:
         self.rep_atom = atom_idx.astype(np.int64)
         self.rep_image = images[img_idx]
         rep_pos = self.wrapped[atom_idx] + _shift(self.rep_image, self.basis)
+        from scipy.spatial import cKDTree  # start-up: scipy.spatial loads when a graph is built (cdp export never does)
+
         self.tree = cKDTree(rep_pos) if rep_pos.shape[0] else None
 
     def _too_thin(self, replicas: int) -> None:
@@ -147,6 +148,8 @@ class _Lattice:
         (query, replica); replicas are ordered by (atom, image), hence edges by (receiver, sender, offset)."""
         if self.tree is None or queries.shape[0] == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+        from scipy.spatial import cKDTree  # start-up: as above
+
         found = cKDTree(queries).sparse_distance_matrix(self.tree, self.cutoff + tol, output_type="ndarray")
         qi, rj = found["i"].astype(np.int64), found["j"].astype(np.int64)
         order = np.argsort(qi * self.rep_atom.shape[0] + rj)

@@ -22,6 +22,9 @@ weights, once, before capture, into dense constants:
   table stops before the MLP's last linear layer, which stays one GEMM per convolution).
 * the gates as column selections and one product.
 
+The forward passes use ``torch.mm`` / ``torch.bmm`` and ``narrow`` (what ``@`` and ``x[:, a:b]`` run in eager
+mode): captured graphs then hold one node per product and per column range, with nothing to decompose.
+
 :class:`CaptureBackbone` has the backbone's ``encode`` / ``decode``; build it with
 :func:`capture_backbone` (or ``ChargE3NetBackbone.capture_form()``) after training, it is never trained.
 """
@@ -90,6 +93,7 @@ class DenseSelfConnection(nn.Module):
         bsc = _maybe_bias(bsc)
         self.register_buffer("sc_bias", None if bsc is None else bsc.to(dtype))
         self.register_buffer("sc_mask", conv.sc.output_mask.to(dtype))
+        self.register_buffer("sc_unmasked", 1.0 - self.sc_mask)  # a constant, not a node of the captured graph
         self.sc_dims = [mul * ir.dim for mul, ir in conv.sc.irreps_out]
 
     def forward(self, receiver: Tensor) -> Tensor:
@@ -98,7 +102,7 @@ class DenseSelfConnection(nn.Module):
         for terms, dim in zip(self.sc_blocks, self.sc_dims):
             y: Optional[Tensor] = None
             for r0, r1, k in terms:
-                part = receiver[:, r0:r1] @ getattr(self, f"sc_{k}")
+                part = torch.mm(receiver.narrow(1, r0, r1 - r0), getattr(self, f"sc_{k}"))
                 y = part if y is None else y + part
             scs.append(receiver.new_zeros((num_receivers, dim)) if y is None else y)
         sc = torch.cat(scs, dim=1) if len(scs) > 1 else scs[0]
@@ -108,7 +112,7 @@ class DenseSelfConnection(nn.Module):
 
     def mix(self, receiver: Tensor, angle: Tensor, conv: Tensor) -> Tensor:
         """The convolution's output from its receivers, lin3's angle [R, 1] and lin2's output [R, d_out]."""
-        sin = (1.0 - self.sc_mask) + angle.sin() * self.sc_mask
+        sin = self.sc_unmasked + angle.sin() * self.sc_mask
         return angle.cos() * self(receiver) + sin * conv
 
 
@@ -200,19 +204,19 @@ class DenseConvolution(nn.Module):
         aggs: List[Tensor] = []
         w_off = 0
         for n, (mul, d_i, k_total, n_paths) in enumerate(self.blocks):
-            x = sender @ getattr(self, f"lin1_{n}")
+            x = torch.mm(sender, getattr(self, f"lin1_{n}"))
             bias = getattr(self, f"lin1_bias_{n}")
             if bias is not None:
                 x = x + bias
             x = x.index_select(0, src)  # [E, d_i·mul]
-            a = sh @ getattr(self, f"cg_{n}")  # [E, K_i·d_i]
-            w = weight[:, w_off : w_off + n_paths * mul].reshape(-1, n_paths, mul)
+            a = torch.mm(sh, getattr(self, f"cg_{n}"))  # [E, K_i·d_i]
+            w = weight.narrow(1, w_off, n_paths * mul).reshape(-1, n_paths, mul)
             w_off += n_paths * mul
             kpath = getattr(self, f"kpath_{n}")
             if d_i == 1:  # scalars: weight the P paths' channels first, then broadcast over the K_i outputs
                 t = a.unsqueeze(2) * (x.unsqueeze(1) * w).index_select(1, kpath)  # [E, K_i, mul]
             else:
-                t = torch.matmul(a.view(-1, k_total, d_i), x.view(-1, d_i, mul)) * w.index_select(1, kpath)
+                t = torch.bmm(a.view(-1, k_total, d_i), x.view(-1, d_i, mul)) * w.index_select(1, kpath)
             aggs.append(t.new_zeros((num_receivers, k_total * mul)).index_add(0, dst, t.reshape(-1, k_total * mul)))
         outs: List[Tensor] = []
         angle: Optional[Tensor] = None
@@ -220,12 +224,17 @@ class DenseConvolution(nn.Module):
             if g is None:
                 outs.append(receiver.new_zeros((num_receivers, mul_out * d)))
                 continue
-            parts = [aggs[b][:, c0:c1].reshape(-1, d, (c1 - c0) // d) for b, c0, c1 in self.gemm_pieces[g]]
-            x = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
-            y = x.reshape(-1, x.shape[2]) @ getattr(self, f"mix_{g}")  # [R·d, mul_out (+1)]
+            pieces = self.gemm_pieces[g]
+            if len(pieces) == 1:  # [R, d·w] → [R·d, w] (rows (r, m)), one reshape
+                b, c0, c1 = pieces[0]
+                x = aggs[b].narrow(1, c0, c1 - c0).reshape(-1, (c1 - c0) // d)
+            else:
+                x = torch.cat([aggs[b].narrow(1, c0, c1 - c0).reshape(-1, d, (c1 - c0) // d) for b, c0, c1 in pieces], dim=2)
+                x = x.reshape(-1, x.shape[2])
+            y = torch.mm(x, getattr(self, f"mix_{g}"))  # [R·d, mul_out (+1)]
             if g == self.angle_gemm:
-                angle = y[:, mul_out:]
-                y = y[:, :mul_out]
+                angle = y.narrow(1, mul_out, y.shape[1] - mul_out)
+                y = y.narrow(1, 0, mul_out)
             outs.append(y.reshape(-1, d, mul_out).transpose(1, 2).reshape(-1, mul_out * d) if d > 1 else y)
         conv = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         if self.lin2_bias is not None:
@@ -305,7 +314,7 @@ class DenseGate(nn.Module):
     def _act(x: Tensor, segments) -> Tensor:
         pieces = []
         for start, stop, f, cst in segments:
-            y = x[:, start:stop] if len(segments) > 1 else x
+            y = x.narrow(1, start, stop - start) if len(segments) > 1 else x
             if f is not None:
                 y = f(y)
                 if cst != 1.0:
@@ -404,7 +413,7 @@ class TabulatedRadial(nn.Module):
                     self.scale = max(self.scale, float(exact.abs().max()))
 
     def _rows(self, coef: List[Tensor], r: Tensor) -> Tensor:
-        x = r.to(coef[0].dtype) * self.inv_h
+        x = (r if r.dtype == coef[0].dtype else r.to(coef[0].dtype)) * self.inv_h  # no conversion node when equal
         i = torch.clamp(torch.floor(x), 0, self.num_intervals - 1)
         t = (x - i).unsqueeze(1)
         i = i.long()
@@ -413,10 +422,10 @@ class TabulatedRadial(nn.Module):
         return torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
 
     def _weights(self, rows: Tensor, k: int, lasts: Optional[List[Tensor]] = None) -> Tensor:
-        part = rows[:, self.offsets[k] : self.offsets[k + 1]]
+        part = rows.narrow(1, self.offsets[k], self.offsets[k + 1] - self.offsets[k])
         if self.full:
             return part
-        return part @ (lasts[k] if lasts is not None else getattr(self, f"last_{k}"))
+        return torch.mm(part, lasts[k] if lasts is not None else getattr(self, f"last_{k}"))
 
     def forward(self, r: Tensor) -> Tensor:
         return self._rows([getattr(self, f"c{k}") for k in range(4)], r)

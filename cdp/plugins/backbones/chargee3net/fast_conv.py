@@ -25,6 +25,7 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 
+from cdp.core.components import building_for_capture
 from cdp.nn.radial_table import MIN_INTERVALS, RadialTable
 from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
@@ -232,7 +233,8 @@ class FastE3Convolution(E3Convolution):
         if any(ins.i_in < 0 for ins in list(self.lin2.instructions) + list(self.lin3.instructions)):
             raise RuntimeError("fast convolution: lin2/lin3 with biases")
         self.plan = UvuPlan(self.tp, self.lin2.irreps_in)
-        native.load()  # compiled (once per machine) and loaded here, at model set-up: never from forward
+        if not building_for_capture():  # a model built only to be exported never runs the kernel
+            native.load()  # compiled (once per machine) and loaded here, at model set-up: never from forward
 
     def kernel_reads_tables(self, like: Tensor) -> bool:
         """True when inference on inputs like ``like`` runs the fused kernel and it has a table entry for
