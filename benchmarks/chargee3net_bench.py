@@ -342,7 +342,7 @@ def _peak_flops(seconds: float = 1.0) -> float:
 
 def _kernel_flops(paths, pairs, n_edges: int, n_cols: int, table: bool) -> float:
     """Multiply-adds × 2 of the kernel per call: per pair mul FMAs, per output row mul (w · t) FMAs and
-    mul adds, the coefficients A (2 per term), and with a table 3 FMAs per weight column."""
+    mul adds, the coefficients A (2 per term), and with a table 4 multiply-adds per weight column."""
     paths, pairs = paths.long(), pairs.long()
     per_edge = 0
     for mul, d_k, _, _, _, _, q0, q1 in paths.tolist():
@@ -350,7 +350,7 @@ def _kernel_flops(paths, pairs, n_edges: int, n_cols: int, table: bool) -> float
         per_edge += 2 * mul * (q1 - q0) + 3 * mul * rows
     per_edge += 2 * int((pairs[:, 3] - pairs[:, 2]).sum())
     if table:
-        per_edge += 6 * n_cols
+        per_edge += 8 * n_cols
     return float(per_edge) * n_edges
 
 
@@ -394,8 +394,8 @@ def _run_kernel(case: dict) -> dict:
     def flops(table: bool) -> float:
         total = 0.0
         for c, _ in prepared:
-            paths, pairs, _, _ = c[0].plan.on(c[4].coef, "kernel")
-            total += _kernel_flops(paths, pairs, c[5].shape[0], c[4].coef.shape[2], table)
+            paths, pairs, _, _ = c[0].plan.on(c[4].knots, "kernel")
+            total += _kernel_flops(paths, pairs, c[5].shape[0], c[4].width, table)
         return total
 
     flops_rows, flops_table = flops(False), flops(True)

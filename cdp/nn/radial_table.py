@@ -9,7 +9,13 @@ monomial coefficients of the cubic Hermite interpolant built from w and dw/dr at
     i = clamp(floor(r · inv_h), 0, n − 1),   t = r · inv_h − i,   inv_h = n / r_max
     w(r) = c₀ + t·(c₁ + t·(c₂ + t·c₃)),     c_k = coef[i, k]              (coef: [n, 4, W])
 
-This layout is shared with the native kernels, which evaluate a row per edge without writing [E, W].
+:class:`KnotTable` stores the same interpolant as its knot values and scaled slopes instead ([n + 1, 2, W]:
+w(r_i) and h·dw/dr(r_i)), half the memory, evaluated with the Hermite basis
+
+    w(r) = (1 + 2t)(1 − t)² v_i + t(1 − t)² s_i + t²(3 − 2t) v_{i+1} + t²(t − 1) s_{i+1};
+
+the native kernels read that layout (four consecutive rows per edge) and evaluate a row per edge without
+writing [E, W].
 The interpolation error is h⁴/384 · max|w''''| (h = r_max / n); :meth:`RadialTable.fit` measures it in
 float64 against the function itself and doubles ``n`` until it is below the requested tolerance.
 Tables are built from trained weights (at model load) and never trained.  A table is built a block of
@@ -124,6 +130,57 @@ def _block_error(fn: RadialFunction, block: Tensor, k0: int, inv_h: float, r: Te
         return float(err) if bool(torch.isfinite(err)) else math.inf
 
 
+def evaluate_knots(knots: Tensor, inv_h: float, r: Tensor) -> Tensor:
+    """w(r) [E, W] from knots [n + 1, 2, W] (values, h·slopes) for lengths ``r`` [E] (Å): the Hermite basis
+    (module docstring), the interval and t as :func:`evaluate`'s."""
+    n = knots.shape[0] - 1
+    x = r.to(knots.dtype) * inv_h
+    i = torch.clamp(torch.floor(x), 0, n - 1)
+    t = (x - i).unsqueeze(-1)
+    i = i.long()
+    u = 1.0 - t
+    out = knots[:, 0].index_select(0, i) * ((1.0 + 2.0 * t) * u * u)
+    out.addcmul_(knots[:, 1].index_select(0, i), t * u * u)
+    out.addcmul_(knots[:, 0].index_select(0, i + 1), t * t * (3.0 - 2.0 * t))
+    out.addcmul_(knots[:, 1].index_select(0, i + 1), t * t * (t - 1.0))
+    return out
+
+
+class KnotTable(nn.Module):
+    """The interpolant of a :class:`RadialTable` stored at its knots: ``knots`` [n + 1, 2, W] = (w(r_i),
+    h·dw/dr(r_i)) for r_i = i·h (module docstring): half the memory of the coefficient form, the layout the
+    native kernels read.  Build with ``RadialTable.fit(..., knots=True)``.  forward(r [E]) → [E, W]."""
+
+    def __init__(self, knots: Tensor, r_max: float, error: float = float("nan")):
+        super().__init__()
+        if knots.dim() != 3 or knots.shape[1] != 2 or knots.shape[0] < 2:
+            raise ValueError(f"knots must be [n + 1, 2, W] with n ≥ 1, got {tuple(knots.shape)}")
+        if not r_max > 0:
+            raise ValueError(f"r_max must be positive, got {r_max}")
+        self.register_buffer("knots", knots.contiguous())
+        self.r_max = float(r_max)
+        self.inv_h = (knots.shape[0] - 1) / self.r_max
+        self.error = float(error)
+
+    @property
+    def num_intervals(self) -> int:
+        return int(self.knots.shape[0] - 1)
+
+    @property
+    def width(self) -> int:
+        return int(self.knots.shape[2])
+
+    def max_abs_value(self) -> float:
+        """max |w| over the knots (as stored)."""
+        return float(self.knots[:, 0].abs().max())
+
+    def forward(self, r: Tensor) -> Tensor:
+        return evaluate_knots(self.knots, self.inv_h, r)
+
+    def extra_repr(self) -> str:
+        return f"intervals={self.num_intervals}, width={self.width}, r_max={self.r_max}, error={self.error:.2e}, knots"
+
+
 class RadialTable(nn.Module):
     """w(r) for r in [0, r_max] as piecewise cubics on ``n`` uniform intervals (module docstring).
 
@@ -153,6 +210,10 @@ class RadialTable(nn.Module):
     def width(self) -> int:
         return int(self.coef.shape[2])
 
+    def max_abs_value(self) -> float:
+        """max |w| over the knots r_0 … r_{n-1} (as stored)."""
+        return float(self.coef[:, 0].abs().max())
+
     def forward(self, r: Tensor) -> Tensor:
         return evaluate(self.coef, self.inv_h, r)
 
@@ -171,43 +232,49 @@ class RadialTable(nn.Module):
 
     @classmethod
     def _build(cls, fn: RadialFunction, r_max: float, num_intervals: int,
-               dtype: torch.dtype) -> Tuple["RadialTable", float]:
-        """(table, max|w| over the knots r_0 … r_{n-1} in float64): :meth:`build` block by block."""
+               dtype: torch.dtype, knots: bool = False) -> Tuple[nn.Module, float]:
+        """(table, max|w| over the knots r_0 … r_{n-1} in float64): :meth:`build` block by block; ``knots``:
+        a :class:`KnotTable` of the same interpolant (values and h·slopes rounded once to ``dtype``)."""
         n = int(num_intervals)
         if n < 1:
             raise ValueError(f"num_intervals must be ≥ 1, got {num_intervals}")
         h = float(r_max) / n
         coef, err, scale = None, 0.0, 0.0
         for k0, k1, r, i in _blocks(n, float(r_max), _width(fn)):
-            knots = torch.arange(k0, k1 + 1, dtype=torch.float64) * h
-            value, slope = _values_and_slopes(fn, knots)
+            at = torch.arange(k0, k1 + 1, dtype=torch.float64) * h
+            value, slope = _values_and_slopes(fn, at)
             block = hermite_coefficients(value, slope, h)  # [k1 - k0, 4, W] float64
-            del value, slope
             if coef is None:
                 with returning_freed_memory():  # long-lived: its own pages, not pinning the heap's top
-                    coef = torch.empty((n, 4, block.shape[2]), dtype=dtype)
-            coef[k0:k1] = block
+                    shape = (n + 1, 2, block.shape[2]) if knots else (n, 4, block.shape[2])
+                    coef = torch.empty(shape, dtype=dtype)
+            if knots:
+                coef[k0 : k1 + 1, 0] = value
+                coef[k0 : k1 + 1, 1] = slope * h
+            else:
+                coef[k0:k1] = block
+            del value, slope
             scale = max(scale, float(block[:, 0].abs().max()))
             err = max(err, _block_error(fn, block, k0, n / float(r_max), r, i))
             if not (math.isfinite(scale) and math.isfinite(err)):
                 raise ValueError(f"radial table: the function or its slope is not finite on "
                                  f"[{k0 * h:.3g}, {k1 * h:.3g}] Å")
-        return cls(coef, r_max, err), scale
+        return (KnotTable if knots else cls)(coef, r_max, err), scale
 
     @classmethod
     def fit(cls, fn: RadialFunction, r_max: float, rtol: float = 1e-7, dtype: Optional[torch.dtype] = None,
-            min_intervals: int = MIN_INTERVALS, max_intervals: int = MAX_INTERVALS) -> "RadialTable":
+            min_intervals: int = MIN_INTERVALS, max_intervals: int = MAX_INTERVALS, knots: bool = False):
         """The coarsest power-of-two table whose measured error is ≤ ``rtol · max|w|`` over [0, r_max].
 
         The error is measured in float64 at five points inside every interval (where a cubic Hermite
         interpolant's error peaks) for the float64 interpolant, so it bounds what float32 storage adds on top
         (rounding, ~6e-8 relative); max|w| is over the float64 knot values.
         Raises ValueError when ``max_intervals`` is not enough (a non-smooth function) or the function is
-        not finite on [0, r_max].
+        not finite on [0, r_max].  ``knots``: return the :class:`KnotTable` of the same interpolant.
         """
         n = int(min_intervals)
         while True:
-            table, scale = cls._build(fn, r_max, n, dtype or torch.float32)
+            table, scale = cls._build(fn, r_max, n, dtype or torch.float32, knots)
             scale = scale or 1.0
             if table.error <= rtol * scale:
                 return table

@@ -384,7 +384,8 @@ def test_kernel_entry_equals_numpy_formula(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_table_entry_equals_weight_rows_from_the_same_table(dtype):
-    """coef [n, 4, W] random; the table entry against the w-row entry fed with w evaluated in numpy."""
+    """knots [n + 1, 2, W] random (values, h·slopes); the table entry against the w-row entry fed with w
+    evaluated in numpy with the cubic Hermite basis."""
     rng = np.random.default_rng(6)
     paths, pairs, mj, c, x_width, w_width, acc_width = _plan(rng)
     src, dst = _edges(rng)
@@ -404,7 +405,7 @@ def test_table_entry_equals_weight_rows_from_the_same_table(dtype):
     tpaths = native.table_paths(torch.from_numpy(paths), w_perm).numpy()
     assert (tpaths[:, 3] == table_start).all() and (np.delete(tpaths, 3, 1) == np.delete(paths, 3, 1)).all()
 
-    coef = rng.standard_normal((n_int, 4, n_cols)).astype(np_dtype)
+    coef = rng.standard_normal((n_int + 1, 2, n_cols)).astype(np_dtype)
     r = rng.uniform(0, r_max, len(src))
     r[:3] = [0.0, r_max, 1.3 * r_max]  # both ends and an extrapolated length (the last cubic)
     r = r.astype(np_dtype)
@@ -412,8 +413,10 @@ def test_table_entry_equals_weight_rows_from_the_same_table(dtype):
     s = r * np_dtype(inv_h)  # the interval and t in the table's dtype, as the kernel and radial_table.evaluate
     i = np.clip(np.floor(s), 0, n_int - 1)
     t = (s - i.astype(np_dtype)).astype(np.float64)[:, None]
-    k = coef.astype(np.float64)[i.astype(np.int64)]
-    w_table = k[:, 0] + t * (k[:, 1] + t * (k[:, 2] + t * k[:, 3]))  # [E, n_cols], network order
+    k0, k1 = coef.astype(np.float64)[i.astype(np.int64)], coef.astype(np.float64)[i.astype(np.int64) + 1]
+    u = 1.0 - t
+    w_table = ((1 + 2 * t) * u * u * k0[:, 0] + t * u * u * k0[:, 1] + t * t * (3 - 2 * t) * k1[:, 0]
+               + t * t * (t - 1) * k1[:, 1])  # [E, n_cols], network order
     w = np.zeros((len(src), w_width + native.ACC_SLACK), np_dtype)
     w[:, :w_width] = w_table[:, w_perm.numpy()]  # the packed rows the w-row entry reads
 
@@ -461,7 +464,7 @@ def test_receivers_entry_writes_the_table_entrys_sums_in_any_layout(dtype, layou
     src = rng.integers(0, 7, len(dst)).astype(np.int64)
     ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    coef = rng.standard_normal((n_int, 4, w_width)).astype(np_dtype)
+    coef = rng.standard_normal((n_int + 1, 2, w_width)).astype(np_dtype)  # knots
     r = rng.uniform(0, r_max, len(src)).astype(np_dtype)
     y = rng.standard_normal((len(src), y_dim)).astype(np_dtype)
     x = rng.standard_normal((7, x_width)).astype(np_dtype)

@@ -114,7 +114,7 @@ def test_never_under_autograd_training_mode_or_after_training(monkeypatch):
     original = FastE3Convolution.radial_table
     monkeypatch.setattr(backbone_mod, "TORCH_TABLE_MAX_BYTES", None)
     monkeypatch.setattr(backbone_mod, "AUTO_TABLE_DTYPES", (torch.float32, torch.float64))
-    monkeypatch.setattr(FastE3Convolution, "radial_table", lambda self, *a: calls.append(1) or original(self, *a))
+    monkeypatch.setattr(FastE3Convolution, "radial_table", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     _, grad_out, _ = _run(fast, *s, torch.float64, requires_grad=True)  # autograd: MLPs
     assert calls == []
     with torch.no_grad():

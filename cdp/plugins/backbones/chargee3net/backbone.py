@@ -227,7 +227,7 @@ class ChargE3NetBackbone(Backbone):
                 # a table the fused kernel reads per edge has no size limit; one evaluated in PyTorch does
                 in_kernel = conv.kernel_reads_tables(like)
                 table = conv.radial_table(basis, like.dtype, like.device, self.radial_rtol,
-                                          None if in_kernel else TORCH_TABLE_MAX_BYTES)
+                                          None if in_kernel else TORCH_TABLE_MAX_BYTES, knots=in_kernel)
                 if table is not None and in_kernel:
                     radials.append(fast_conv.KernelTable(table))
                     continue

@@ -26,7 +26,7 @@ from e3nn import o3
 from torch import Tensor, nn
 
 from cdp.core.components import building_for_capture
-from cdp.nn.radial_table import MIN_INTERVALS, RadialTable
+from cdp.nn.radial_table import MIN_INTERVALS, KnotTable, RadialTable
 from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 from cdp.plugins.backbones.chargee3net.tp_scatter import (  # noqa: F401  (capturing, mode: re-exported)
@@ -83,15 +83,26 @@ class _EdgeWindow:
         return self.sh[e0 - self.start : e1 - self.start], self.emb[e0 - self.start : e1 - self.start]
 
 
-def table_weights(table: RadialTable, r: Tensor) -> Tensor:
-    """``table(r)`` [E, W] by Horner's rule in place (at most two [E, W] temporaries instead of [E, 4, W]).
+def table_weights(table, r: Tensor) -> Tensor:
+    """``table(r)`` [E, W] of a :class:`RadialTable` (Horner's rule in place: at most two [E, W] temporaries
+    instead of [E, 4, W]) or a :class:`KnotTable` (its Hermite basis, in place).
 
-    The same arithmetic as :func:`cdp.nn.radial_table.evaluate` except that the interval and the offset
-    t in it come from r in float64: with float32 arithmetic r·inv_h (up to n) would round t by
-    n·2⁻²⁴, a second rounding of r on top of the one the MLP sees."""
-    coef = table.coef
+    The same arithmetic as :func:`cdp.nn.radial_table.evaluate` / ``evaluate_knots`` except that the
+    interval and the offset t in it come from r in float64: with float32 arithmetic r·inv_h (up to n) would
+    round t by n·2⁻²⁴, a second rounding of r on top of the one the MLP sees."""
     x = r.to(torch.float64) * table.inv_h
-    i = torch.clamp(torch.floor(x), 0, coef.shape[0] - 1)
+    i = torch.clamp(torch.floor(x), 0, table.num_intervals - 1)
+    if isinstance(table, KnotTable):
+        knots = table.knots
+        t = (x - i).unsqueeze(-1)
+        u = 1.0 - t
+        i = i.long()
+        out = knots[:, 0].index_select(0, i)
+        out.mul_(((1.0 + 2.0 * t) * u * u).to(knots.dtype))
+        for row, offset, weight in ((1, 0, t * u * u), (0, 1, t * t * (3.0 - 2.0 * t)), (1, 1, t * t * (t - 1.0))):
+            out.addcmul_(knots[:, row].index_select(0, i + offset), weight.to(knots.dtype))
+        return out
+    coef = table.coef
     t = (x - i).to(coef.dtype).unsqueeze(-1)
     i = i.long()
     out = coef[:, 3].index_select(0, i)
@@ -99,7 +110,6 @@ def table_weights(table: RadialTable, r: Tensor) -> Tensor:
     for k in (2, 1, 0):
         out.mul_(t).add_(torch.index_select(coef[:, k], 0, i, out=tmp))
     return out
-
 
 
 def linear_channels_last(lin: o3.Linear, acc: Tensor, scale: float, track: bool) -> Tensor:
@@ -288,13 +298,14 @@ class FastE3Convolution(E3Convolution):
         return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
 
     def radial_table(self, basis: nn.Module, dtype: torch.dtype, device: torch.device, rtol: float,
-                     max_bytes: Optional[int] = None) -> Optional[RadialTable]:
+                     max_bytes: Optional[int] = None, knots: bool = False):
         """The piecewise-cubic table of :meth:`radial_function` over [0, cutoff] (``rtol`` · max|w|, measured),
         stored in ``dtype`` on ``device``; built once per (dtype, device) and parameter version, never under
         autograd.  None (and the MLP is used) when the function needs more than ``TABLE_MAX_INTERVALS``
         knots, or a table larger than ``max_bytes``, or is not finite (e.g. a basis singular at r = 0).
-        The build time, size and measured error are reported by ``extra_repr``."""
-        key = (dtype, torch.device(device), max_bytes)
+        ``knots``: the :class:`KnotTable` of the same interpolant (half the memory; what the fused kernel
+        reads).  The build time, size and measured error are reported by ``extra_repr``."""
+        key = (dtype, torch.device(device), max_bytes, knots)
         version = self._radial_version(basis)
         tables = self.__dict__.setdefault("_radial_tables", {})  # plain dict: never part of the state_dict
         hit = tables.get(key)
@@ -303,7 +314,7 @@ class FastE3Convolution(E3Convolution):
         if any(v[0] != version for v in tables.values()):
             tables.clear()  # parameters changed: every stored table is stale
         t0 = time.perf_counter()
-        row_bytes = 4 * self.radial_width() * torch.empty((), dtype=dtype).element_size()
+        row_bytes = (2 if knots else 4) * self.radial_width() * torch.empty((), dtype=dtype).element_size()
         max_intervals = TABLE_MAX_INTERVALS
         if max_bytes is not None:
             fits = max_bytes // row_bytes
@@ -318,9 +329,9 @@ class FastE3Convolution(E3Convolution):
                 if not bool(torch.isfinite(fn(torch.linspace(0.0, cutoff, 33, dtype=torch.float64))).all()):
                     raise ValueError("the radial network is not finite on [0, cutoff]")
                 # built in ``dtype`` a block of intervals at a time (fitted and measured in float64 per block)
-                table = RadialTable.fit(fn, cutoff, rtol=rtol, dtype=dtype, max_intervals=max_intervals)
+                table = RadialTable.fit(fn, cutoff, rtol=rtol, dtype=dtype, max_intervals=max_intervals, knots=knots)
                 table = table.to(device=device)
-                scale = float(table.coef[:, 0].abs().max()) or 1.0
+                scale = table.max_abs_value() or 1.0
                 report = (f"radial=table({table.num_intervals} intervals, {table.num_intervals * row_bytes >> 10} KiB, "
                           f"measured error {table.error / scale:.1e}·max|w| (rtol {rtol:.1e}), "
                           f"built in {time.perf_counter() - t0:.2f} s)")

@@ -31,7 +31,7 @@ def uvu_conv_table(x: Tensor, sh: Tensor, r: Tensor, src: Tensor, dst: Tensor, s
                    mid_dim: int) -> Tensor:
     """The aggregate M [R · mid_dim] ("blocks" layout) of one convolution: the same function as the ONNX
     operator ``ai.cdp.UvuConvTable`` (kernels/ort_ops.cc), here through the kernel library (float32, CPU).
-    Edges in any order; R = len(slots)."""
+    Edges in any order; R = len(slots); ``coef``: the radial table's knots [n + 1, 2, W]."""
     lib = native.load()
     fn = None if lib is None else native.entry_receivers(lib, coef.dtype)
     if fn is None:
@@ -45,7 +45,7 @@ def uvu_conv_table(x: Tensor, sh: Tensor, r: Tensor, src: Tensor, dst: Tensor, s
     flat = coef.new_empty((num_receivers * mid_dim,))
     x = x.contiguous()
     status = fn(0, num_receivers, ptr.data_ptr(), src_s.data_ptr(), sh_s.data_ptr(), sh_s.shape[1], r_s.data_ptr(),
-                coef.data_ptr(), coef.shape[0], float(inv_h), coef.shape[2], x.data_ptr(), x.shape[1], flat.data_ptr(),
+                coef.data_ptr(), coef.shape[0] - 1, float(inv_h), coef.shape[2], x.data_ptr(), x.shape[1], flat.data_ptr(),
                 path_acc.data_ptr(), paths.shape[0], paths.data_ptr(), pairs.data_ptr(), mj.data_ptr(), c.data_ptr())
     if status:
         raise RuntimeError(f"cdp::uvu_conv_table: kernel status {status}")
@@ -100,7 +100,7 @@ class KernelConvolution(nn.Module):
         plan = conv.plan
         if not plan.native_ok():
             raise RuntimeError("this convolution's multiplicities exceed the kernel's limit")
-        table = conv.radial_table(basis, dtype, torch.device("cpu"), rtol)
+        table = conv.radial_table(basis, dtype, torch.device("cpu"), rtol, knots=True)
         if table is None:
             raise RuntimeError(f"no radial table ({conv.extra_repr()})")
         norm = 1.0 / float(conv.num_neighbors) ** 0.5
@@ -111,8 +111,8 @@ class KernelConvolution(nn.Module):
         self.register_buffer("lin1", lin1.to(dtype))
         bias = _maybe_bias(b1)
         self.register_buffer("lin1_bias", None if bias is None else bias.to(dtype))
-        paths, pairs, mj, c = plan.on(table.coef, "kernel")
-        self.register_buffer("coef", table.coef.detach().clone())
+        paths, pairs, mj, c = plan.on(table.knots, "kernel")
+        self.register_buffer("knots", table.knots.detach().clone())
         self.register_buffer("paths", paths.clone())
         self.register_buffer("pairs", pairs.clone())
         self.register_buffer("mj", mj.clone())
@@ -158,7 +158,7 @@ class KernelConvolution(nn.Module):
         if self.lin1_bias is not None:
             x = x + self.lin1_bias
         slots = receiver[:, 0]
-        flat = torch.ops.cdp.uvu_conv_table(x, sh, r, edge_index[0], edge_index[1], slots, self.coef, self.inv_h,
+        flat = torch.ops.cdp.uvu_conv_table(x, sh, r, edge_index[0], edge_index[1], slots, self.knots, self.inv_h,
                                             self.paths, self.pairs, self.mj, self.c, self.path_block, self.mid_dim)
         blocks: List[Tensor] = []
         at = 0

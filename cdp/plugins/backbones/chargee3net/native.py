@@ -334,11 +334,11 @@ def entry(lib: ctypes.CDLL, dtype: torch.dtype):
 
 def entry_table(lib: ctypes.CDLL, dtype: torch.dtype):
     """The forward entry point for ``dtype`` that evaluates the radial weights from a piecewise-cubic table
-    (layout of :mod:`cdp.nn.radial_table`) per edge, or None for another dtype.
+    (:class:`cdp.nn.radial_table.KnotTable`'s layout) per edge, or None for another dtype.
 
-    Arguments: ``(e0, e1, src, dst, y, y_stride, r, coef, n_intervals, inv_h, n_cols, x, x_stride, acc,
-    acc_stride, n_paths, paths, pairs, m_j, c)``; r [E] edge lengths (Å, the dtype), coef [n_intervals, 4,
-    n_cols] contiguous, inv_h = n_intervals / r_max (float).  The paths table's weight offsets are columns
+    Arguments: ``(e0, e1, src, dst, y, y_stride, r, knots, n_intervals, inv_h, n_cols, x, x_stride, acc,
+    acc_stride, n_paths, paths, pairs, m_j, c)``; r [E] edge lengths (Å, the dtype), knots [n_intervals + 1,
+    2, n_cols] contiguous (values and h·slopes), inv_h = n_intervals / r_max (float).  The paths table's weight offsets are columns
     of the table (:func:`table_paths`).  Returns 0, 1 (a mul above ``MAX_MUL``), 2 (out of memory) or 3
     (a path's columns beyond ``n_cols``).
     """

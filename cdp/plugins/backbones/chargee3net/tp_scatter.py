@@ -384,19 +384,19 @@ class NativeTPScatter(TPScatter):
     def forward_table(self, x, sh, r, table, src, dst, ptr, num_receivers) -> List[Tensor]:
         """M in the "blocks" layout — one [R, d_b, mul_b] tensor per block of the simplified mid irreps
         (:meth:`UvuPlan.block_views`) — with the radial weights evaluated per edge inside the kernel from
-        ``table`` (a :class:`cdp.nn.radial_table.RadialTable` over the seam's weight columns) at the edge
+        ``table`` (a :class:`cdp.nn.radial_table.KnotTable` over the seam's weight columns) at the edge
         lengths ``r`` [E] (Å): no [E, W] weight array exists, and M is written whole, never zero-filled.
         Inference only (no backward); each thread owns a range of receivers.  ``dst`` is implied by ``ptr``."""
-        fn = native.entry_receivers(self.lib, table.coef.dtype)
+        knots = table.knots  # a KnotTable: [n + 1, 2, W]
+        fn = native.entry_receivers(self.lib, knots.dtype)
         x, sh, src = x.contiguous(), sh.contiguous(), src.contiguous()
-        r = r.to(table.coef.dtype).contiguous()
-        coef = table.coef
-        flat = coef.new_empty((num_receivers * self.plan.mid_simple.dim,))
-        paths, pairs, mj, coeff = self.plan.on(coef, "kernel")
+        r = r.to(knots.dtype).contiguous()
+        flat = knots.new_empty((num_receivers * self.plan.mid_simple.dim,))
+        paths, pairs, mj, coeff = self.plan.on(knots, "kernel")
         ptr_t = torch.tensor(ptr, dtype=torch.int64)
         path_acc = self.plan.path_acc(num_receivers)
-        args = (ptr_t.data_ptr(), src.data_ptr(), sh.data_ptr(), sh.shape[1], r.data_ptr(), coef.data_ptr(),
-                coef.shape[0], float(table.inv_h), coef.shape[2], x.data_ptr(), x.shape[1], flat.data_ptr(),
+        args = (ptr_t.data_ptr(), src.data_ptr(), sh.data_ptr(), sh.shape[1], r.data_ptr(), knots.data_ptr(),
+                table.num_intervals, float(table.inv_h), table.width, x.data_ptr(), x.shape[1], flat.data_ptr(),
                 path_acc.data_ptr(), paths.shape[0], paths.data_ptr(), pairs.data_ptr(), mj.data_ptr(),
                 coeff.data_ptr())
         status = _run_blocks(fn, args, receiver_ranges(ptr, src.shape[0], num_receivers))

@@ -4,11 +4,11 @@
 // registered with SessionOptions.register_custom_ops_library (Python) or RegisterCustomOpsLibrary (C++).
 //
 // UvuConvTable(x [Ns, X] f32, sh [E, dY] f32, r [E] f32, src [E] i64, dst [E] i64, slots [R] f32,
-//              coef [n, 4, W] f32, inv_h [1] f32, paths [P, 8] i32, pairs [Q, 4] i32, m_j [T] i32, c [T] f32,
+//              knots [n + 1, 2, W] f32, inv_h [1] f32, paths [P, 8] i32, pairs [Q, 4] i32, m_j [T] i32, c [T] f32,
 //              path_block [P, 2] i64) -> M [R · mid] f32
 // x: the packed senders (lin1's output, each sender irrep [m_i][mul padded to 8]); sh, r: the edges'
 // harmonics and lengths (Å); edges in any order (sorted here by receiver); slots: one entry per receiver
-// (only its length is read); coef/inv_h: the radial table; paths/pairs/m_j/c: the kernel's plan; path_block:
+// (only its length is read); knots/inv_h: the radial table (values and h·slopes at the knots); paths/pairs/m_j/c: the kernel's plan; path_block:
 // per path the (first column, width) of its mid block.  M holds block b of the mid irreps as [R, d_b, mul_b]
 // at R · (first column of b) (cdp's "blocks" layout).  Bad shapes or indices raise an error, never read
 // out of bounds.  One thread (cdp's sessions run one intra-op thread).
@@ -77,9 +77,9 @@ struct UvuKernel {
     const auto xs = shape(0), shs = shape(1), rs = shape(2), srcs = shape(3), dsts = shape(4), slots = shape(5);
     const auto cs = shape(6), ps = shape(8), qs = shape(9), mjs = shape(10), ccs = shape(11), pbs = shape(12);
     require(xs.size() == 2 && shs.size() == 2 && rs.size() == 1 && srcs.size() == 1 && dsts.size() == 1 &&
-                slots.size() == 1 && cs.size() == 3 && cs[1] == 4 && ps.size() == 2 && ps[1] == 8 && qs.size() == 2 &&
+                slots.size() == 1 && cs.size() == 3 && cs[1] == 2 && ps.size() == 2 && ps[1] == 8 && qs.size() == 2 &&
                 qs[1] == 4 && mjs.size() == 1 && ccs.size() == 1 && mjs[0] == ccs[0] && pbs.size() == 2 &&
-                pbs[1] == 2 && pbs[0] == ps[0] && cs[0] >= 1,
+                pbs[1] == 2 && pbs[0] == ps[0] && cs[0] >= 2,
             "input shapes do not match the operator's signature");
     const int64_t n_send = xs[0], x_width = xs[1], n_edges = shs[0], y_dim = shs[1], n_recv = slots[0];
     require(rs[0] == n_edges && srcs[0] == n_edges && dsts[0] == n_edges, "sh, r, src and dst disagree on the edge count");
@@ -90,7 +90,7 @@ struct UvuKernel {
     const int32_t *mj = in(10).GetTensorData<int32_t>();
     const float *c = in(11).GetTensorData<float>();
     const int64_t *block = in(12).GetTensorData<int64_t>();
-    const int64_t n_paths = ps[0], n_pairs = qs[0], n_terms = mjs[0], n_int = cs[0], n_cols = cs[2];
+    const int64_t n_paths = ps[0], n_pairs = qs[0], n_terms = mjs[0], n_int = cs[0] - 1, n_cols = cs[2];
 
     // the plan (initializers of the exported file) is checked as strictly as the edges
     int64_t mid = 0;

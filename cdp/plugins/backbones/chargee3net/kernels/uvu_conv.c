@@ -8,9 +8,10 @@
  * its edges stream through.  Compiled by cdp when a model is loaded (native.py); entry points per dtype.
  *
  * Radial weights come either as rows w[e, :] (cdp_uvu_conv_*) or from a piecewise-cubic table of the edge
- * length (cdp_uvu_conv_table_*, layout of cdp.nn.radial_table): coef [n, 4, W] contiguous, and per edge
- *     s = r_e * inv_h,  i = min(max(floor(s), 0), n - 1),  t = s - i,
- *     w[e, c] = coef[i,0,c] + t*(coef[i,1,c] + t*(coef[i,2,c] + t*coef[i,3,c]))
+ * length (cdp_uvu_conv_table_*, cdp_uvu_receivers_table_*; cdp.nn.radial_table.KnotTable): knots [n + 1, 2, W]
+ * contiguous (value v and h·slope s at r_i = i·h), and per edge
+ *     s = r_e * inv_h,  i = min(max(floor(s), 0), n - 1),  t = s - i,  u = 1 - t,
+ *     w[e, c] = (1+2t)u² v[i,c] + t u² s[i,c] + t²(3-2t) v[i+1,c] + t²(t-1) s[i+1,c]   (cubic Hermite)
  * evaluated into a per-call (per-thread) row buffer just before the edge is used: no [E, W] array exists.
  * For the table entries a path's w_off (path_info[3]) is a column of the table (the radial network's output
  * order), not of a packed w row.
@@ -100,8 +101,9 @@ static void cdp_table_row_##SUFFIX(const T *restrict coef, int64_t n, T inv_h, i
     int64_t i;                                                                                            \
     T t;                                                                                                  \
     CDP_TABLE_INTERVAL(T, r, inv_h, n, i, t);                                                             \
-    const T *c0 = coef + i * 4 * n_cols, *c1 = c0 + n_cols, *c2 = c1 + n_cols, *c3 = c2 + n_cols;         \
-    for (int64_t c = 0; c < n_cols; ++c) out[c] = c0[c] + t * (c1[c] + t * (c2[c] + t * c3[c]));         \
+    const T *v0 = coef + i * 2 * n_cols, *s0 = v0 + n_cols, *v1 = s0 + n_cols, *s1 = v1 + n_cols;         \
+    const T u = 1 - t, a0 = (1 + 2 * t) * u * u, b0 = t * u * u, a1 = t * t * (3 - 2 * t), b1 = t * t * (t - 1); \
+    for (int64_t c = 0; c < n_cols; ++c) out[c] = a0 * v0[c] + b0 * s0[c] + a1 * v1[c] + b1 * s1[c];   \
 }                                                                                                         \
                                                                                                           \
 static int cdp_forward_plain_##SUFFIX(int64_t e0, int64_t e1, const int64_t *restrict src,                \
@@ -174,33 +176,37 @@ static void cdp_table_row_f32(const float *restrict coef, int64_t n, float inv_h
     int64_t i;
     float t;
     CDP_TABLE_INTERVAL(float, r, inv_h, n, i, t);
-    const float *c0 = coef + i * 4 * n_cols, *c1 = c0 + n_cols, *c2 = c1 + n_cols, *c3 = c2 + n_cols;
+    /* knots [n + 1, 2, W]: value and h·slope at r_i, then at r_{i+1}: four consecutive rows */
+    const float *v0 = coef + i * 2 * n_cols, *s0 = v0 + n_cols, *v1 = s0 + n_cols, *s1 = v1 + n_cols;
+    const float u = 1.f - t, a0 = (1.f + 2.f * t) * u * u, b0 = t * u * u, a1 = t * t * (3.f - 2.f * t), b1 = t * t * (t - 1.f);
     int64_t c = 0;
 #if defined(CDP_AVX512)
-    const __m512 tv = _mm512_set1_ps(t);
+    const __m512 va0 = _mm512_set1_ps(a0), vb0 = _mm512_set1_ps(b0), va1 = _mm512_set1_ps(a1), vb1 = _mm512_set1_ps(b1);
     for (; c < n_cols; c += 16) {
         const int64_t left = n_cols - c;
         const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-        __m512 v = _mm512_fmadd_ps(tv, _mm512_maskz_loadu_ps(m, c3 + c), _mm512_maskz_loadu_ps(m, c2 + c));
-        v = _mm512_fmadd_ps(tv, v, _mm512_maskz_loadu_ps(m, c1 + c));
-        _mm512_mask_storeu_ps(out + c, m, _mm512_fmadd_ps(tv, v, _mm512_maskz_loadu_ps(m, c0 + c)));
+        __m512 v = _mm512_mul_ps(va0, _mm512_maskz_loadu_ps(m, v0 + c));
+        v = _mm512_fmadd_ps(vb0, _mm512_maskz_loadu_ps(m, s0 + c), v);
+        v = _mm512_fmadd_ps(va1, _mm512_maskz_loadu_ps(m, v1 + c), v);
+        _mm512_mask_storeu_ps(out + c, m, _mm512_fmadd_ps(vb1, _mm512_maskz_loadu_ps(m, s1 + c), v));
     }
 #elif defined(CDP_AVX2)
-    const __m256 tv = _mm256_set1_ps(t);
+    const __m256 va0 = _mm256_set1_ps(a0), vb0 = _mm256_set1_ps(b0), va1 = _mm256_set1_ps(a1), vb1 = _mm256_set1_ps(b1);
     for (; c + 8 <= n_cols; c += 8) {
-        __m256 v = _mm256_fmadd_ps(tv, _mm256_loadu_ps(c3 + c), _mm256_loadu_ps(c2 + c));
-        v = _mm256_fmadd_ps(tv, v, _mm256_loadu_ps(c1 + c));
-        _mm256_storeu_ps(out + c, _mm256_fmadd_ps(tv, v, _mm256_loadu_ps(c0 + c)));
+        __m256 v = _mm256_mul_ps(va0, _mm256_loadu_ps(v0 + c));
+        v = _mm256_fmadd_ps(vb0, _mm256_loadu_ps(s0 + c), v);
+        v = _mm256_fmadd_ps(va1, _mm256_loadu_ps(v1 + c), v);
+        _mm256_storeu_ps(out + c, _mm256_fmadd_ps(vb1, _mm256_loadu_ps(s1 + c), v));
     }
 #elif defined(CDP_NEON)
-    const float32x4_t tv = vdupq_n_f32(t);
     for (; c + 4 <= n_cols; c += 4) {
-        float32x4_t v = vfmaq_f32(vld1q_f32(c2 + c), tv, vld1q_f32(c3 + c));
-        v = vfmaq_f32(vld1q_f32(c1 + c), tv, v);
-        vst1q_f32(out + c, vfmaq_f32(vld1q_f32(c0 + c), tv, v));
+        float32x4_t v = vmulq_n_f32(vld1q_f32(v0 + c), a0);
+        v = vfmaq_n_f32(v, vld1q_f32(s0 + c), b0);
+        v = vfmaq_n_f32(v, vld1q_f32(v1 + c), a1);
+        vst1q_f32(out + c, vfmaq_n_f32(v, vld1q_f32(s1 + c), b1));
     }
 #endif
-    for (; c < n_cols; ++c) out[c] = c0[c] + t * (c1[c] + t * (c2[c] + t * c3[c]));
+    for (; c < n_cols; ++c) out[c] = a0 * v0[c] + b0 * s0[c] + a1 * v1[c] + b1 * s1[c];
 }
 
 /* A is computed for CDP_GROUPS groups of four edge slots at once (one vector of CDP_LANES lanes per pair;
@@ -501,7 +507,7 @@ int cdp_uvu_conv_f64(int64_t e0, int64_t e1, const int64_t *restrict src, const 
                                  acc, acc_stride, n_paths, path_info, pair_info, term_mj, term_c);
 }
 
-/* Table entries: r [E] edge lengths, coef [n_int, 4, n_cols] contiguous, inv_h = n_int / r_max; a path's
+/* Table entries: r [E] edge lengths, coef: knots [n_int + 1, 2, n_cols] contiguous, inv_h = n_int / r_max; a path's
  * w_off is its first column in the table.  Returns 3 when a path's columns do not fit in n_cols. */
 int cdp_uvu_conv_table_f32(int64_t e0, int64_t e1, const int64_t *restrict src, const int64_t *restrict dst,
                            const float *restrict y, int64_t y_stride, const float *restrict r,
