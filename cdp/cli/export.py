@@ -62,7 +62,9 @@ def command(model, fmt, out_dir, example_dir, structure, opset, ops, force, jobs
         net, info, source = _load(model)
     meta = export_model(net, out_dir, fmt, info=info, source=source, opset=opset, force=force, ops=ops,
                         log=lambda s: click.echo(f"  {s}", err=True), jobs=default_jobs() if jobs is None else jobs)
-    click.echo(f"wrote {out_dir}/{meta['encoder']['file']}, {meta['decoder']['file']}, cdp_export.json "
+    library = (meta.get("onnx") or {}).get("custom_ops", {}).get("library")
+    click.echo(f"wrote {out_dir}/{meta['encoder']['file']}, {meta['decoder']['file']}, "
+               f"{library + ', ' if library else ''}cdp_export.json "
                f"({fmt}, cutoff {meta['cutoff']} Å, {meta['num_layers']} layers, {meta['dtype']})")
     if example_dir:
         if structure:

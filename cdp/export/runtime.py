@@ -17,6 +17,7 @@ from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence
 import numpy as np
 import torch
 
+from cdp.core.checkpoint import file_sha256
 from cdp.core.constants import DEFAULT_PROBE_BATCH
 from cdp.core.device import resolve_device
 from cdp.core.frame import LocalFrame
@@ -49,10 +50,7 @@ class OnnxBackend:
             raise CdpError("onnxruntime is not installed (pip install 'cdp[onnx]', or 'cdp[gpu]' for CUDA)") from None
         self.ort = ort
         self.providers = self._providers(device)
-        custom = (meta.get("onnx") or {}).get("custom_ops")
-        # operators of cdp's plugins (``--ops cdp``): the library cdp builds from its own sources, never
-        # the copy in the export directory (that one is for C++ deployments)
-        self.custom_library = str(custom_ops_library(custom)) if custom else None
+        self.custom_library = self._custom_library(model_dir, meta)
         self.sessions = {}
         for role in ("encoder", "decoder"):
             path = model_dir / meta[role]["file"]
@@ -64,6 +62,31 @@ class OnnxBackend:
             self.sessions[role] = sess
         self.layer_names = [o.name for o in self.sessions["encoder"].get_outputs()]
         self.parallel_safe = True
+
+    def _custom_library(self, model_dir: Path, meta: dict) -> Optional[str]:
+        """Operators of cdp's plugins (``--ops cdp``): the library cdp builds from its own sources, never the
+        copy in the export directory (that one is for C++ deployments) — but the copy must be the file
+        ``cdp_export.json`` records, as every other file of the directory.  None without custom operators."""
+        section = meta.get("onnx", {})
+        if not isinstance(section, dict):
+            raise CdpError(f"{model_dir}/cdp_export.json: 'onnx' must be an object")
+        custom = section.get("custom_ops")
+        if custom is None:
+            return None
+        if not isinstance(custom, dict):
+            raise CdpError(f"{model_dir}/cdp_export.json: onnx.custom_ops must be an object")
+        name = custom.get("library")
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise CdpError(f"{model_dir}/cdp_export.json: onnx.custom_ops.library must be a file name in the directory")
+        copy = model_dir / name
+        if not copy.is_file() or file_sha256(copy) != custom.get("sha256"):
+            raise CdpError(f"{copy}: missing or not the library cdp_export.json records (SHA-256 differs)")
+        library = str(custom_ops_library(custom))
+        try:  # a library onnxruntime cannot load is named here, not blamed on the first model
+            self.ort.SessionOptions().register_custom_ops_library(library)
+        except Exception as exc:
+            raise CdpError(f"{library}: onnxruntime cannot load cdp's operator library ({str(exc).splitlines()[0][-200:]})") from None
+        return library
 
     def session_options(self):
         so = self.ort.SessionOptions()

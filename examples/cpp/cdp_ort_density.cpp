@@ -387,6 +387,10 @@ int main(int argc, char** argv) {
   const std::string model_dir = argv[1], ex_dir = argv[2], out_path = argv[3];
   std::string custom_ops;
   Options opt;
+  if ((argc - 4) % 2 != 0) {
+    std::cerr << "error: option " << argv[argc - 1] << " needs a value\n";
+    return 2;
+  }
   for (int i = 4; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--batch") opt.batch = std::stoll(argv[i + 1]);

@@ -84,6 +84,65 @@ def test_refusals(tmp_path):
         export_model(tiny_model("invdeepdft"), tmp_path / "s", "onnx", ops="cdp")
     with pytest.raises(CdpError, match="unknown export operators 'fast'"):
         export_model(tiny_model("chargee3net"), tmp_path / "f", "onnx", ops="fast")
-    # metadata never chooses the code cdp runs: only a registered plugin's function builds a library
-    with pytest.raises(CdpError, match="provider 'os:getcwd' is not a registered plugin's"):
-        custom_ops_library({"domain": "ai.cdp", "provider": "os:getcwd"})
+    # metadata never chooses the code cdp runs: only a registered plugin's marked builder is called
+    for provider in ("os:getcwd", "cdp.plugins.backbones.chargee3net.ort_ops:find_cxx",
+                     "cdp.plugins.backbones.chargee3net.native:cache_dir", "cdp.plugins.backbones.chargee3net.nope:build",
+                     "cdp.plugins.backbones.chargee3net.ort_ops:build:x", "cdp.plugins.backbones.chargee3net.ort_ops:Path"):
+        with pytest.raises(CdpError, match="is not a registered plugin's operator library"):
+            custom_ops_library({"domain": "ai.cdp", "provider": provider})
+    for spec in ("os:system", ["x"], {"domain": "ai.cdp"}):
+        with pytest.raises(CdpError, match="onnx.custom_ops must be an object with a 'provider' string"):
+            custom_ops_library(spec)
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "hash", "outside"])
+def test_a_damaged_library_copy_refuses_the_directory(exported, tmp_path, damage):
+    """cdp never loads the copy, but a directory whose copy is not the recorded file is refused like any
+    other damaged export file (a C++ deployment would ship it)."""
+    import shutil
+
+    _, out, _ = exported
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    meta = json.loads((bad / "cdp_export.json").read_text())
+    lib = bad / meta["onnx"]["custom_ops"]["library"]
+    if damage == "missing":
+        lib.unlink()
+    elif damage == "garbage":
+        lib.write_bytes(b"\0" * 5000)
+    elif damage == "hash":
+        meta["onnx"]["custom_ops"]["sha256"] = "0" * 64
+    else:
+        meta["onnx"]["custom_ops"]["library"] = "/etc/passwd"
+    (bad / "cdp_export.json").write_text(json.dumps(meta))
+    with pytest.raises(CdpError, match="SHA-256 differs|must be a file name in the directory"):
+        load_exported(bad, workers=1)
+
+
+def test_the_operator_checks_inv_h(exported):
+    """A crafted graph feeding a malformed table scale gets an error, never a read of missing memory."""
+    from onnx import TensorProto, helper
+
+    from cdp.plugins.backbones.chargee3net.kernel_capture import ONNX_INPUTS
+
+    types = {"tensor(float)": TensorProto.FLOAT, "tensor(int64)": TensorProto.INT64, "tensor(int32)": TensorProto.INT32}
+    node = helper.make_node("UvuConvTable", [n for n, _ in ONNX_INPUTS], ["m"], domain="ai.cdp")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, types[t], None) for n, t in ONNX_INPUTS],
+                              [helper.make_tensor_value_info("m", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("ai.cdp", 1)])
+    _, out, meta = exported
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(str(out / meta["onnx"]["custom_ops"]["library"]))
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feeds = {"x": np.ones((1, 8), np.float32), "sh": np.ones((1, 1), np.float32), "r": np.ones(1, np.float32),
+             "src": np.zeros(1, np.int64), "dst": np.zeros(1, np.int64), "slots": np.zeros(1, np.float32),
+             "coef": np.ones((2, 2, 8), np.float32), "paths": np.array([[1, 1, 0, 0, 0, 1, 0, 1]], np.int32),
+             "pairs": np.array([[0, 0, 0, 1]], np.int32), "m_j": np.zeros(1, np.int32), "c": np.ones(1, np.float32),
+             "path_block": np.array([[0, 1]], np.int64)}
+    ok = sess.run(None, dict(feeds, inv_h=np.array([0.5], np.float32)))[0]
+    assert ok.shape == (1,) and np.isfinite(ok).all()
+    for bad, why in ((np.zeros(0, np.float32), "inv_h must hold one value"), (np.ones(2, np.float32), "inv_h must hold one value"),
+                     (np.array([np.nan], np.float32), "inv_h must be finite and positive"),
+                     (np.array([-1.0], np.float32), "inv_h must be finite and positive")):
+        with pytest.raises(Exception, match=why):
+            sess.run(None, dict(feeds, inv_h=bad))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import List
 
 from cdp.core.atomic import atomic_write, atomic_write_text
+from cdp.core.operators import ort_library_builder
 from cdp.plugins.backbones.chargee3net import native
 
 DOMAIN = "ai.cdp"
@@ -72,6 +73,7 @@ def library_path(cc: str, cxx: str) -> Path:
     return native.cache_dir() / f"cdp_ort_ops-{native.machine()}-{key}.so"
 
 
+@ort_library_builder
 def build() -> Path:
     """The verified cached operator library, compiled when missing or not matching its recorded hash.
     Raises RuntimeError (one line) without compilers or when a build step fails."""

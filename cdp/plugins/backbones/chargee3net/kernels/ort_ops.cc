@@ -16,6 +16,7 @@
 #include "onnxruntime_cxx_api.h"
 #undef ORT_API_MANUAL_INIT
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -75,7 +76,9 @@ struct UvuKernel {
     auto in = [&](size_t i) { return ctx.GetInput(i); };
     auto shape = [&](size_t i) { return in(i).GetTensorTypeAndShapeInfo().GetShape(); };
     const auto xs = shape(0), shs = shape(1), rs = shape(2), srcs = shape(3), dsts = shape(4), slots = shape(5);
-    const auto cs = shape(6), ps = shape(8), qs = shape(9), mjs = shape(10), ccs = shape(11), pbs = shape(12);
+    const auto cs = shape(6), hs = shape(7), ps = shape(8), qs = shape(9), mjs = shape(10), ccs = shape(11),
+               pbs = shape(12);
+    require(hs.size() == 1 && hs[0] == 1, "inv_h must hold one value");
     require(xs.size() == 2 && shs.size() == 2 && rs.size() == 1 && srcs.size() == 1 && dsts.size() == 1 &&
                 slots.size() == 1 && cs.size() == 3 && cs[1] == 2 && ps.size() == 2 && ps[1] == 8 && qs.size() == 2 &&
                 qs[1] == 4 && mjs.size() == 1 && ccs.size() == 1 && mjs[0] == ccs[0] && pbs.size() == 2 &&
@@ -86,6 +89,7 @@ struct UvuKernel {
     const float *x = in(0).GetTensorData<float>(), *sh = in(1).GetTensorData<float>(), *r = in(2).GetTensorData<float>();
     const int64_t *src = in(3).GetTensorData<int64_t>(), *dst = in(4).GetTensorData<int64_t>();
     const float *coef = in(6).GetTensorData<float>(), inv_h = in(7).GetTensorData<float>()[0];
+    require(std::isfinite(inv_h) && inv_h > 0.f, "inv_h must be finite and positive");
     const int32_t *paths = in(8).GetTensorData<int32_t>(), *pairs = in(9).GetTensorData<int32_t>();
     const int32_t *mj = in(10).GetTensorData<int32_t>();
     const float *c = in(11).GetTensorData<float>();
