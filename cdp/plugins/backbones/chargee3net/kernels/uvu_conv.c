@@ -632,8 +632,9 @@ CDP_RECEIVERS_PLAIN(f32, float) /* vector builds too: irreps above l = 4 (d > 9)
 typedef __m512 cdp_vf;
 typedef __mmask16 cdp_vm;
 static inline cdp_vm cdp_vmask(int n) { return n >= 16 ? (cdp_vm)0xFFFF : (cdp_vm)((1u << n) - 1u); }
-static inline cdp_vf cdp_vload(const float *p, cdp_vm m, int full) { return full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p); }
-static inline void cdp_vstore(float *p, cdp_vm m, int full, cdp_vf v) { if (full) _mm512_storeu_ps(p, v); else _mm512_mask_storeu_ps(p, m, v); }
+/* AVX-512 masks cost nothing on full vectors: no branch on ``full`` */
+static inline cdp_vf cdp_vload(const float *p, cdp_vm m, int full) { (void)full; return _mm512_maskz_loadu_ps(m, p); }
+static inline void cdp_vstore(float *p, cdp_vm m, int full, cdp_vf v) { (void)full; _mm512_mask_storeu_ps(p, m, v); }
 #define cdp_vset1 _mm512_set1_ps
 #define cdp_vfma _mm512_fmadd_ps
 #define cdp_vmul _mm512_mul_ps
@@ -793,17 +794,35 @@ CDP_PATTERN_LIST(CDP_PTILE_FN)
 struct cdp_ptile { int di, dk; uint64_t lo, hi; cdp_tile_fn fn; };
 static const struct cdp_ptile cdp_ptiles[] = {CDP_PATTERN_LIST(CDP_PTILE_ENTRY) {0, 0, 0, 0, NULL}};
 
-/* the tile for a path: the pattern tile with the fewest entries that covers the path's pairs, else dense */
-static cdp_tile_fn cdp_pick_tile(int di, int dk, uint64_t lo, uint64_t hi)
+/* the tile for a path: the pattern tile with the fewest entries that covers the path's pairs, else dense;
+ * *lo, *hi become the entries the tile reads (every entry for a dense tile) */
+static cdp_tile_fn cdp_pick_tile(int di, int dk, uint64_t *lo, uint64_t *hi)
 {
     cdp_tile_fn best = cdp_tiles[di / 2][dk / 2];
     int best_bits = di * dk + 1;
+    uint64_t best_lo = ~0ull, best_hi = ~0ull;
     for (const struct cdp_ptile *t = cdp_ptiles; t->fn; ++t) {
-        if (t->di != di || t->dk != dk || (lo & ~t->lo) || (hi & ~t->hi)) continue;
+        if (t->di != di || t->dk != dk || (*lo & ~t->lo) || (*hi & ~t->hi)) continue;
         const int bits = __builtin_popcountll(t->lo) + __builtin_popcountll(t->hi);
-        if (bits < best_bits) { best = t->fn; best_bits = bits; }
+        if (bits < best_bits) { best = t->fn; best_bits = bits; best_lo = t->lo; best_hi = t->hi; }
     }
+    *lo = best_lo;
+    *hi = best_hi;
     return best;
+}
+
+/* 1 when paths p and q have the same coefficients A for every edge: the same shape, tile entries and terms
+ * (harmonic index and coefficient, bitwise) entry by entry */
+static int cdp_same_a(const int32_t *ep, const int32_t *eq, int64_t n_ent, const int32_t *term_mj,
+                      const float *term_c)
+{
+    for (int64_t k = 0; k < n_ent; ++k) {
+        const int32_t p0 = ep[2 * k], p1 = ep[2 * k + 1], q0 = eq[2 * k], q1 = eq[2 * k + 1];
+        if (p1 - p0 != q1 - q0) return 0;
+        for (int32_t t = 0; t < p1 - p0; ++t)
+            if (term_mj[p0 + t] != term_mj[q0 + t] || memcmp(term_c + p0 + t, term_c + q0 + t, sizeof(float))) return 0;
+    }
+    return 1;
 }
 
 /* one coefficient of A for the CDP_CH edges of a chunk: sum of its terms c · Y[m_j] (yt: [m_j][edge]) */
@@ -852,7 +871,7 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
      * then every dense entry (m_k, m_i) of every path as a term range [t0, t1) (t0 == t1: zero) */
     int *d_i = (int *)malloc(sizeof(int) * (size_t)(n_paths + 1));
     int64_t *ent_off = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n_paths + 1));
-    float *a = (float *)malloc(sizeof(float) * (size_t)(max_dense * CDP_CH));
+    float *a = NULL;  /* every path's A for the chunk [entries][edge]; paths with equal A share one */
     float *yt = (float *)malloc(sizeof(float) * (size_t)((y_stride + 1) * CDP_CH));
     int32_t *entries = NULL;
     cdp_tile_fn *tile = (cdp_tile_fn *)malloc(sizeof(cdp_tile_fn) * (size_t)(n_paths + 1));
@@ -860,7 +879,10 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
     const int64_t row_len = ((n_cols + 15) / 16) * 16 + 16;
     float *wbuf = (float *)malloc(sizeof(float) * (size_t)(CDP_CH * row_len));
     int status = 0;
-    if (!d_i || !ent_off || !a || !yt || !wbuf || !tile) { status = 2; goto done; }
+    int64_t *rep = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n_paths + 1));
+    uint64_t *need = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(2 * n_paths + 2));
+    (void)max_dense;
+    if (!d_i || !ent_off || !yt || !wbuf || !tile || !rep || !need) { status = 2; goto done; }
     ent_off[0] = 0;
     for (int64_t p = 0; p < n_paths; ++p) {
         const int32_t *pi = path_info + 8 * p;
@@ -872,7 +894,8 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
         ent_off[p + 1] = ent_off[p] + (int64_t)pi[1] * d_i[p];
     }
     entries = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * ent_off[n_paths] + 2));
-    if (!entries) { status = 2; goto done; }
+    a = (float *)malloc(sizeof(float) * (size_t)((ent_off[n_paths] + 1) * CDP_CH));
+    if (!entries || !a) { status = 2; goto done; }
     for (int64_t p = 0; p < n_paths; ++p) {
         const int32_t *pi = path_info + 8 * p;
         const int padmul = (pi[0] + CDP_UVU_PAD_WIDTH - 1) / CDP_UVU_PAD_WIDTH * CDP_UVU_PAD_WIDTH;
@@ -886,7 +909,16 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
             ent[2 * k + 1] = qi[3];
             if (k < 64) lo |= 1ull << k; else hi |= 1ull << (k - 64);
         }
-        tile[p] = cdp_pick_tile(d_i[p], pi[1], lo, hi);
+        tile[p] = cdp_pick_tile(d_i[p], pi[1], &lo, &hi);
+        need[2 * p] = lo;
+        need[2 * p + 1] = hi;
+        rep[p] = p;  /* an earlier path with the same A (e.g. the same Clebsch-Gordan path of the other parity) */
+        for (int64_t q = 0; q < p; ++q)
+            if (rep[q] == q && d_i[q] == d_i[p] && path_info[8 * q + 1] == pi[1] && need[2 * q] == lo &&
+                need[2 * q + 1] == hi && cdp_same_a(ent, entries + 2 * ent_off[q], ent_off[p + 1] - ent_off[p], term_mj, term_c)) {
+                rep[p] = q;
+                break;
+            }
     }
     const float *xb[CDP_CH], *xe[CDP_CH], *we[CDP_CH];
     for (int64_t rr = r0; rr < r1; ++rr) {
@@ -907,18 +939,27 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
                 const int32_t *pi = path_info + 8 * p;
                 const int mul = pi[0], d_k = pi[1], di = d_i[p];
                 const int padmul = (mul + CDP_UVU_PAD_WIDTH - 1) / CDP_UVU_PAD_WIDTH * CDP_UVU_PAD_WIDTH;
-                /* dense A [d_k][d_i][edge] from the entries' term ranges (an empty range is a zero) */
-                const int32_t *ent = entries + 2 * ent_off[p];
-                for (int k = 0; k < d_k * di; ++k) cdp_chunk_a(ent[2 * k], ent[2 * k + 1], term_mj, term_c, yt, a + k * CDP_CH);
+                /* A [d_k][d_i][edge] from the entries' term ranges (an empty range is a zero), only the entries
+                 * the path's tile reads, once per group of paths with the same A */
+                float *ap = a + ent_off[rep[p]] * CDP_CH;
+                if (rep[p] == p) {
+                    const int32_t *ent = entries + 2 * ent_off[p];
+                    const uint64_t lo = need[2 * p], hi = need[2 * p + 1];
+                    for (int k = 0; k < d_k * di; ++k)
+                        if (k < 64 ? (lo >> k) & 1ull : (hi >> (k - 64)) & 1ull)
+                            cdp_chunk_a(ent[2 * k], ent[2 * k + 1], term_mj, term_c, yt, ap + k * CDP_CH);
+                }
                 for (int l = 0; l < n; ++l) {
                     xe[l] = xb[l] + pi[2];
                     we[l] = wbuf + l * row_len + pi[3];
                 }
-                tile[p](n, xe, we, a, CDP_PATH_ROW(acc, path_acc, p, rr), pi[5], padmul, mul, c0 == e_begin);
+                tile[p](n, xe, we, ap, CDP_PATH_ROW(acc, path_acc, p, rr), pi[5], padmul, mul, c0 == e_begin);
             }
         }
     }
 done:
+    free(rep);
+    free(need);
     free(tile);
     free(wbuf);
     free(d_i);
