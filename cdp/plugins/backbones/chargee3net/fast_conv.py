@@ -376,15 +376,17 @@ class FastE3Convolution(E3Convolution):
         norm = 1.0 / self.num_neighbors**0.5
         x = impl.senders(self.lin1(sender))
         acc = impl(x, edge_sh, self.fc(edge_embedding), edge_index[0], edge_index[1], None, receiver.shape[0])
-        if impl.layout == "channels_last":
-            conv = linear_channels_last(self.lin2, acc, norm, True)
-            angle = linear_channels_last(self.lin3, acc, 0.1 * norm, True)
-        else:
-            acc = acc * norm
-            conv, angle = self.lin2(acc), 0.1 * self.lin3(acc)
+        conv, angle = self._mix(impl, acc, norm, True)
         mask = self.sc_mask.to(angle.dtype)
         sin = (1.0 - mask) + angle.sin() * mask
         return angle.cos() * self.sc(receiver) + sin * conv
+
+    def _mix(self, impl: TPScatter, acc: Tensor, norm: float, track: bool) -> Tuple[Tensor, Tensor]:
+        """(lin2(M)·norm, 0.1·lin3(M)·norm) of an aggregate in ``impl``'s layout (channels-last or e3nn)."""
+        if impl.layout == "channels_last":
+            return linear_channels_last(self.lin2, acc, norm, track), linear_channels_last(self.lin3, acc, 0.1 * norm, track)
+        acc = acc * norm
+        return self.lin2(acc), 0.1 * self.lin3(acc)
 
     def forward_from_vectors(
         self, sender: Tensor, receiver: Tensor, edge_index: Tensor, edge_vec: Tensor, features: EdgeFeatures,
@@ -510,12 +512,8 @@ class FastE3Convolution(E3Convolution):
             elif "mix" in dense:
                 mixed = acc @ dense["mix"]
                 conv, angle = mixed[:, :-1] * norm, mixed[:, -1:] * (0.1 * norm)
-            elif impl.layout == "channels_last":
-                conv = linear_channels_last(self.lin2, acc, norm, track)
-                angle = linear_channels_last(self.lin3, acc, 0.1 * norm, track)
             else:
-                acc = acc * norm
-                conv, angle = self.lin2(acc), 0.1 * self.lin3(acc)
+                conv, angle = self._mix(impl, acc, norm, track)
             sin = (1.0 - mask) + angle.sin() * mask
             if track:
                 sc = receiver[r0:r1] @ dense["sc"] if "sc" in dense else self.sc(receiver[r0:r1])

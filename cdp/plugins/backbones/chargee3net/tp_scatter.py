@@ -320,19 +320,6 @@ def _pool(n: int) -> ThreadPoolExecutor:
     return _pools[n]
 
 
-def receiver_bounds(ptr: List[int], num_edges: int, num_receivers: int) -> List[Tuple[int, int]]:
-    """Edge ranges [a, b) for the kernel threads, cut at receiver boundaries (each owns whole rows of M)."""
-    threads = max(1, min(torch.get_num_threads(), num_receivers, num_edges // 32))
-    if threads == 1:
-        return [(0, num_edges)]
-    cuts = [0]
-    for t in range(1, threads):
-        r = bisect.bisect_left(ptr, t * num_edges // threads)
-        cuts.append(max(cuts[-1], ptr[min(r, len(ptr) - 1)]))
-    cuts.append(num_edges)
-    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-
-
 def receiver_ranges(ptr: List[int], num_edges: int, num_receivers: int) -> List[Tuple[int, int]]:
     """Receiver ranges [r0, r1) for the kernel threads, covering all receivers, with about as many edges each."""
     threads = max(1, min(torch.get_num_threads(), num_receivers, num_edges // 32))
@@ -345,11 +332,18 @@ def receiver_ranges(ptr: List[int], num_edges: int, num_receivers: int) -> List[
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
+def receiver_bounds(ptr: List[int], num_edges: int, num_receivers: int) -> List[Tuple[int, int]]:
+    """Edge ranges [a, b) for the kernel threads, cut at receiver boundaries (each owns whole rows of M):
+    the edges of :func:`receiver_ranges`; one empty range when there is no edge."""
+    bounds = [(ptr[r0], ptr[r1]) for r0, r1 in receiver_ranges(ptr, num_edges, num_receivers) if ptr[r1] > ptr[r0]]
+    return bounds or [(0, num_edges)]
+
+
 def _run_blocks(fn, args: tuple, bounds: List[Tuple[int, int]]) -> List[int]:
     """``fn(e0, e1, *args)`` for each edge range of ``bounds`` (threads of the shared pool when several;
     ctypes releases the GIL); the kernels' status codes."""
-    if len(bounds) == 1:
-        return [fn(bounds[0][0], bounds[0][1], *args)]
+    if len(bounds) <= 1:  # nothing to run, or one range here
+        return [fn(a, b, *args) for a, b in bounds]
     return list(_pool(len(bounds)).map(lambda ab: fn(ab[0], ab[1], *args), bounds))
 
 

@@ -93,6 +93,46 @@ static int cdp_table_fits(int64_t n_paths, const int32_t *path_info, int64_t n_c
     return 1;
 }
 
+/* One edge, every path (plain C, shared by the edge-major and receiver-major entries): acc rows at
+ * row + acc_off of each path (path_acc NULL: one channels-last row) or at CDP_PATH_ROW(row, path_acc, p, rr);
+ * tmp holds CDP_MAX_MUL values. */
+#define CDP_EDGE_PLAIN(SUFFIX, T)                                                                            \
+static void cdp_edge_plain_##SUFFIX(const T *restrict xe, const T *restrict ye, const T *restrict we,      \
+         T *restrict row, const int64_t *restrict path_acc, int64_t rr, int64_t n_paths,                   \
+         const int32_t *restrict path_info, const int32_t *restrict pair_info,                             \
+         const int32_t *restrict term_mj, const T *restrict term_c, T *restrict tmp)                       \
+{                                                                                                         \
+    for (int64_t p = 0; p < n_paths; ++p) {                                                               \
+        const int32_t *pi = path_info + 8 * p;                                                            \
+        const int mul = pi[0], d_k = pi[1];                                                               \
+        const T *xp = xe + pi[2], *wp = we + pi[3];                                                       \
+        T *ap = path_acc ? row + path_acc[2 * p] + rr * path_acc[2 * p + 1] : row + pi[4];                 \
+        int q = pi[6];                                                                                    \
+        for (int mk = 0; mk < d_k; ++mk) {                                                                \
+            int first = 1;                                                                                \
+            for (; q < pi[7] && pair_info[4 * q] == mk; ++q) {                                            \
+                const int32_t *qi = pair_info + 4 * q;                                                    \
+                T s = 0;                                                                                  \
+                for (int t = qi[2]; t < qi[3]; ++t) s += term_c[t] * ye[term_mj[t]];                      \
+                const T *xr = xp + qi[1];                                                                 \
+                if (first) {                                                                              \
+                    for (int u = 0; u < mul; ++u) tmp[u] = s * xr[u];                                     \
+                    first = 0;                                                                            \
+                } else {                                                                                  \
+                    for (int u = 0; u < mul; ++u) tmp[u] += s * xr[u];                                    \
+                }                                                                                         \
+            }                                                                                             \
+            if (!first) {                                                                                 \
+                T *ar = ap + (int64_t)mk * pi[5];                                                         \
+                for (int u = 0; u < mul; ++u) ar[u] += wp[u] * tmp[u];                                    \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}
+
+CDP_EDGE_PLAIN(f64, double)
+CDP_EDGE_PLAIN(f32, float)
+
 /* -- plain C (float64 everywhere; float32 without a vector path) ------------------------------------- */
 #define CDP_UVU_PLAIN(SUFFIX, T)                                                                             \
 static void cdp_table_row_##SUFFIX(const T *restrict coef, int64_t n, T inv_h, int64_t n_cols, T r,         \
@@ -129,36 +169,8 @@ static int cdp_forward_plain_##SUFFIX(int64_t e0, int64_t e1, const int64_t *res
         } else {                                                                                          \
             we = w + e * w_stride;                                                                        \
         }                                                                                                 \
-        const T *xe = x + src[e] * x_stride;                                                              \
-        T *ae = acc + dst[e] * acc_stride;                                                                \
-        for (int64_t p = 0; p < n_paths; ++p) {                                                           \
-            const int32_t *pi = path_info + 8 * p;                                                        \
-            const int mul = pi[0], d_k = pi[1];                                                           \
-            const T *xp = xe + pi[2];                                                                     \
-            const T *wp = we + pi[3];                                                                     \
-            T *ap = ae + pi[4];                                                                           \
-            int q = pi[6];                                                                                \
-            const int q_end = pi[7];                                                                      \
-            for (int mk = 0; mk < d_k; ++mk) {                                                            \
-                int first = 1;                                                                            \
-                for (; q < q_end && pair_info[4 * q] == mk; ++q) {                                        \
-                    const int32_t *qi = pair_info + 4 * q;                                                \
-                    T s = 0;                                                                              \
-                    for (int t = qi[2]; t < qi[3]; ++t) s += term_c[t] * ye[term_mj[t]];                  \
-                    const T *xr = xp + qi[1];                                                             \
-                    if (first) {                                                                          \
-                        for (int u = 0; u < mul; ++u) tmp[u] = s * xr[u];                                 \
-                        first = 0;                                                                        \
-                    } else {                                                                              \
-                        for (int u = 0; u < mul; ++u) tmp[u] += s * xr[u];                                \
-                    }                                                                                     \
-                }                                                                                         \
-                if (!first) {                                                                             \
-                    T *ar = ap + mk * pi[5];                                                              \
-                    for (int u = 0; u < mul; ++u) ar[u] += wp[u] * tmp[u];                                \
-                }                                                                                         \
-            }                                                                                             \
-        }                                                                                                 \
+        cdp_edge_plain_##SUFFIX(x + src[e] * x_stride, ye, we, acc + dst[e] * acc_stride, NULL, 0, n_paths,       \
+                                path_info, pair_info, term_mj, term_c, tmp);                                  \
     }                                                                                                     \
     free(wbuf);                                                                                           \
     return 0;                                                                                             \
@@ -588,33 +600,8 @@ static int cdp_receivers_plain_##SUFFIX(int64_t r0, int64_t r1, const int64_t *r
         cdp_zero_receiver_##SUFFIX(rr, acc, path_acc, n_paths, path_info);                                    \
         for (int64_t e = ptr[rr]; e < ptr[rr + 1]; ++e) {                                                     \
             cdp_table_row_##SUFFIX(coef, n_int, inv_h, n_cols, r[e], wbuf);                                   \
-            const T *ye = y + e * y_stride, *xe = x + src[e] * x_stride;                                      \
-            for (int64_t p = 0; p < n_paths; ++p) {                                                           \
-                const int32_t *pi = path_info + 8 * p;                                                        \
-                const int mul = pi[0], d_k = pi[1];                                                           \
-                const T *xp = xe + pi[2], *wp = wbuf + pi[3];                                                 \
-                T *ap = CDP_PATH_ROW(acc, path_acc, p, rr);                                                   \
-                int q = pi[6];                                                                                \
-                for (int mk = 0; mk < d_k; ++mk) {                                                            \
-                    int first = 1;                                                                            \
-                    for (; q < pi[7] && pair_info[4 * q] == mk; ++q) {                                        \
-                        const int32_t *qi = pair_info + 4 * q;                                                \
-                        T s = 0;                                                                              \
-                        for (int t = qi[2]; t < qi[3]; ++t) s += term_c[t] * ye[term_mj[t]];                  \
-                        const T *xr = xp + qi[1];                                                             \
-                        if (first) {                                                                          \
-                            for (int u = 0; u < mul; ++u) tmp[u] = s * xr[u];                                 \
-                            first = 0;                                                                        \
-                        } else {                                                                              \
-                            for (int u = 0; u < mul; ++u) tmp[u] += s * xr[u];                                \
-                        }                                                                                     \
-                    }                                                                                         \
-                    if (!first) {                                                                             \
-                        T *ar = ap + (int64_t)mk * pi[5];                                                     \
-                        for (int u = 0; u < mul; ++u) ar[u] += wp[u] * tmp[u];                                \
-                    }                                                                                         \
-                }                                                                                             \
-            }                                                                                                 \
+            cdp_edge_plain_##SUFFIX(x + src[e] * x_stride, y + e * y_stride, wbuf, acc, path_acc, rr, n_paths, \
+                                    path_info, pair_info, term_mj, term_c, tmp);                              \
         }                                                                                                     \
     }                                                                                                         \
     free(wbuf);                                                                                               \
@@ -853,7 +840,6 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
                                  const int32_t *restrict pair_info, const int32_t *restrict term_mj,
                                  const float *restrict term_c)
 {
-    int64_t max_dense = 1;
     for (int64_t p = 0; p < n_paths; ++p) {
         const int32_t *pi = path_info + 8 * p;
         if (pi[0] > CDP_MAX_MUL) return 1;
@@ -863,7 +849,6 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
         if (big)
             return cdp_receivers_plain_f32(r0, r1, ptr, src, y, y_stride, r, coef, n_int, inv_h, n_cols, x, x_stride,
                                            acc, path_acc, n_paths, path_info, pair_info, term_mj, term_c);
-        if ((int64_t)pi[1] * 9 > max_dense) max_dense = (int64_t)pi[1] * 9;
     }
     if (!cdp_table_fits(n_paths, path_info, n_cols)) return 3;
     if (r1 <= r0) return 0;
@@ -881,7 +866,6 @@ static int cdp_receivers_vec_f32(int64_t r0, int64_t r1, const int64_t *restrict
     int status = 0;
     int64_t *rep = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n_paths + 1));
     uint64_t *need = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(2 * n_paths + 2));
-    (void)max_dense;
     if (!d_i || !ent_off || !yt || !wbuf || !tile || !rep || !need) { status = 2; goto done; }
     ent_off[0] = 0;
     for (int64_t p = 0; p < n_paths; ++p) {
