@@ -15,6 +15,7 @@ BENCHMARKS = {
     "train_throughput": "benchmarks.train_throughput",
     "scf": "benchmarks.scf",
     "distributed": "benchmarks.distributed",
+    "gpu": "benchmarks.gpu_bench",
 }
 
 
