@@ -135,7 +135,8 @@ def _demo_model(backend: str):
 
 
 def run(reference: str | None, probes=(1000, 100000), onnx: dict | None = None, repeat: int = 5,
-        large_batch: int = 20000, published_batch: int = 2500, models=("paper", "demo"), device: str = "cuda") -> dict:
+        large_batch: int = 20000, published_batch: int = 2500, models=("paper", "demo"), device: str = "cuda",
+        sides=("e3nn", "fast", "published", "onnx")) -> dict:
     import torch
 
     from cdp.predict import Predictor
@@ -182,7 +183,7 @@ def run(reference: str | None, probes=(1000, 100000), onnx: dict | None = None, 
                     if device.startswith("cuda"):
                         torch.cuda.empty_cache()
 
-                for backend in ("e3nn", "fast"):
+                for backend in [b for b in ("e3nn", "fast") if b in sides]:
                     model = factory(backend).eval()
                     for batch in (2500, large_batch):
                         def make(_b=batch, _model=model):
@@ -190,9 +191,9 @@ def run(reference: str | None, probes=(1000, 100000), onnx: dict | None = None, 
                             return lambda: pred.predict(atoms, pts)
                         case(f"cdp {backend}", batch, make)
                     del model
-                if name == "paper" and published is not None:
+                if name == "paper" and published is not None and "published" in sides:
                     case("published", published_batch, lambda: (lambda fn=published(atoms, published_batch): fn(pts)))
-                if onnx and name in onnx and ort is not None:
+                if onnx and name in onnx and ort is not None and "onnx" in sides:
                     from cdp.export.runtime import load_exported
 
                     for batch in (2500, large_batch):
@@ -231,10 +232,18 @@ def main(argv=None) -> None:
     ap.add_argument("--large-batch", type=int, default=20000)
     ap.add_argument("--published-batch", type=int, default=2500)
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (a dry run of the same cases)")
+    ap.add_argument("--sides", default="e3nn,fast,published,onnx")
+    ap.add_argument("--device-tp", choices=["blocked", "e3nn"], default=None,
+                    help="the fast backend's GPU implementation (tp_scatter.DEVICE_IMPLEMENTATION)")
     ap.add_argument("--json", dest="json_path")
     a = ap.parse_args(argv)
     onnx = dict(item.split("=", 1) for item in a.onnx)
-    res = run(a.reference, a.probes, onnx, a.repeat, a.large_batch, a.published_batch, tuple(a.models.split(",")), a.device)
+    if a.device_tp:
+        from cdp.plugins.backbones.chargee3net import tp_scatter
+
+        tp_scatter.DEVICE_IMPLEMENTATION = a.device_tp
+    res = run(a.reference, a.probes, onnx, a.repeat, a.large_batch, a.published_batch, tuple(a.models.split(",")), a.device,
+              tuple(a.sides.split(",")))
     text = json.dumps(res, indent=1)
     if a.json_path:
         Path(a.json_path).write_text(text)

@@ -99,14 +99,17 @@ class OnnxBackend:
             so.register_custom_ops_library(self.custom_library)
         return so
 
-    def _providers(self, device: Optional[str]) -> List[str]:
+    def _providers(self, device: Optional[str]) -> list:
+        """onnxruntime's providers for ``device``.  CUDA runs with ``use_tf32=0``: onnxruntime's default
+        TF32 float32 matrix products (10-bit mantissas) put the density ~4e-4 of max|ρ| off the float32
+        result (measured on an H200, ``python -m benchmarks gpu``)."""
         available = self.ort.get_available_providers()
         want_cuda = device not in (None, "cpu") and str(device).startswith(("cuda", "auto"))
         if device not in (None, "cpu", "auto") and not str(device).startswith("cuda"):
             raise CdpError(f"unknown device '{device}' for the onnx runtime (cpu, cuda, auto)")
         if want_cuda or device is None:
             if "CUDAExecutionProvider" in available:
-                return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
             if device not in (None, "auto"):
                 raise CdpError(f"device '{device}' requested but onnxruntime has no CUDA provider (install 'cdp[gpu]')")
         return ["CPUExecutionProvider"]

@@ -248,3 +248,21 @@ def test_max_memory_option_parsing():
     for bad in ("lots", "-1G", "0"):
         with pytest.raises(CdpError, match="max-memory"):
             parse_bytes(bad)
+
+
+def test_device_state_follows_the_input_device():
+    """What inference caches outside the module's buffers follows the input's device (a GPU's blocks are
+    sized by memory, not by the CPU's ``edge_chunk``); ``test_cuda_inference.py`` runs the real thing."""
+    from cdp.plugins.backbones.chargee3net import fast_conv
+    from cdp.plugins.backbones.chargee3net.backbone import _GatePlan
+
+    _, fast = _pair(2)
+    conv, gate = fast.probe_convs[0], fast.probe_gates[0]
+    meta = torch.empty(0, device="meta")
+    assert conv.block_edges(torch.empty(0)) == conv.edge_chunk
+    per_edge = conv.bytes_per_edge(4) + conv.bytes_per_receiver(4) // 8
+    assert conv.block_edges(meta) == max(conv.edge_chunk, fast_conv.DEVICE_BLOCK_BYTES // per_edge) > conv.edge_chunk
+    plan = _GatePlan(gate)
+    assert all(t.device.type == "meta" for t in plan._indices(meta.device))
+    x = torch.randn(3, gate.irreps_in.dim, dtype=torch.float64)
+    assert torch.allclose(plan(gate, x), gate(x))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -88,13 +88,21 @@ class _GatePlan:
         self.coef64 = coef
         self.unit = bool((coef == 1).all())
         self._coef: dict = {}
+        self._on: dict = {}
+
+    def _indices(self, device: torch.device) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(scalars, gates, owner, gated) column indices on ``device`` (copied once per device)."""
+        if device not in self._on:
+            self._on[device] = tuple(t.to(device) for t in (self.scalars, self.gates, self.owner, self.gated))
+        return self._on[device]
 
     def __call__(self, gate: Gate, x: Tensor) -> Tensor:
-        scalars = gate.act_scalars(x.index_select(1, self.scalars))
-        if self.gates.numel() == 0:
+        scalars_i, gates_i, owner_i, gated_i = self._indices(x.device)
+        scalars = gate.act_scalars(x.index_select(1, scalars_i))
+        if gates_i.numel() == 0:
             return scalars
-        g = gate.act_gates(x.index_select(1, self.gates)).index_select(1, self.owner)
-        gated = x.index_select(1, self.gated) * g
+        g = gate.act_gates(x.index_select(1, gates_i)).index_select(1, owner_i)
+        gated = x.index_select(1, gated_i) * g
         if not self.unit:
             key = (x.dtype, x.device)
             if key not in self._coef:

@@ -40,6 +40,9 @@ DENSE_MAX = 1 << 16  # training: a linear map with at most this many matrix entr
 TABLE_MAX_INTERVALS = 2048  # a radial network needing more knots than this is not tabulated (kept as the MLP)
 EdgeFeatures = Callable[[Tensor], Tuple[Tensor, Tensor]]
 Radial = Callable[[Tensor], Tensor]  # radial input of a block of E edges → the seam's weight operand (tp_scatter)
+#: bytes of per-edge and per-receiver intermediates one receiver block may hold on a GPU (or another non-CPU
+#: device): blocks of ``edge_chunk`` edges, sized for CPU caches, would make a GPU wait on kernel launches
+DEVICE_BLOCK_BYTES = 1 << 30
 KERNEL_TABLE_CHUNK = 4096  # edges per block when the kernel reads the radial table itself (no [E, W] weights)
 
 
@@ -258,6 +261,14 @@ class FastE3Convolution(E3Convolution):
         if run_mode != "capture" and not (isinstance(self.lin2, o3.Linear) and isinstance(self.lin3, o3.Linear)):
             run_mode = "capture"  # e3nn's export compilation replaced them (traced or scripted copies)
         return select(self.plan, self.tp, run_mode, like, "fast" if self.use_native else "blocked")
+
+    def block_edges(self, like: Tensor) -> int:
+        """Edges per receiver block for inputs like ``like``: ``edge_chunk`` on the CPU; on other devices as
+        many as ``DEVICE_BLOCK_BYTES`` of intermediates allow (counting one receiver per 8 edges)."""
+        if like.device.type == "cpu":
+            return self.edge_chunk
+        per_edge = self.bytes_per_edge(like.element_size()) + self.bytes_per_receiver(like.element_size()) // 8
+        return max(self.edge_chunk, DEVICE_BLOCK_BYTES // per_edge)
 
     def bytes_per_edge(self, itemsize: int = 4) -> int:
         """Peak bytes of per-edge intermediates in one block (radial weights + largest T_i and its weighting)."""
@@ -485,7 +496,7 @@ class FastE3Convolution(E3Convolution):
         blocks: List[Tensor] = []
         # training through the kernels keeps the radial weights and the aggregate for the backward pass
         # anyway, so blocking would save no memory: all receivers at once (fewer, larger operations)
-        chunk = max(self.edge_chunk, src.shape[0], num_receivers) if track and impl.name == "native" else self.edge_chunk
+        chunk = max(self.edge_chunk, src.shape[0], num_receivers) if track and impl.name == "native" else self.block_edges(sender)
         in_kernel = isinstance(radial, KernelTable) and impl.name == "native"
         if in_kernel:  # no per-edge weights are held: larger blocks, fewer calls (acc is [receivers, acc_width])
             chunk = max(chunk, KERNEL_TABLE_CHUNK)
