@@ -133,6 +133,11 @@ class TorchBackend:
         self.device = resolve_device(device)
         self.modules = {}
         self.custom_ops = self._custom_ops(model_dir, meta) if meta["artifact"] == "torchscript" else []
+        if self.custom_ops and self.device.type != "cpu":  # cdp's operators run on CPU tensors only
+            if device not in (None, "auto"):
+                raise CdpError(f"{model_dir}: this TorchScript export calls cdp's CPU operators ({', '.join(self.custom_ops)}); "
+                               f"run it with device cpu (or export with --ops standard)")
+            self.device = torch.device("cpu")
         for role in ("encoder", "decoder"):
             path = model_dir / meta[role]["file"]
             if meta["artifact"] == "torchscript":

@@ -135,3 +135,14 @@ def test_without_the_plugin_the_export_is_refused_in_one_line(exported, monkeypa
     assert "\n" not in str(info.value)
     with pytest.raises(CdpError, match="is not a registered plugin's PyTorch operator provider"):
         torch_custom_ops(meta["torchscript"]["custom_ops"])
+
+
+def test_a_gpu_device_is_refused_and_auto_runs_on_cpu(exported, monkeypatch):
+    """cdp's operator takes CPU tensors: an explicit GPU is refused at load, ``auto`` stays on the CPU."""
+    import cdp.export.runtime as runtime
+
+    _, out, _ = exported
+    monkeypatch.setattr(runtime, "resolve_device", lambda device: torch.device("cuda"))  # as on a machine with a GPU
+    with pytest.raises(CdpError, match=r"calls cdp's CPU operators \(cdp::uvu_conv_table\); run it with device cpu"):
+        load_exported(out, device="cuda", workers=1)
+    assert load_exported(out, device="auto", workers=1).backend.device == torch.device("cpu")
