@@ -146,3 +146,30 @@ def test_a_gpu_device_is_refused_and_auto_runs_on_cpu(exported, monkeypatch):
     with pytest.raises(CdpError, match=r"calls cdp's CPU operators \(cdp::uvu_conv_table\); run it with device cpu"):
         load_exported(out, device="cuda", workers=1)
     assert load_exported(out, device="auto", workers=1).backend.device == torch.device("cpu")
+
+
+def test_a_file_calling_an_unregistered_operator_is_refused_in_one_line(exported, tmp_path):
+    """What a process without the operator sees (here an operator registered for the trace, then removed)."""
+    from cdp.core.checkpoint import file_sha256
+
+    class Calls(torch.nn.Module):
+        def forward(self, x):
+            return torch.ops.cdptest.noop(x)
+
+    _, out, _ = exported
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    lib = torch.library.Library("cdptest", "DEF")
+    try:
+        lib.define("noop(Tensor x) -> Tensor")
+        lib.impl("noop", lambda x: x.clone(), "CompositeExplicitAutograd")
+        torch.jit.save(torch.jit.trace(Calls(), (torch.ones(2),)), str(bad / "decoder.pt"))
+    finally:
+        lib._destroy()
+    meta = json.loads((bad / "cdp_export.json").read_text())
+    meta["decoder"]["sha256"] = file_sha256(bad / "decoder.pt")
+    (bad / "cdp_export.json").write_text(json.dumps(meta))
+    with pytest.raises(CdpError, match=r"decoder.pt: calls an operator not registered here \(Unknown builtin op: "
+                                       r"cdptest::noop.\); cdp_export.json declares cdp::uvu_conv_table$") as info:
+        load_exported(bad, workers=1)
+    assert "\n" not in str(info.value)
