@@ -1,7 +1,7 @@
 """Export time and exported-model speed: ``cdp export`` wall time, and the decoder in onnxruntime /
 TorchScript / pt2 against PyTorch's fast backend on the same workload and thread count.
 
-    python -m benchmarks export [--model demo] [--threads 1] [--probes 20000] [--formats onnx,torchscript]
+    python -m benchmarks export [--model demo] [--threads 1] [--probes 20000] [--formats onnx,torchscript-cdp]
                                 [--export-time] [--full-grid] [--json out.json]
     python -m benchmarks export --export-time-only --export-runs 5 [--export-jobs 1] [--json out.json]
 
@@ -153,7 +153,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--formats", default="onnx,onnx-cdp,torchscript",
-                    help="comma-separated: onnx, onnx-cdp (ONNX with cdp's operators: --ops cdp), torchscript, pt2")
+                    help="comma-separated: onnx, onnx-cdp (ONNX with cdp's operators: --ops cdp), torchscript, "
+                         "torchscript-cdp (TorchScript with cdp's operators), pt2")
     ap.add_argument("--export-dir", default=None, help="keep the exports here (reused when present)")
     ap.add_argument("--export-time", action="store_true", help="also time the whole `cdp export` command")
     ap.add_argument("--export-runs", type=int, default=1, help="runs of the timed `cdp export` (each with empty caches)")
@@ -199,8 +200,9 @@ def main(argv=None) -> None:
         out = root / fmt
         if not (out / "cdp_export.json").is_file():
             t = time.perf_counter()
-            # onnx-cdp: ONNX with cdp's onnxruntime operators (cdp export --ops cdp)
-            export_model(model, out, "onnx" if fmt == "onnx-cdp" else fmt, ops="cdp" if fmt == "onnx-cdp" else "standard")
+            # onnx-cdp / torchscript-cdp: with cdp's operators (cdp export --ops cdp)
+            base, _, ops = fmt.partition("-")
+            export_model(model, out, base, ops=ops or "standard")
             result["export_s"][fmt] = round(time.perf_counter() - t, 1)
         runs[fmt] = _exported_decoder(load_exported(out, workers=1), atoms, edges)
         got = runs[fmt]()

@@ -46,8 +46,9 @@ def _load(model_text: str):
               help="ase-readable structure for --example-inputs (default: a small built-in slab).")
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (≥ 18).")
 @click.option("--ops", type=click.Choice(["standard", "cdp"]), default="standard", show_default=True,
-              help="ONNX operators: standard ones only, or cdp's onnxruntime operators where the model has them "
-                   "(ChargE3Net: its probe convolutions as the fused kernel; the library is written beside the models).")
+              help="Operators: standard ones only, or cdp's own where the model has them (ChargE3Net: its probe "
+                   "convolutions as the fused kernel). onnx: the onnxruntime library is written beside the models; "
+                   "torchscript: the files then load only in a process with cdp; pt2: refused.")
 @click.option("--force", is_flag=True, help="Write into DIR even when it already holds files.")
 @click.option("--jobs", type=click.IntRange(1, 2), default=None,
               help="onnx: 2 exports encoder and decoder side by side (a forked second process, Linux); "

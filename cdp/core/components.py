@@ -179,8 +179,9 @@ class Backbone(nn.Module):
         own operators) or ``"cdp"`` (``cdp export --ops cdp``: the form may call operators of its plugin's
         onnxruntime library; it then lists them in ``describe()["custom_ops"]`` as ``{"domain", "ops",
         "provider": "module:function"}``, the function returning the library's path, and gives their ONNX
-        translations from ``onnx_translations()``).  A backbone without such operators raises CdpError for
-        ``"cdp"``.
+        translations from ``onnx_translations()``; for TorchScript it lists the PyTorch operators it calls in
+        ``describe()["torch_ops"]`` as ``{"namespace", "ops", "provider"}``, the function registering them,
+        see :mod:`cdp.core.operators`).  A backbone without such operators raises CdpError for ``"cdp"``.
         """
         if ops != "standard":
             raise CdpError(f"{type(self).__name__} has no export form with cdp's operators (use --ops standard)")

@@ -112,9 +112,11 @@ def export_model(
 ) -> dict:
     """Write the encoder/decoder of ``model`` in ``fmt`` (onnx, torchscript, pt2) to ``out_dir``; returns the metadata.
 
-    ``ops``: ``"standard"`` (ONNX's own operators only) or ``"cdp"`` (ONNX only: the backbone's capture form
-    may call its plugin's onnxruntime operators — ChargE3Net's probe convolutions as the fused kernel; the
-    export directory then also holds that operator library for C++ deployments, see the README).
+    ``ops``: ``"standard"`` (ONNX's / PyTorch's own operators only) or ``"cdp"`` (ONNX and TorchScript; pt2 is
+    refused: the backbone's capture form may call its plugin's operators — ChargE3Net's probe convolutions
+    as the fused kernel.  ONNX: the export directory then also holds that onnxruntime operator library for
+    C++ deployments; TorchScript: the files call ``torch.ops.cdp.*`` and load only where cdp registers
+    them, see the README).
 
     ``out_dir`` must be missing or empty: a directory holding any file (even one this format would not
     write) is refused untouched with a CdpError unless ``force``, which overwrites the files it writes.
@@ -131,8 +133,9 @@ def _export_model(model, out_dir, fmt: str, info: Optional[dict], source: Option
         raise CdpError(f"unknown export format '{fmt}' (one of {', '.join(EXPORTERS)})")
     if ops not in ("standard", "cdp"):
         raise CdpError(f"unknown export operators '{ops}' (standard or cdp)")
-    if ops == "cdp" and fmt != "onnx":
-        raise CdpError("--ops cdp applies to ONNX exports only")
+    if ops == "cdp" and fmt == "pt2":
+        raise CdpError("--ops cdp applies to ONNX and TorchScript exports only (AOTInductor cannot compile cdp's "
+                       "operators into a pt2 package)")
     dtype = model.dtype
     if dtype not in DTYPE_NAMES:
         raise CdpError(f"cannot export a model in {dtype} (float32 or float64)")

@@ -27,7 +27,7 @@ from cdp.core.registry import get_registry
 from cdp.core.types import CdpError
 from cdp.core.validate import check_overlap, validate_atoms
 from cdp.export import metadata as md
-from cdp.export.custom_ops import custom_ops_library
+from cdp.export.custom_ops import custom_ops_library, graph_custom_ops, torch_custom_ops
 
 NP_DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -124,12 +124,23 @@ class OnnxBackend:
 
 
 class TorchBackend:
-    """encoder/decoder as TorchScript (``torch.jit.load``) or AOTInductor packages (``aoti_load_package``)."""
+    """encoder/decoder as TorchScript (``torch.jit.load``) or AOTInductor packages (``aoti_load_package``).
+
+    A TorchScript export made with ``--ops cdp`` calls operators of a cdp plugin: they are made available
+    (registered in this process) through the provider ``cdp_export.json`` names, a registered plugin's
+    marked function (:func:`cdp.export.custom_ops.torch_custom_ops`), before the files are loaded; a file
+    calling any custom operator the metadata does not declare is refused."""
 
     def __init__(self, model_dir: Path, meta: dict, device: Optional[str] = "cpu"):
         self.torch = torch
         self.device = resolve_device(device)
         self.modules = {}
+        self.custom_ops = self._custom_ops(model_dir, meta) if meta["artifact"] == "torchscript" else []
+        if self.custom_ops and self.device.type != "cpu":  # cdp's operators run on CPU tensors only
+            if device not in (None, "auto"):
+                raise CdpError(f"{model_dir}: this TorchScript export calls cdp's CPU operators ({', '.join(self.custom_ops)}); "
+                               f"run it with device cpu (or export with --ops standard)")
+            self.device = torch.device("cpu")
         for role in ("encoder", "decoder"):
             path = model_dir / meta[role]["file"]
             if meta["artifact"] == "torchscript":
@@ -137,7 +148,15 @@ class TorchBackend:
                 try:
                     mod = torch.jit.load(str(path), map_location=self.device, _extra_files=extra)
                 except Exception as exc:
-                    raise CdpError(f"{path}: torch.jit cannot load it ({str(exc).splitlines()[0][:200]})") from None
+                    line = next((s.strip() for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
+                    if line.startswith("Unknown builtin op"):
+                        raise CdpError(f"{path}: calls an operator not registered here ({line[:200]}); cdp_export.json "
+                                       f"declares {', '.join(self.custom_ops) or 'no custom operators'}") from None
+                    raise CdpError(f"{path}: torch.jit cannot load it ({line[:200]})") from None
+                undeclared = sorted(set(graph_custom_ops(mod)) - set(self.custom_ops))
+                if undeclared:
+                    raise CdpError(f"{path}: calls {', '.join(undeclared)}, which cdp_export.json does not declare "
+                                   f"(torchscript.custom_ops)")
                 found = json.loads(extra["cdp_export.json"] or "{}")
             else:
                 side = model_dir / f"{role}.pt2.json"
@@ -150,6 +169,16 @@ class TorchBackend:
             md.check_embedded(meta, role, found, str(path))
             self.modules[role] = mod
         self.parallel_safe = meta["artifact"] == "torchscript"
+
+    @staticmethod
+    def _custom_ops(model_dir: Path, meta: dict) -> List[str]:
+        """Qualified names of the plugin operators a TorchScript export calls (``torchscript.custom_ops``),
+        registered here by their provider; [] without custom operators."""
+        section = meta.get("torchscript", {})
+        if not isinstance(section, dict):
+            raise CdpError(f"{model_dir}/cdp_export.json: 'torchscript' must be an object")
+        custom = section.get("custom_ops")
+        return [] if custom is None else torch_custom_ops(custom)
 
     def _t(self, a):
         return self.torch.from_numpy(a).to(self.device)

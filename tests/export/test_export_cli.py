@@ -37,3 +37,13 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing.ckpt"), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no such checkpoint file, shipped model (demo, qm9) or preset" in err and err.count("\n") == 1
+
+
+def test_cli_export_pt2_with_cdp_ops_is_one_line(tmp_path, capsys):
+    ckpt = tmp_path / "m.ckpt"
+    save_checkpoint(ckpt, tiny_model("chargee3net"))
+    assert main(["export", str(ckpt), "--format", "pt2", "--ops", "cdp", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --ops cdp applies to ONNX and TorchScript exports only (AOTInductor cannot compile cdp's "
+                   "operators into a pt2 package)\n")
+    assert not (tmp_path / "o").exists()

@@ -460,15 +460,16 @@ class CaptureBackbone(nn.Module):
 
     def __init__(self, backbone: nn.Module, rtol: float = DEFAULT_RTOL, dtype: Optional[torch.dtype] = None,
                  probe_convs: Optional[nn.ModuleList] = None, custom_ops: Optional[dict] = None,
-                 translations: Optional[dict] = None):
+                 translations: Optional[dict] = None, torch_ops: Optional[dict] = None):
         super().__init__()
         dtype = dtype or next(backbone.parameters()).dtype
         self.irreps_sh = backbone.irreps_sh
         self.cutoff = float(backbone.cutoff)
         # probe_convs given (kernel_capture: --ops cdp): modules called with the edge lengths instead of
-        # the stage's tabulated weights, their operators described by custom_ops / translations
+        # the stage's tabulated weights, their operators described by custom_ops / translations (ONNX) and
+        # torch_ops (TorchScript)
         self.ops = "standard" if probe_convs is None else "cdp"
-        self.custom_ops, self.translations = custom_ops, dict(translations or {})
+        self.custom_ops, self.translations, self.torch_ops = custom_ops, dict(translations or {}), torch_ops
         self.atom_convs = nn.ModuleList(DenseConvolution(c, dtype) for c in backbone.atom_convs)
         self.probe_convs = probe_convs if probe_convs is not None else nn.ModuleList(
             DenseConvolution(c, dtype) for c in backbone.probe_convs)
@@ -488,6 +489,8 @@ class CaptureBackbone(nn.Module):
         if self.custom_ops:
             out["form"] += "; probe convolutions: " + ", ".join(f"{self.custom_ops['domain']}.{o}" for o in self.custom_ops["ops"])
             out["custom_ops"] = dict(self.custom_ops)
+        if self.torch_ops:
+            out["torch_ops"] = dict(self.torch_ops)
         return out
 
     def onnx_translations(self) -> dict:

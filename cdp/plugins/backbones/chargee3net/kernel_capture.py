@@ -8,15 +8,23 @@ backend's inference path (:meth:`FastE3Convolution._blocks` with the kernel read
 lin1 and the sender packing as one matrix, the radial table the fast backend builds (same knots, same
 error bound), lin2/lin3 as one GEMM per instruction on the kernel's "blocks" aggregate
 (:func:`.fast_conv.linear_blocks`), and the dense self-connection.
+
+A TorchScript export (``cdp export --format torchscript --ops cdp``) records the call of
+``cdp::uvu_conv_table`` itself: the file loads in a process where this module has registered the operator
+(cdp's runtime does it through :func:`torch_ops`, the provider ``cdp_export.json`` names).  The operator
+checks its inputs as the ONNX one does (shapes, dtypes, the plan's tables and every edge index), so a
+malformed call is an error naming the operator, never a read out of bounds.
 """
 
 from __future__ import annotations
 
+import math
 from typing import List
 
 import torch
 from torch import Tensor, nn
 
+from cdp.core.operators import torch_ops_provider
 from cdp.core.types import CdpError
 from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.dense_conv import (
@@ -31,11 +39,14 @@ def uvu_conv_table(x: Tensor, sh: Tensor, r: Tensor, src: Tensor, dst: Tensor, s
                    mid_dim: int) -> Tensor:
     """The aggregate M [R · mid_dim] ("blocks" layout) of one convolution: the same function as the ONNX
     operator ``ai.cdp.UvuConvTable`` (kernels/ort_ops.cc), here through the kernel library (float32, CPU).
-    Edges in any order; R = len(slots); ``coef``: the radial table's knots [n + 1, 2, W]."""
+    Edges in any order; R = len(slots); ``coef``: the radial table's knots [n + 1, 2, W].  Raises
+    RuntimeError (``cdp::uvu_conv_table: ...``) for inputs that do not match the signature or the plan, an
+    edge index out of range, or without the kernel library."""
     lib = native.load()
-    fn = None if lib is None else native.entry_receivers(lib, coef.dtype)
+    fn = None if lib is None else native.entry_receivers(lib, torch.float32)
     if fn is None:
         raise RuntimeError("cdp::uvu_conv_table needs the fused kernel library (a C compiler)")
+    check_inputs(x, sh, r, src, dst, slots, coef, inv_h, paths, pairs, mj, c, path_block, mid_dim)
     num_receivers = slots.shape[0]
     order = torch.argsort(dst, stable=True)
     src_s, sh_s, r_s = src[order].contiguous(), sh[order].contiguous(), r[order].to(coef.dtype).contiguous()
@@ -50,6 +61,55 @@ def uvu_conv_table(x: Tensor, sh: Tensor, r: Tensor, src: Tensor, dst: Tensor, s
     if status:
         raise RuntimeError(f"cdp::uvu_conv_table: kernel status {status}")
     return flat
+
+
+def _require(ok, what: str) -> None:
+    if not bool(ok):
+        raise RuntimeError(f"cdp::uvu_conv_table: {what}")
+
+
+def check_inputs(x: Tensor, sh: Tensor, r: Tensor, src: Tensor, dst: Tensor, slots: Tensor, coef: Tensor, inv_h: float,
+                 paths: Tensor, pairs: Tensor, mj: Tensor, c: Tensor, path_block: Tensor, mid_dim: int) -> None:
+    """The checks of the ONNX operator (kernels/ort_ops.cc) before the kernel reads anything: dtypes (float32,
+    int64 edges and blocks, int32 tables), CPU tensors, shapes, ``inv_h``, the plan's tables against the
+    widths they index, ``mid_dim`` against the plan, and every edge index.  Raises RuntimeError (one line)."""
+    f32, i32, i64 = torch.float32, torch.int32, torch.int64
+    tensors = (x, sh, r, src, dst, slots, coef, paths, pairs, mj, c, path_block)
+    _require(all(t.device.type == "cpu" for t in tensors), "inputs must be CPU tensors")
+    _require([t.dtype for t in tensors] == [f32, f32, f32, i64, i64, f32, f32, i32, i32, i32, f32, i64],
+             "input dtypes do not match the operator's signature (float32, int64 edges and path blocks, int32 tables)")
+    _require(x.dim() == 2 and sh.dim() == 2 and r.dim() == 1 and src.dim() == 1 and dst.dim() == 1 and slots.dim() == 1
+             and coef.dim() == 3 and coef.shape[1] == 2 and coef.shape[0] >= 2 and paths.dim() == 2 and paths.shape[1] == 8
+             and pairs.dim() == 2 and pairs.shape[1] == 4 and mj.dim() == 1 and c.dim() == 1 and mj.shape[0] == c.shape[0]
+             and path_block.dim() == 2 and path_block.shape[1] == 2 and path_block.shape[0] == paths.shape[0],
+             "input shapes do not match the operator's signature")
+    n_send, x_width, n_edges, y_dim, n_recv = x.shape[0], x.shape[1], sh.shape[0], sh.shape[1], slots.shape[0]
+    _require(r.shape[0] == n_edges and src.shape[0] == n_edges and dst.shape[0] == n_edges,
+             "sh, r, src and dst disagree on the edge count")
+    _require(math.isfinite(inv_h) and inv_h > 0, "inv_h must be finite and positive")
+    p = paths.long()
+    mul, d_k, n_cols, n_pairs = p[:, 0], p[:, 1], coef.shape[2], pairs.shape[0]
+    padmul = (mul + 7) // 8 * 8
+    _require(((mul >= 1) & (mul <= 1024) & (d_k >= 1) & (d_k <= 9) & (d_k % 2 == 1) & (p[:, 2] >= 0) & (p[:, 3] >= 0)
+              & (p[:, 3] + mul <= n_cols) & (p[:, 6] >= 0) & (p[:, 6] <= p[:, 7]) & (p[:, 7] <= n_pairs)
+              & (p[:, 5] >= mul)).all(), "path table out of range")
+    counts = p[:, 7] - p[:, 6]
+    owner = torch.repeat_interleave(torch.arange(p.shape[0]), counts)
+    first = torch.cumsum(counts, 0) - counts
+    q = pairs.long()[p[owner, 6] + torch.arange(owner.shape[0]) - first[owner]]
+    _require(((q[:, 0] >= 0) & (q[:, 0] < d_k[owner]) & (q[:, 1] >= 0) & (q[:, 1] % padmul[owner] == 0)
+              & (q[:, 1] // padmul[owner] < 9) & (p[owner, 2] + q[:, 1] + padmul[owner] <= x_width) & (q[:, 2] >= 0)
+              & (q[:, 2] <= q[:, 3]) & (q[:, 3] <= mj.shape[0])).all(), "pair table out of range")
+    _require(((mj >= 0) & (mj < y_dim)).all(), "harmonic index out of range")
+    mid = int((mul * d_k).sum())
+    _require(mid == mid_dim, f"mid_dim {mid_dim} does not match the path table ({mid})")
+    start, width = path_block[:, 0], path_block[:, 1]
+    col = p[:, 4] - start
+    _require(((start >= 0) & (width >= 1) & (start + width <= mid) & (col >= 0)
+              & (col + (d_k - 1) * p[:, 5] + mul <= width)).all(), "path blocks out of range")
+    if n_edges:
+        _require(int(src.min()) >= 0 and int(src.max()) < n_send, "a sender index is out of range")
+        _require(int(dst.min()) >= 0 and int(dst.max()) < n_recv, "a receiver index is out of range")
 
 
 @uvu_conv_table.register_fake
@@ -175,6 +235,17 @@ class KernelConvolution(nn.Module):
 
 
 CUSTOM_OPS = {"domain": "ai.cdp", "ops": ["UvuConvTable"], "provider": "cdp.plugins.backbones.chargee3net.ort_ops:build"}
+TORCH_OPS = {"namespace": "cdp", "ops": ["uvu_conv_table"], "provider": "cdp.plugins.backbones.chargee3net.kernel_capture:torch_ops"}
+
+
+@torch_ops_provider
+def torch_ops() -> List[str]:
+    """The PyTorch operators this module registers when imported (``cdp::uvu_conv_table``), once the fused
+    kernel library they run is loaded (compiled on first use).  Raises RuntimeError when it cannot be."""
+    if native.load() is None:
+        raise RuntimeError("the fused kernel library cannot be built or loaded here (a C compiler is needed; "
+                           "CDP_NATIVE=0 disables it)")
+    return ["cdp::uvu_conv_table"]
 
 
 def capture_with_kernel(backbone: nn.Module, rtol: float = DEFAULT_RTOL) -> CaptureBackbone:
@@ -187,5 +258,5 @@ def capture_with_kernel(backbone: nn.Module, rtol: float = DEFAULT_RTOL) -> Capt
         convs = nn.ModuleList(KernelConvolution(c, backbone.probe_basis, backbone.radial_rtol) for c in backbone.probe_convs)
     except RuntimeError as exc:
         raise CdpError(f"--ops cdp: {exc}") from None
-    return CaptureBackbone(backbone, rtol=rtol, probe_convs=convs, custom_ops=CUSTOM_OPS,
+    return CaptureBackbone(backbone, rtol=rtol, probe_convs=convs, custom_ops=CUSTOM_OPS, torch_ops=TORCH_OPS,
                            translations={torch.ops.cdp.uvu_conv_table.default: onnx_translation}).eval()
