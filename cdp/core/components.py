@@ -187,6 +187,14 @@ class Backbone(nn.Module):
             raise CdpError(f"{type(self).__name__} has no export form with cdp's operators (use --ops standard)")
         return None
 
+    def read_only(self, irreps: Optional[str]) -> None:
+        """Only the channels of these irreps types of :meth:`decode`'s output will be read: an e3nn irreps
+        string whose multiplicities are ignored (``"0e"``), from the model's :meth:`Readout.reads`; None:
+        all of them.  :class:`~cdp.core.model.DensityModel` calls it once, at construction.  A backbone may
+        then leave the other channels unspecified (but finite) in inference — never under autograd or graph
+        capture, where decode stays the whole function.  The default ignores it."""
+        return None
+
     def probe_memory(self, itemsize: int, edges_per_probe: float) -> Optional[Tuple[int, int]]:
         """Memory of one :meth:`decode` call as (fixed bytes, bytes per probe), or None if unknown.
 
@@ -234,6 +242,13 @@ class Readout(nn.Module):
     def forward(self, features: Tensor) -> Tensor:  # pragma: no cover - interface
         """``features`` [M, in_spec.dim] → ρ [M] (``spin`` False) or [M, 2] (``spin`` True)."""
         raise NotImplementedError
+
+    def reads(self) -> Optional[str]:
+        """The irreps types of the features :meth:`forward` depends on, as an e3nn irreps string whose
+        multiplicities are ignored (``"0e"``), or None (the default): all of them.  The model passes it to
+        :meth:`Backbone.read_only`, so a backbone may skip the rest in inference: say only what is true for
+        every input (a channel left out may hold anything)."""
+        return None
 
 
 COMPONENT_KINDS = ("featurizer", "graph", "backbone", "readout")

@@ -47,6 +47,7 @@ class DensityModel(nn.Module):
             raise CdpError(f"prior cutoff {float(prior.cutoff)} Å exceeds the model cutoff {float(backbone.cutoff)} Å")
         self.prior = prior
         self.config = copy.deepcopy(config) if config is not None else {}
+        backbone.read_only(readout.reads())  # the backbone may skip output channels the readout never reads
 
     # -- assembly --------------------------------------------------------------------------------
     @classmethod

@@ -129,9 +129,21 @@ def _check_readout(ro: Readout, who: str, g, parity: bool, seed: int) -> None:
         raise AssertionError(f"{who}: forward(features [{m}, {ro.in_spec.dim}]) gave {_shape(out)}, expected "
                              f"{list(shape)} (spin={bool(ro.spin)})")
     _finite(out, who, "forward")
+    reads = ro.reads()
+    if reads is not None:  # a backbone may leave every other channel unspecified: they must not matter
+        if ro.in_spec.irreps is None:
+            raise AssertionError(f"{who}: reads() names irreps ({reads!r}) but its input is plain features")
+        read = {ir for _, ir in o3.Irreps(reads)}
+        irreps = o3.Irreps(ro.in_spec.irreps)
+        other = torch.zeros(ro.in_spec.dim, dtype=torch.bool)
+        for (_, ir), sl in zip(irreps, irreps.slices()):
+            other[sl] = ir not in read
+        noisy = f + 1e3 * torch.randn(f.shape, generator=g, dtype=torch.float64).to(dtype) * other
+        err = float((ro(noisy) - out).abs().max())
+        if err > (1e-9 if dtype == torch.float64 else 1e-5) * max(float(out.abs().max()), 1e-30):
+            raise AssertionError(f"{who}: reads() says it reads only {reads}, but its output changes by {err:.3g} "
+                                 "when the other channels change")
     if ro.in_spec.irreps is not None:
-
-
         tol = 1e-9 if dtype == torch.float64 else 1e-4
         for improper in (False, True) if parity else (False,):
             rot = torch.as_tensor(random_rotation(seed, improper), dtype=dtype)

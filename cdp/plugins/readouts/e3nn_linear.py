@@ -35,6 +35,10 @@ class LinearReadout(Readout):
     def forward(self, features: Tensor) -> Tensor:
         return self.linear(features)[:, 0]
 
+    def reads(self) -> str:
+        """The head's irreps types: an e3nn Linear connects only equal irreps, so the others never matter."""
+        return "+".join(sorted({str(ir) for _, ir in o3.Irreps(self.irreps_head)}))
+
 
 class LinearSpinCompatReadout(LinearReadout):
     """Published spin head: (up, down) from 1x0e+1x0o, returned [M, 2] = (up+down, up−down)."""

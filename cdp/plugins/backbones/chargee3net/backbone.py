@@ -295,16 +295,39 @@ class ChargE3NetBackbone(Backbone):
             layers.append(h)
         return layers
 
+    def read_only(self, irreps: Optional[str]) -> None:
+        """Only output channels of these irreps types are read (:meth:`Backbone.read_only`): fast inference
+        then computes, in the last probe layer, only what the gate needs for them (:meth:`_last_layer_keep`)."""
+        types = None if irreps is None else frozenset(ir for _, ir in o3.Irreps(irreps))
+        self.__dict__["_read_types"] = types
+
+    def _last_layer_keep(self):
+        """The output irreps types of the last probe convolution its gate needs for the read channels
+        (scalars of those types; for gated irreps of those types, them and the gates), or None for all."""
+        read = self.__dict__.get("_read_types")
+        if read is None or not self.probe_gates:
+            return None
+        gate = self.probe_gates[-1]
+        types = {ir for _, ir in gate.irreps_scalars} & read
+        gated = {ir for _, ir in gate.irreps_gated} & read
+        if gated:
+            types |= gated | {ir for _, ir in gate.irreps_gates}
+        return frozenset(types)
+
     def decode(self, atom_layers: List[Tensor], edge_index: Tensor, edge_vec: Tensor, num_probes: int) -> Tensor:
-        """Probe features [M, out_spec.dim]; probe layer i reads ``atom_layers[i]``."""
+        """Probe features [M, out_spec.dim]; probe layer i reads ``atom_layers[i]``.  In fast inference,
+        channels :meth:`read_only` excludes are not computed in the last layer (there they are finite but
+        not the network's values)."""
         run_mode = mode()
         inference = self.backend == "fast" and run_mode == "inference"
         radial = self._radials(self.probe_convs, self.probe_basis, edge_vec) if inference else None
         sh, rad = self._edge_features(self.probe_basis, edge_vec, inference)
         p = edge_vec.new_zeros((num_probes, 1))
+        last = len(self.probe_convs) - 1
+        keep = self._last_layer_keep() if inference else None
         for i, (conv, gate) in enumerate(zip(self.probe_convs, self.probe_gates)):
             if inference:
-                out = conv.infer(atom_layers[i], p, edge_index, sh, rad, radial[i])
+                out = conv.infer(atom_layers[i], p, edge_index, sh, rad, radial[i], keep if i == last else None)
             else:
                 out = conv(atom_layers[i], p, edge_index, sh, rad)
             p = self._gate(conv, gate, out, ("probe", i), run_mode)

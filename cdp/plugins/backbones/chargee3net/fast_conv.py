@@ -30,7 +30,7 @@ from cdp.nn.radial_table import MIN_INTERVALS, KnotTable, RadialTable
 from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 from cdp.plugins.backbones.chargee3net.tp_scatter import (  # noqa: F401  (capturing, mode: re-exported)
-    E3nnTPScatter, FusedTPScatter, TPScatter, UvuPlan, capturing, mode, select,
+    E3nnTPScatter, FusedTPScatter, NativeTPScatter, TPScatter, UvuPlan, capturing, mode, restricted_plan, select,
 )
 
 DEFAULT_EDGE_CHUNK = 512
@@ -165,15 +165,20 @@ def _scaled_weights(lin: o3.Linear, scale: float, like: Tensor) -> list:
     return hit[1]
 
 
-def linear_blocks(lin: o3.Linear, blocks: List[Tensor], scale: float) -> Tensor:
+def linear_blocks(lin: o3.Linear, blocks: List[Tensor], scale: float, keep=None) -> Tensor:
     """``lin(M) · scale`` (inference) for M in the seam's "blocks" layout: block b of ``lin.irreps_in`` as a
     contiguous [R, d_b, mul_b] tensor (:meth:`UvuPlan.block_views`), so each instruction is one
     [R·d, mul_in] @ [mul_in, mul_out] GEMM on the block as it lies; the same sum as
-    :func:`linear_channels_last`.  Returns [R, lin.irreps_out.dim] in e3nn's layout."""
-    rows = blocks[0].shape[0] if blocks else 0
+    :func:`linear_channels_last`.  Returns [R, lin.irreps_out.dim] in e3nn's layout.  ``keep`` (a set of
+    ``o3.Irrep``): only outputs of those types are computed (the others are zero), and only blocks of those
+    types are read (a linear connects equal irreps; the others may be None)."""
+    first = next(b for b in blocks if b is not None)
+    rows = first.shape[0]
     out_slices = lin.irreps_out.slices()
-    weights = _scaled_weights(lin, scale, blocks[0])
-    out = blocks[0].new_empty((rows, lin.irreps_out.dim))
+    weights = _scaled_weights(lin, scale, first)
+    if keep is not None:
+        weights = [(ins, w) for ins, w in weights if lin.irreps_out[ins.i_out].ir in keep]
+    out = first.new_empty((rows, lin.irreps_out.dim))
     written = set()
     for k, sl in enumerate(out_slices):  # an output no instruction reaches is zero
         if all(ins.i_out != k for ins, _ in weights):
@@ -261,6 +266,28 @@ class FastE3Convolution(E3Convolution):
         if run_mode != "capture" and not (isinstance(self.lin2, o3.Linear) and isinstance(self.lin3, o3.Linear)):
             run_mode = "capture"  # e3nn's export compilation replaced them (traced or scripted copies)
         return select(self.plan, self.tp, run_mode, like, "fast" if self.use_native else "blocked")
+
+    def restricted(self, keep: frozenset, table: KnotTable):
+        """(plan, table, blocks) computing only the mid irreps lin2 needs for outputs of the types ``keep`` and
+        lin3's input: :func:`.tp_scatter.restricted_plan`, the columns of ``table`` (a :class:`KnotTable` of all
+        the radial weights) its paths read plus zero slack columns, and the lin2 input block of each of its
+        mid blocks.  Built once per (keep, table); None when nothing would be saved or the kernel cannot run
+        the plan."""
+        mids = set(keep) | {ir for _, ir in self.lin3.irreps_out}
+        if all(ir in mids for _, ir in self.plan.mid_simple):
+            return None
+        cache = self.__dict__.setdefault("_restricted", {})
+        hit = cache.get(keep)
+        if hit is not None and hit[0] is table:
+            return hit[1]
+        plan, cols, blocks = restricted_plan(self.tp, self.plan.mid_simple, mids)
+        result = None
+        if plan.native_ok():
+            knots = table.knots.new_zeros((table.knots.shape[0], 2, plan.radial_width()))
+            knots[:, :, : cols.numel()] = table.knots[:, :, cols.to(table.knots.device)]
+            result = (plan, KnotTable(knots, table.r_max, table.error), blocks)
+        cache[keep] = (table, result)
+        return result
 
     def block_edges(self, like: Tensor) -> int:
         """Edges per receiver block for inputs like ``like``: ``edge_chunk`` on the CPU; on other devices as
@@ -408,14 +435,18 @@ class FastE3Convolution(E3Convolution):
         return self._blocks(sender, receiver, edge_index, (edge_vec,), features, radial, "inference")
 
     def infer(self, sender: Tensor, receiver: Tensor, edge_index: Tensor, edge_sh: Tensor, edge_radial: Tensor,
-              radial: Optional[Radial] = None) -> Tensor:
+              radial: Optional[Radial] = None, keep=None) -> Tensor:
         """:meth:`forward` for inference (the caller is outside autograd and capture), with the radial
         weights ``radial(edge_radial)`` per block of edges.
 
         ``radial`` None: ``edge_radial`` is the embedding [E, num_basis] and the weights come from the MLP;
         otherwise ``edge_radial`` is what ``radial`` reads (for a table: the edge lengths [E], Å) and it
-        returns [E, :meth:`radial_width`] weights (see :meth:`radial_table`)."""
-        return self._blocks(sender, receiver, edge_index, (edge_sh, edge_radial), None, radial, "inference")
+        returns [E, :meth:`radial_width`] weights (see :meth:`radial_table`).
+
+        ``keep`` (a set of ``o3.Irrep``, or None for all): only the output irreps of those types will be read;
+        where the kernel reads a radial table, only the paths, weights and lin2 outputs they need are
+        computed (:meth:`restricted`) and the other output channels are ``cos(angle) · sc(receiver)``."""
+        return self._blocks(sender, receiver, edge_index, (edge_sh, edge_radial), None, radial, "inference", keep)
 
     def _dense_maps(self, impl: TPScatter, like: Tensor) -> dict:
         """Training through the kernel: the small linear maps as single matrices, so each is one GEMM
@@ -466,11 +497,17 @@ class FastE3Convolution(E3Convolution):
         return out
 
     def _blocks(self, sender: Tensor, receiver: Tensor, edge_index: Tensor, edge_data: Tuple[Tensor, ...],
-                features, radial: Optional[Radial], run_mode: str) -> Tensor:
+                features, radial: Optional[Radial], run_mode: str, keep=None) -> Tensor:
         """The convolution in blocks of whole receivers; ``edge_data`` is (sh, radial input), or (vectors,)
-        with ``features`` turning vectors into (sh, radial input); ``radial`` as in :meth:`infer`."""
+        with ``features`` turning vectors into (sh, radial input); ``radial`` and ``keep`` as in :meth:`infer`."""
         track = run_mode == "autograd"
         impl = self.implementation(sender, run_mode)
+        lin_keep = None
+        if keep is not None and run_mode == "inference" and impl.name == "native" and isinstance(radial, KernelTable):
+            restricted = self.restricted(frozenset(keep), radial.table)
+            if restricted is not None:
+                plan, table, kept_blocks = restricted
+                impl, radial, lin_keep = NativeTPScatter(plan, impl.lib), KernelTable(table), frozenset(keep)
         num_receivers = receiver.shape[0]
         src, dst = edge_index[0], edge_index[1]
         used = None
@@ -511,13 +548,18 @@ class FastE3Convolution(E3Convolution):
             if in_kernel:
                 acc = None
                 mid = impl.forward_table(x, sh, rad, radial.table, src[e0:e1], dst[e0:e1] - r0, local_ptr, r1 - r0)
+                if lin_keep is not None:  # lin2/lin3 index the whole mid irreps: the skipped blocks are None
+                    whole: List[Optional[Tensor]] = [None] * len(self.plan.mid_simple)
+                    for b, view in zip(kept_blocks, mid):
+                        whole[b] = view
+                    mid = whole
             else:
                 weight = radial(rad)
                 acc = impl(x, sh, weight, src[e0:e1], dst[e0:e1] - r0, local_ptr, r1 - r0)
                 del weight
             del rad
             if acc is None:  # the kernel's "blocks" aggregate
-                conv = linear_blocks(self.lin2, mid, norm)
+                conv = linear_blocks(self.lin2, mid, norm, lin_keep)
                 angle = linear_blocks(self.lin3, mid, 0.1 * norm)
                 del mid
             elif "mix" in dense:

@@ -154,7 +154,7 @@ class KernelConvolution(nn.Module):
     output [R, d_out]; float32 (the kernel's table dtype).  Raises RuntimeError when the convolution has no
     radial table (a radial network that cannot be tabulated) or the kernel cannot run its plan."""
 
-    def __init__(self, conv: nn.Module, basis: nn.Module, rtol: float):
+    def __init__(self, conv: nn.Module, basis: nn.Module, rtol: float, keep=None):
         super().__init__()
         dtype = torch.float32
         plan = conv.plan
@@ -163,6 +163,14 @@ class KernelConvolution(nn.Module):
         table = conv.radial_table(basis, dtype, torch.device("cpu"), rtol, knots=True)
         if table is None:
             raise RuntimeError(f"no radial table ({conv.extra_repr()})")
+        # ``keep``: only outputs of these irreps types are read (the last probe layer under a scalar readout):
+        # the kernel then runs the paths they need only (FastE3Convolution.restricted); the others are zero
+        whole_mid = int(plan.mid_simple.dim)
+        restricted = conv.restricted(frozenset(keep), table) if keep is not None else None
+        kept_blocks = list(range(len(plan.mid_simple)))
+        if restricted is not None:
+            plan, table, kept_blocks = restricted
+        position = {b: j for j, b in enumerate(kept_blocks)}
         norm = 1.0 / float(conv.num_neighbors) ** 0.5
         lin1, b1 = linear_matrix(conv.lin1, conv.irreps_sender.dim)
         pack = plan.pack_index  # packed column → lin1 output column (lin1.irreps_out.dim: a zero column)
@@ -185,11 +193,13 @@ class KernelConvolution(nn.Module):
         like = torch.empty(0, dtype=dtype)
         self.lin2_ins, self.lin3_ins = [], []
         for name, lin, scale, out in (("lin2", conv.lin2, norm, self.lin2_ins), ("lin3", conv.lin3, 0.1 * norm, self.lin3_ins)):
-            for n, (ins, w) in enumerate(_scaled_weights(lin, scale, like)):
+            used = [(ins, w) for ins, w in _scaled_weights(lin, scale, like)
+                    if ins.i_in in position and (name == "lin3" or keep is None or lin.irreps_out[ins.i_out].ir in keep)]
+            for n, (ins, w) in enumerate(used):
                 self.register_buffer(f"{name}_{n}", w.detach().clone())
-                out.append((ins.i_in, ins.i_out))
-        _, b2 = linear_matrix(conv.lin2, self.mid_dim, torch.zeros(0, dtype=torch.long))
-        _, b3 = linear_matrix(conv.lin3, self.mid_dim, torch.zeros(0, dtype=torch.long))
+                out.append((position[ins.i_in], ins.i_out))
+        _, b2 = linear_matrix(conv.lin2, whole_mid, torch.zeros(0, dtype=torch.long))
+        _, b3 = linear_matrix(conv.lin3, whole_mid, torch.zeros(0, dtype=torch.long))
         bias = _maybe_bias(b2)
         self.register_buffer("lin2_bias", None if bias is None else bias.to(dtype))
         self.angle_bias = float(0.1 * b3[0])
@@ -255,7 +265,9 @@ def capture_with_kernel(backbone: nn.Module, rtol: float = DEFAULT_RTOL) -> Capt
         raise CdpError("--ops cdp exports float32 models only (the kernel's radial tables are float32)")
     native.load()
     try:
-        convs = nn.ModuleList(KernelConvolution(c, backbone.probe_basis, backbone.radial_rtol) for c in backbone.probe_convs)
+        last, keep = len(backbone.probe_convs) - 1, backbone._last_layer_keep()
+        convs = nn.ModuleList(KernelConvolution(c, backbone.probe_basis, backbone.radial_rtol, keep if i == last else None)
+                              for i, c in enumerate(backbone.probe_convs))
     except RuntimeError as exc:
         raise CdpError(f"--ops cdp: {exc}") from None
     return CaptureBackbone(backbone, rtol=rtol, probe_convs=convs, custom_ops=CUSTOM_OPS, torch_ops=TORCH_OPS,

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import bisect
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -245,6 +246,29 @@ class UvuPlan:
         """h [N, sender dim] → [N, packed_width]: each sender irrep [m_i][mul padded with zeros to 8]."""
         index = self.on(h, "pack")
         return torch.cat([h, h.new_zeros((h.shape[0], 1))], dim=1).index_select(1, index)
+
+
+def restricted_plan(tp: o3.TensorProduct, irreps_mid_simple: o3.Irreps, keep) -> Tuple["UvuPlan", Tensor, List[int]]:
+    """The plan of ``tp``'s paths into mid irreps of the types ``keep`` only (a set of ``o3.Irrep``): its mid
+    layout holds only the blocks of ``irreps_mid_simple`` of those types, in order (so the kernel writes
+    nothing else); also the columns of ``tp``'s weights [W'] those paths read, in order, and the index in
+    ``irreps_mid_simple`` of each block it keeps.  For a convolution whose other mid irreps nothing
+    downstream reads (the last probe layer under a scalar readout)."""
+    kept_out = [k for k, (_, ir) in enumerate(tp.irreps_out) if ir in keep]
+    new_out = {k: n for n, k in enumerate(kept_out)}
+    kept, cols, start = [], [], 0
+    for ins in tp.instructions:
+        width = ins.path_shape[0]
+        if ins.i_out in new_out:
+            kept.append(ins._replace(i_out=new_out[ins.i_out]))
+            cols.append(torch.arange(start, start + width))
+        start += width
+    blocks = [b for b, (_, ir) in enumerate(irreps_mid_simple) if ir in keep]
+    view = SimpleNamespace(irreps_in1=tp.irreps_in1, irreps_in2=tp.irreps_in2,
+                           irreps_out=o3.Irreps([tp.irreps_out[k] for k in kept_out]),
+                           instructions=kept, weight_numel=sum(len(c) for c in cols))
+    plan = UvuPlan(view, o3.Irreps([irreps_mid_simple[b] for b in blocks]))
+    return plan, (torch.cat(cols) if cols else torch.zeros(0, dtype=torch.long)), blocks
 
 
 class TPScatter:

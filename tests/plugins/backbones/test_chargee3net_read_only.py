@@ -1,0 +1,116 @@
+"""Readouts say which irreps they read; fast ChargE3Net inference then skips the rest of its last probe layer
+(paths, radial-table columns, lin2 outputs) and gives the same densities."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from e3nn import o3
+
+from cdp.core.components import Backbone, Readout
+from cdp.core.model import DensityModel
+from cdp.core.registry import get_registry
+from cdp.core.types import edge_vectors
+from cdp.plugins.readouts.e3nn_linear import LinearReadout, LinearSpinCompatReadout, LinearSpinReadout
+from cdp.predict import Predictor
+from tests.helpers.export import cases
+
+
+def test_readouts_say_what_they_read():
+    irreps = "4x0e+2x0o+1x1o"
+    assert LinearReadout(irreps).reads() == "0e"
+    assert LinearSpinReadout(irreps).reads() == "0e"
+    assert LinearSpinCompatReadout(irreps).reads() == "0e+0o"
+    assert Readout().reads() is None  # the default: everything
+    assert Backbone().read_only("0e") is None  # the default backbone ignores it
+
+
+def _model(readout: str = "linear") -> DensityModel:
+    cfg = copy.deepcopy(get_registry().preset("chargee3net-cpu"))
+    cfg["readout"] = {"name": readout}
+    torch.manual_seed(0)
+    model = DensityModel.from_config(cfg).eval()
+    with torch.no_grad():  # untrained outputs are tiny; make densities O(1)
+        for p in model.readout.parameters():
+            p.mul_(10.0)
+    return model
+
+
+@pytest.mark.parametrize("readout", ["linear", "linear-spin-compat"])
+def test_pruned_last_layer_gives_the_same_densities(readout):
+    model = _model(readout)
+    backbone = model.backbone
+    assert backbone.__dict__["_read_types"] == frozenset(ir for _, ir in o3.Irreps(model.readout.reads()))
+    last = backbone.probe_convs[-1]
+    if not last.kernel_reads_tables(torch.empty(0)):
+        pytest.skip("the fused kernel is not available here")
+    pred = Predictor(model)
+    for label, atoms, probes in cases():
+        pruned = pred.predict(atoms, probes)
+        backbone.read_only(None)
+        full = pred.predict(atoms, probes)
+        backbone.read_only(model.readout.reads())
+        scale = max(float(np.abs(full).max()), 1e-12)
+        assert np.abs(pruned - full).max() <= 1e-6 * scale, label
+    # the restricted plan ran: fewer paths and radial-weight columns than the whole convolution
+    (table, (plan, small, _)), = last.__dict__["_restricted"].values()
+    assert 0 < plan.paths.shape[0] < last.plan.paths.shape[0]
+    assert small.width < table.width
+    assert all(row[1] == 1 for row in plan.paths.tolist())  # scalar outputs only: d_k = 1
+
+
+def test_only_unread_channels_differ_and_autograd_is_whole():
+    model = _model()
+    backbone = model.backbone
+    if not backbone.probe_convs[-1].kernel_reads_tables(torch.empty(0)):
+        pytest.skip("the fused kernel is not available here")
+    _, atoms, probes = cases()[0]
+    pred = Predictor(model)
+    enc = pred.encode(atoms)
+    pts = torch.from_numpy(enc.frame.points(probes)).float()
+    graph = model.probe_graph(enc.batch, pts)
+    vec = edge_vectors(enc.batch.positions, pts, graph.edge_index, graph.offsets, enc.batch.cell, enc.batch.atom_batch)
+    with torch.no_grad():
+        pruned = backbone.decode(enc.features.layers, graph.edge_index, vec, len(pts))
+        backbone.read_only(None)
+        full = backbone.decode(enc.features.layers, graph.edge_index, vec, len(pts))
+        backbone.read_only("0e")
+    irreps = o3.Irreps(backbone.out_spec.irreps)
+    read = torch.cat([torch.arange(sl.start, sl.stop) for (_, ir), sl in zip(irreps, irreps.slices()) if str(ir) == "0e"])
+    assert torch.allclose(pruned[:, read], full[:, read], rtol=0, atol=1e-6 * float(full[:, read].abs().max()))
+    assert torch.isfinite(pruned).all() and not torch.allclose(pruned, full)  # the other channels were skipped
+    # under autograd decode is the whole function, whatever the readout reads
+    layers = [t.detach() for t in enc.features.layers]
+    whole = backbone.decode(layers, graph.edge_index, vec.detach().requires_grad_(), len(pts))
+    assert torch.allclose(whole.detach(), full, rtol=0, atol=1e-5 * float(full.abs().max()))
+
+
+def test_the_kit_catches_a_readout_that_reads_more_than_it_says():
+    from cdp.core.components import Spec
+    from cdp.testing import assert_component
+
+    spec = Spec(irreps="4x0e+2x0o+1x1o")
+    assert_component(LinearReadout(spec).double())
+    assert_component(LinearSpinCompatReadout(spec).double(), parity=False)
+
+    class Understated(LinearSpinCompatReadout):
+        def reads(self):
+            return "0e"  # it also reads the 0o channel
+
+    with pytest.raises(AssertionError, match=r"reads\(\) says it reads only 0e"):
+        assert_component(Understated(spec).double(), parity=False)
+
+
+def test_the_kernel_export_form_runs_the_restricted_last_layer():
+    from cdp.plugins.backbones.chargee3net.kernel_capture import capture_with_kernel
+
+    model = _model()
+    if not model.backbone.probe_convs[-1].kernel_reads_tables(torch.empty(0)):
+        pytest.skip("the fused kernel is not available here")
+    form = capture_with_kernel(model.backbone)
+    whole = model.backbone.probe_convs[-1].plan.paths.shape[0]
+    assert 0 < form.probe_convs[-1].paths.shape[0] < whole
+    assert form.probe_convs[0].paths.shape[0] == model.backbone.probe_convs[0].plan.paths.shape[0]
