@@ -114,3 +114,18 @@ def test_the_kernel_export_form_runs_the_restricted_last_layer():
     whole = model.backbone.probe_convs[-1].plan.paths.shape[0]
     assert 0 < form.probe_convs[-1].paths.shape[0] < whole
     assert form.probe_convs[0].paths.shape[0] == model.backbone.probe_convs[0].plan.paths.shape[0]
+
+
+def test_the_dense_export_form_runs_the_restricted_last_layer():
+    """The standard export form drops the same paths (and their radial-table columns); the export round-trip
+    tests compare its densities with the model's."""
+    from cdp.plugins.backbones.chargee3net.dense_conv import capture_backbone
+
+    model = _model()
+    pruned = capture_backbone(model.backbone)
+    model.backbone.read_only(None)
+    whole = capture_backbone(model.backbone)
+    n_paths = lambda conv: sum(p for *_, p in conv.blocks)  # noqa: E731
+    assert 0 < n_paths(pruned.probe_convs[-1]) < n_paths(whole.probe_convs[-1])
+    assert n_paths(pruned.probe_convs[0]) == n_paths(whole.probe_convs[0])
+    assert pruned.probe_radial.offsets[-1] < whole.probe_radial.offsets[-1] or not pruned.probe_radial.full

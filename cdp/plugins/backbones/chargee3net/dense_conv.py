@@ -122,9 +122,11 @@ class DenseConvolution(nn.Module):
     ``forward(sender [Ns, ds], receiver [R, dr], edge_index [2, E], sh [E, dY], weight [E, width])`` returns
     the pre-gate output [R, d_out]; ``weight`` holds this convolution's radial weights, the columns of
     ``conv.fc``'s output in :func:`_weight_order` (per sender block, per output irrep, per path, ``mul`` channels).
+    ``keep`` (a set of ``o3.Irrep``): only the paths into mid irreps of those types; outputs that then get no
+    path are zero (what the last probe layer needs when only some output channels are read).
     """
 
-    def __init__(self, conv: nn.Module, dtype: torch.dtype = torch.float32):
+    def __init__(self, conv: nn.Module, dtype: torch.dtype = torch.float32, keep=None):
         super().__init__()
         sender, sh_irreps, mid = conv.irreps_sender, conv.irreps_sh, conv.irreps_mid
         sender_slices, sh_slices, mid_slices = sender.slices(), sh_irreps.slices(), mid.slices()
@@ -134,7 +136,7 @@ class DenseConvolution(nn.Module):
         self.blocks: List[Tuple[int, int, int, int]] = []  # (mul, d_i, K_i, number of paths)
         # per output irrep: the aggregate column ranges holding it, [R, d, width] each, and their mid columns
         pieces: dict = {}
-        for i, groups in _block_paths(conv):
+        for i, groups in _block_paths(conv, keep):
             mul, ir_in = sender[i]
             d_i = ir_in.dim
             k_total = sum(ir.dim * len(group) for ir, group in groups)
@@ -246,15 +248,17 @@ class DenseConvolution(nn.Module):
         return self.self_connection.mix(receiver, angle, conv)
 
 
-def _block_paths(conv: nn.Module):
+def _block_paths(conv: nn.Module, keep=None):
     """Per sender irrep i with paths: (i, [(output irrep, [(instruction, weight offset), ...]), ...]), groups in
-    sorted irrep order: the order of a DenseConvolution's aggregate rows and radial weight columns."""
+    sorted irrep order: the order of a DenseConvolution's aggregate rows and radial weight columns.  ``keep``
+    (a set of ``o3.Irrep``): only the paths into mid irreps of those types."""
     by_input: dict = {}
     w_start = 0
     for ins in conv.tp.instructions:
         if ins.connection_mode != "uvu" or not ins.has_weight:
             raise ValueError("dense convolution: only weighted uvu paths are supported")
-        by_input.setdefault(ins.i_in1, []).append((ins, w_start))
+        if keep is None or conv.irreps_mid[ins.i_out].ir in keep:
+            by_input.setdefault(ins.i_in1, []).append((ins, w_start))
         w_start += ins.path_shape[0]
     if w_start != conv.tp.weight_numel:
         raise ValueError("dense convolution: unexpected tensor-product weight layout")
@@ -349,16 +353,16 @@ class TabulatedRadial(nn.Module):
     """
 
     def __init__(self, convs, basis: nn.Module, cutoff: float, rtol: float = DEFAULT_RTOL,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, keeps: Optional[list] = None):
         super().__init__()
         basis64 = copy.deepcopy(basis).to(torch.float64)
         hidden, lasts = [], []
-        for conv in convs:
+        for n, conv in enumerate(convs):
             layers = [copy.deepcopy(layer).to(torch.float64) for layer in conv.fc]
             hidden.append(layers[:-1])
             last = layers[-1]
             w = last.weight.detach() / (last.h_in * last.var_in / last.var_out) ** 0.5
-            lasts.append(w.index_select(1, _weight_order(conv)))
+            lasts.append(w.index_select(1, _weight_order(conv, keeps[n] if keeps else None)))
 
         def h_fn(r: Tensor) -> Tensor:
             emb = basis64(r)
@@ -435,11 +439,11 @@ class TabulatedRadial(nn.Module):
         return self._weights(rows, k)
 
 
-def _weight_order(conv: nn.Module) -> Tensor:
-    """fc output columns in a DenseConvolution's order: per sender block, per output irrep group, per path,
-    ``mul`` channels."""
+def _weight_order(conv: nn.Module, keep=None) -> Tensor:
+    """fc output columns in a DenseConvolution's order (with the same ``keep``): per sender block, per output
+    irrep group, per path, ``mul`` channels."""
     perm = []
-    for i, groups in _block_paths(conv):
+    for i, groups in _block_paths(conv, keep):
         mul = conv.irreps_sender[i].mul
         for _, group in groups:
             for _, ws in group:
@@ -471,12 +475,18 @@ class CaptureBackbone(nn.Module):
         self.ops = "standard" if probe_convs is None else "cdp"
         self.custom_ops, self.translations, self.torch_ops = custom_ops, dict(translations or {}), torch_ops
         self.atom_convs = nn.ModuleList(DenseConvolution(c, dtype) for c in backbone.atom_convs)
+        # the last probe layer: only the mid irreps the read outputs need (Backbone.read_only)
+        keep = backbone._last_layer_keep()
+        keeps = [None] * len(backbone.probe_convs)
+        if keep is not None and keeps:
+            keeps[-1] = frozenset(keep) | {ir for _, ir in backbone.probe_convs[-1].lin3.irreps_out}
         self.probe_convs = probe_convs if probe_convs is not None else nn.ModuleList(
-            DenseConvolution(c, dtype) for c in backbone.probe_convs)
+            DenseConvolution(c, dtype, k) for c, k in zip(backbone.probe_convs, keeps))
         self.atom_gates = nn.ModuleList(DenseGate(g, dtype) for g in backbone.atom_gates)
         self.probe_gates = nn.ModuleList(DenseGate(g, dtype) for g in backbone.probe_gates)
         self.atom_radial = TabulatedRadial(backbone.atom_convs, backbone.atom_basis, self.cutoff, rtol, dtype)
-        self.probe_radial = TabulatedRadial(backbone.probe_convs, backbone.probe_basis, self.cutoff, rtol, dtype)
+        self.probe_radial = TabulatedRadial(backbone.probe_convs, backbone.probe_basis, self.cutoff, rtol, dtype,
+                                            keeps if probe_convs is None else None)
         self.table_error = max(t.error / max(t.scale, 1e-300) for t in (self.atom_radial, self.probe_radial))
 
     def describe(self) -> dict:
