@@ -48,6 +48,10 @@ def test_pruned_last_layer_gives_the_same_densities(readout):
     if not last.kernel_reads_tables(torch.empty(0)):
         pytest.skip("the fused kernel is not available here")
     pred = Predictor(model)
+    keep = backbone._last_layer_keep()
+    _, atoms, probes = cases()[0]
+    pred.predict(atoms, probes)
+    assert [k[4] for k in last.__dict__["_radial_tables"]] == [keep]  # the whole table was never built
     for label, atoms, probes in cases():
         pruned = pred.predict(atoms, probes)
         backbone.read_only(None)
@@ -55,10 +59,10 @@ def test_pruned_last_layer_gives_the_same_densities(readout):
         backbone.read_only(model.readout.reads())
         scale = max(float(np.abs(full).max()), 1e-12)
         assert np.abs(pruned - full).max() <= 1e-6 * scale, label
-    # the restricted plan ran: fewer paths and radial-weight columns than the whole convolution
-    (table, (plan, small, _)), = last.__dict__["_restricted"].values()
+    # the restricted plan ran, with a table of only its radial-weight columns
+    plan, small, _ = last.restricted(keep, backbone.probe_basis, torch.float32, torch.device("cpu"), backbone.radial_rtol)
     assert 0 < plan.paths.shape[0] < last.plan.paths.shape[0]
-    assert small.width < table.width
+    assert small.width < last.radial_width()
     assert all(row[1] == 1 for row in plan.paths.tolist())  # scalar outputs only: d_k = 1
 
 

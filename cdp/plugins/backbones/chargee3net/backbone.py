@@ -214,7 +214,7 @@ class ChargE3NetBackbone(Backbone):
         return sh, (r if lengths else basis(r))
 
     # -- tabulated radial networks (inference) ------------------------------------------------------
-    def _radials(self, convs, basis: RadialBasis, like: Tensor) -> List[Radial]:
+    def _radials(self, convs, basis: RadialBasis, like: Tensor, keep_last: Optional[frozenset] = None) -> List[Radial]:
         """Per convolution, its radial weights as a function of the edge lengths [E] (Å) for inference:
         the table (:meth:`FastE3Convolution.radial_table`) where tables apply, else ``MLP(basis(r))``.
 
@@ -224,16 +224,23 @@ class ChargE3NetBackbone(Backbone):
         used once asked for by ``tabulate(torch.float64)``).  Where the fused kernel runs, it evaluates the
         table per edge itself (:class:`.fast_conv.KernelTable`, any size).  Evaluated in PyTorch, a table is
         only read faster than the MLP computes when it stays in cache, so there each is limited to
-        ``TORCH_TABLE_MAX_BYTES`` (larger convolutions keep their MLP)."""
+        ``TORCH_TABLE_MAX_BYTES`` (larger convolutions keep their MLP).  ``keep_last``: only output irreps of
+        these types of the last convolution are read; where the kernel reads its table, that table then holds
+        only the weights those outputs need (:meth:`FastE3Convolution.restricted`)."""
         dtypes = set(AUTO_TABLE_DTYPES) | self.__dict__.get("_table_dtypes", set())
         use_tables = (self.radial == "table" and not self.training and self._tables_allowed
                       and like.device.type == "cpu" and like.dtype in dtypes)
         radials: List[Radial] = []
-        for conv in convs:
+        for k, conv in enumerate(convs):
             table = None
             if use_tables:
                 # a table the fused kernel reads per edge has no size limit; one evaluated in PyTorch does
                 in_kernel = conv.kernel_reads_tables(like)
+                if in_kernel and keep_last is not None and k == len(convs) - 1:
+                    restricted = conv.restricted(keep_last, basis, like.dtype, like.device, self.radial_rtol)
+                    if restricted is not None:
+                        radials.append(fast_conv.KernelTable(restricted[1], restricted, keep_last))
+                        continue
                 table = conv.radial_table(basis, like.dtype, like.device, self.radial_rtol,
                                           None if in_kernel else TORCH_TABLE_MAX_BYTES, knots=in_kernel)
                 if table is not None and in_kernel:
@@ -256,7 +263,7 @@ class ChargE3NetBackbone(Backbone):
         self.__dict__.setdefault("_table_dtypes", set()).add(like.dtype)
         if like.device.type == "cpu":
             self._radials(self.atom_convs, self.atom_basis, like)
-            self._radials(self.probe_convs, self.probe_basis, like)
+            self._radials(self.probe_convs, self.probe_basis, like, self._last_layer_keep())
         return self
 
     def train(self, mode: bool = True):
@@ -320,14 +327,12 @@ class ChargE3NetBackbone(Backbone):
         not the network's values)."""
         run_mode = mode()
         inference = self.backend == "fast" and run_mode == "inference"
-        radial = self._radials(self.probe_convs, self.probe_basis, edge_vec) if inference else None
+        radial = self._radials(self.probe_convs, self.probe_basis, edge_vec, self._last_layer_keep()) if inference else None
         sh, rad = self._edge_features(self.probe_basis, edge_vec, inference)
         p = edge_vec.new_zeros((num_probes, 1))
-        last = len(self.probe_convs) - 1
-        keep = self._last_layer_keep() if inference else None
         for i, (conv, gate) in enumerate(zip(self.probe_convs, self.probe_gates)):
             if inference:
-                out = conv.infer(atom_layers[i], p, edge_index, sh, rad, radial[i], keep if i == last else None)
+                out = conv.infer(atom_layers[i], p, edge_index, sh, rad, radial[i])
             else:
                 out = conv(atom_layers[i], p, edge_index, sh, rad)
             p = self._gate(conv, gate, out, ("probe", i), run_mode)

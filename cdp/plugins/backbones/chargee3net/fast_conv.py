@@ -51,8 +51,11 @@ class KernelTable:
     the radial input of a block is then the edge lengths [E] (Å) and no weight array is formed.  Called
     like any :data:`Radial` (the same weights, through PyTorch) where the kernel is not used."""
 
-    def __init__(self, table: RadialTable):
+    def __init__(self, table: RadialTable, restricted: Optional[tuple] = None, keep: Optional[frozenset] = None):
         self.table = table
+        #: (plan, table, blocks) of :meth:`FastE3Convolution.restricted` when the table holds only the columns
+        #: of the paths outputs of the types ``keep`` need (then it is read by the kernel only)
+        self.restricted, self.keep = restricted, keep
 
     def __call__(self, r: Tensor) -> Tensor:
         return table_weights(self.table, r)
@@ -267,27 +270,27 @@ class FastE3Convolution(E3Convolution):
             run_mode = "capture"  # e3nn's export compilation replaced them (traced or scripted copies)
         return select(self.plan, self.tp, run_mode, like, "fast" if self.use_native else "blocked")
 
-    def restricted(self, keep: frozenset, table: KnotTable):
-        """(plan, table, blocks) computing only the mid irreps lin2 needs for outputs of the types ``keep`` and
-        lin3's input: :func:`.tp_scatter.restricted_plan`, the columns of ``table`` (a :class:`KnotTable` of all
-        the radial weights) its paths read plus zero slack columns, and the lin2 input block of each of its
-        mid blocks.  Built once per (keep, table); None when nothing would be saved or the kernel cannot run
-        the plan."""
-        mids = set(keep) | {ir for _, ir in self.lin3.irreps_out}
-        if all(ir in mids for _, ir in self.plan.mid_simple):
+    def restricted_plan(self, keep: frozenset):
+        """(plan, weight columns, blocks) of :func:`.tp_scatter.restricted_plan` for the mid irreps lin2 needs for
+        outputs of the types ``keep`` and lin3's input, or None when that is every mid irrep; built once per
+        ``keep``."""
+        cache = self.__dict__.setdefault("_restricted_plans", {})
+        if keep not in cache:
+            mids = set(keep) | {ir for _, ir in self.lin3.irreps_out}
+            whole = all(ir in mids for _, ir in self.plan.mid_simple)
+            cache[keep] = None if whole else restricted_plan(self.tp, self.plan.mid_simple, mids)
+        return cache[keep]
+
+    def restricted(self, keep: frozenset, basis: nn.Module, dtype: torch.dtype, device, rtol: float):
+        """(plan, table, blocks) computing only what outputs of the types ``keep`` need (:meth:`restricted_plan`):
+        the kernel's plan, the :class:`KnotTable` of only its weight columns (fitted to them: ``radial_table(...,
+        keep=keep)``; the whole table is never built), and the lin2 input block of each of its mid blocks.  None
+        when nothing would be saved, the kernel cannot run the plan, or the columns cannot be tabulated."""
+        found = self.restricted_plan(keep)
+        if found is None or not found[0].native_ok():
             return None
-        cache = self.__dict__.setdefault("_restricted", {})
-        hit = cache.get(keep)
-        if hit is not None and hit[0] is table:
-            return hit[1]
-        plan, cols, blocks = restricted_plan(self.tp, self.plan.mid_simple, mids)
-        result = None
-        if plan.native_ok():
-            knots = table.knots.new_zeros((table.knots.shape[0], 2, plan.radial_width()))
-            knots[:, :, : cols.numel()] = table.knots[:, :, cols.to(table.knots.device)]
-            result = (plan, KnotTable(knots, table.r_max, table.error), blocks)
-        cache[keep] = (table, result)
-        return result
+        table = self.radial_table(basis, dtype, device, rtol, knots=True, keep=keep)
+        return None if table is None else (found[0], table, found[2])
 
     def block_edges(self, like: Tensor) -> int:
         """Edges per receiver block for inputs like ``like``: ``edge_chunk`` on the CPU; on other devices as
@@ -317,15 +320,18 @@ class FastE3Convolution(E3Convolution):
         """Columns of the radial weights the seam reads: W in e3nn order, then ≥ ACC_SLACK zero columns."""
         return self.plan.radial_width()
 
-    def radial_function(self, basis: nn.Module) -> Callable[[Tensor], Tensor]:
+    def radial_function(self, basis: nn.Module, columns: Optional[Tuple[Tensor, int]] = None) -> Callable[[Tensor], Tensor]:
         """r [K] float64 (Å) → ``fc(basis(r))`` [K, :meth:`radial_width`] in the seam's layout (e3nn order, zero slack), computed by float64
-        copies of the radial network and of ``basis`` (the module embedding this convolution's edges)."""
+        copies of the radial network and of ``basis`` (the module embedding this convolution's edges).
+        ``columns`` (index [W'], width): only those weight columns, then zero slack up to ``width``."""
         fc = copy.deepcopy(self.fc).to(device="cpu", dtype=torch.float64)
         emb = copy.deepcopy(basis).to(device="cpu", dtype=torch.float64)
-        pad = self.radial_width() - self.tp.weight_numel
+        cols, width = (None, self.radial_width()) if columns is None else columns
+        pad = width - (self.tp.weight_numel if cols is None else cols.numel())
 
         def fn(r: Tensor) -> Tensor:
-            return torch.nn.functional.pad(fc(emb(r)), (0, pad))
+            w = fc(emb(r))
+            return torch.nn.functional.pad(w if cols is None else w.index_select(1, cols), (0, pad))
 
         return fn
 
@@ -336,14 +342,19 @@ class FastE3Convolution(E3Convolution):
         return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
 
     def radial_table(self, basis: nn.Module, dtype: torch.dtype, device: torch.device, rtol: float,
-                     max_bytes: Optional[int] = None, knots: bool = False):
+                     max_bytes: Optional[int] = None, knots: bool = False, keep: Optional[frozenset] = None):
         """The piecewise-cubic table of :meth:`radial_function` over [0, cutoff] (``rtol`` · max|w|, measured),
         stored in ``dtype`` on ``device``; built once per (dtype, device) and parameter version, never under
         autograd.  None (and the MLP is used) when the function needs more than ``TABLE_MAX_INTERVALS``
         knots, or a table larger than ``max_bytes``, or is not finite (e.g. a basis singular at r = 0).
         ``knots``: the :class:`KnotTable` of the same interpolant (half the memory; what the fused kernel
-        reads).  The build time, size and measured error are reported by ``extra_repr``."""
-        key = (dtype, torch.device(device), max_bytes, knots)
+        reads).  The build time, size and measured error are reported by ``extra_repr``.  ``keep``: the table
+        of only the weight columns :meth:`restricted_plan` ``(keep)`` reads (its own knot count)."""
+        key = (dtype, torch.device(device), max_bytes, knots, keep)
+        columns = None
+        if keep is not None:
+            plan, cols, _ = self.restricted_plan(keep)
+            columns = (cols, plan.radial_width())
         version = self._radial_version(basis)
         tables = self.__dict__.setdefault("_radial_tables", {})  # plain dict: never part of the state_dict
         hit = tables.get(key)
@@ -352,7 +363,8 @@ class FastE3Convolution(E3Convolution):
         if any(v[0] != version for v in tables.values()):
             tables.clear()  # parameters changed: every stored table is stale
         t0 = time.perf_counter()
-        row_bytes = (2 if knots else 4) * self.radial_width() * torch.empty((), dtype=dtype).element_size()
+        width = self.radial_width() if columns is None else columns[1]
+        row_bytes = (2 if knots else 4) * width * torch.empty((), dtype=dtype).element_size()
         max_intervals = TABLE_MAX_INTERVALS
         if max_bytes is not None:
             fits = max_bytes // row_bytes
@@ -362,7 +374,7 @@ class FastE3Convolution(E3Convolution):
             try:
                 if max_intervals < MIN_INTERVALS:
                     raise ValueError(f"{MIN_INTERVALS} intervals would exceed {max_bytes >> 10} KiB")
-                fn = self.radial_function(basis)
+                fn = self.radial_function(basis, columns)
                 cutoff = float(basis.cutoff)
                 if not bool(torch.isfinite(fn(torch.linspace(0.0, cutoff, 33, dtype=torch.float64))).all()):
                     raise ValueError("the radial network is not finite on [0, cutoff]")
@@ -435,18 +447,16 @@ class FastE3Convolution(E3Convolution):
         return self._blocks(sender, receiver, edge_index, (edge_vec,), features, radial, "inference")
 
     def infer(self, sender: Tensor, receiver: Tensor, edge_index: Tensor, edge_sh: Tensor, edge_radial: Tensor,
-              radial: Optional[Radial] = None, keep=None) -> Tensor:
+              radial: Optional[Radial] = None) -> Tensor:
         """:meth:`forward` for inference (the caller is outside autograd and capture), with the radial
         weights ``radial(edge_radial)`` per block of edges.
 
         ``radial`` None: ``edge_radial`` is the embedding [E, num_basis] and the weights come from the MLP;
         otherwise ``edge_radial`` is what ``radial`` reads (for a table: the edge lengths [E], Å) and it
-        returns [E, :meth:`radial_width`] weights (see :meth:`radial_table`).
-
-        ``keep`` (a set of ``o3.Irrep``, or None for all): only the output irreps of those types will be read;
-        where the kernel reads a radial table, only the paths, weights and lin2 outputs they need are
-        computed (:meth:`restricted`) and the other output channels are ``cos(angle) · sc(receiver)``."""
-        return self._blocks(sender, receiver, edge_index, (edge_sh, edge_radial), None, radial, "inference", keep)
+        returns [E, :meth:`radial_width`] weights (see :meth:`radial_table`).  A :class:`KernelTable` made
+        from :meth:`restricted` computes only the paths, weights and lin2 outputs of its ``keep`` types; the
+        other output channels are then ``cos(angle) · sc(receiver)``."""
+        return self._blocks(sender, receiver, edge_index, (edge_sh, edge_radial), None, radial, "inference")
 
     def _dense_maps(self, impl: TPScatter, like: Tensor) -> dict:
         """Training through the kernel: the small linear maps as single matrices, so each is one GEMM
@@ -497,17 +507,17 @@ class FastE3Convolution(E3Convolution):
         return out
 
     def _blocks(self, sender: Tensor, receiver: Tensor, edge_index: Tensor, edge_data: Tuple[Tensor, ...],
-                features, radial: Optional[Radial], run_mode: str, keep=None) -> Tensor:
+                features, radial: Optional[Radial], run_mode: str) -> Tensor:
         """The convolution in blocks of whole receivers; ``edge_data`` is (sh, radial input), or (vectors,)
-        with ``features`` turning vectors into (sh, radial input); ``radial`` and ``keep`` as in :meth:`infer`."""
+        with ``features`` turning vectors into (sh, radial input); ``radial`` as in :meth:`infer`."""
         track = run_mode == "autograd"
         impl = self.implementation(sender, run_mode)
         lin_keep = None
-        if keep is not None and run_mode == "inference" and impl.name == "native" and isinstance(radial, KernelTable):
-            restricted = self.restricted(frozenset(keep), radial.table)
-            if restricted is not None:
-                plan, table, kept_blocks = restricted
-                impl, radial, lin_keep = NativeTPScatter(plan, impl.lib), KernelTable(table), frozenset(keep)
+        if isinstance(radial, KernelTable) and radial.restricted is not None:  # see :meth:`restricted`
+            if run_mode != "inference" or impl.name != "native":
+                raise RuntimeError("a restricted radial table is for the fused kernel's inference only")
+            plan, _, kept_blocks = radial.restricted
+            impl, lin_keep = NativeTPScatter(plan, impl.lib), radial.keep
         num_receivers = receiver.shape[0]
         src, dst = edge_index[0], edge_index[1]
         used = None

@@ -160,16 +160,18 @@ class KernelConvolution(nn.Module):
         plan = conv.plan
         if not plan.native_ok():
             raise RuntimeError("this convolution's multiplicities exceed the kernel's limit")
-        table = conv.radial_table(basis, dtype, torch.device("cpu"), rtol, knots=True)
-        if table is None:
-            raise RuntimeError(f"no radial table ({conv.extra_repr()})")
         # ``keep``: only outputs of these irreps types are read (the last probe layer under a scalar readout):
         # the kernel then runs the paths they need only (FastE3Convolution.restricted); the others are zero
         whole_mid = int(plan.mid_simple.dim)
-        restricted = conv.restricted(frozenset(keep), table) if keep is not None else None
+        cpu = torch.device("cpu")
+        restricted = conv.restricted(frozenset(keep), basis, dtype, cpu, rtol) if keep is not None else None
         kept_blocks = list(range(len(plan.mid_simple)))
         if restricted is not None:
             plan, table, kept_blocks = restricted
+        else:
+            table = conv.radial_table(basis, dtype, cpu, rtol, knots=True)
+        if table is None:
+            raise RuntimeError(f"no radial table ({conv.extra_repr()})")
         position = {b: j for j, b in enumerate(kept_blocks)}
         norm = 1.0 / float(conv.num_neighbors) ** 0.5
         lin1, b1 = linear_matrix(conv.lin1, conv.irreps_sender.dim)
