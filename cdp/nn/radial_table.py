@@ -272,6 +272,11 @@ class RadialTable(nn.Module):
         Raises ValueError when ``max_intervals`` is not enough (a non-smooth function) or the function is
         not finite on [0, r_max].  ``knots``: return the :class:`KnotTable` of the same interpolant.
         """
+        with returning_freed_memory():  # one-off float64 blocks: returned to the system, not kept resident
+            return cls._fit(fn, r_max, rtol, dtype, min_intervals, max_intervals, knots)
+
+    @classmethod
+    def _fit(cls, fn, r_max, rtol, dtype, min_intervals, max_intervals, knots):
         n = int(min_intervals)
         while True:
             table, scale = cls._build(fn, r_max, n, dtype or torch.float32, knots)
