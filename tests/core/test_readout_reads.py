@@ -27,12 +27,12 @@ class RecordingBackbone(ToyBackbone):
         self.told.append(irreps)
 
 
-def _head(reads, spin: bool = False) -> ToyReadout:
+def _head(reads) -> ToyReadout:
     class Head(ToyReadout):
         def reads(self):
             return reads
 
-    return Head(Spec(size=4), spin=spin)
+    return Head(Spec(size=4))
 
 
 @pytest.mark.parametrize("bad", ["garbage", "1x", 3, ["0e"], b"0e"])
