@@ -190,9 +190,11 @@ class Backbone(nn.Module):
     def read_only(self, irreps: Optional[str]) -> None:
         """Only the channels of these irreps types of :meth:`decode`'s output will be read: an e3nn irreps
         string whose multiplicities are ignored (``"0e"``), from the model's :meth:`Readout.reads`; None:
-        all of them.  :class:`~cdp.core.model.DensityModel` calls it once, at construction.  A backbone may
-        then leave the other channels unspecified (but finite) in inference — never under autograd or graph
-        capture, where decode stays the whole function.  The default ignores it."""
+        all of them.  :class:`~cdp.core.model.DensityModel` calls it at construction and again before a
+        decode or an export whenever what it last declared differs from its readout's (a readout swapped in,
+        a backbone shared by models with different readouts: :meth:`~cdp.core.model.DensityModel.declare_reads`).
+        A backbone may then leave the other channels unspecified (but finite) in inference — never under
+        autograd or graph capture, where decode stays the whole function.  The default ignores it."""
         return None
 
     def probe_memory(self, itemsize: int, edges_per_probe: float) -> Optional[Tuple[int, int]]:
@@ -247,8 +249,27 @@ class Readout(nn.Module):
         """The irreps types of the features :meth:`forward` depends on, as an e3nn irreps string whose
         multiplicities are ignored (``"0e"``), or None (the default): all of them.  The model passes it to
         :meth:`Backbone.read_only`, so a backbone may skip the rest in inference: say only what is true for
-        every input (a channel left out may hold anything)."""
+        every input (a channel left out may hold anything).  Anything else than None or a string e3nn parses
+        is refused when the model is assembled (:func:`readout_reads`)."""
         return None
+
+
+def readout_reads(readout: Readout) -> Optional[str]:
+    """``readout.reads()``, checked: None or an e3nn irreps string (``"0e"``, ``"2x0e+0o"``).  Raises CdpError
+    naming the readout and the value otherwise."""
+    reads = readout.reads()
+    if reads is None:
+        return None
+    ok = isinstance(reads, str)
+    if ok:
+        try:
+            o3.Irreps(reads)
+        except (ValueError, TypeError, AssertionError):
+            ok = False
+    if not ok:
+        raise CdpError(f"readout {describe(readout)}: reads() must return None or an e3nn irreps string such as "
+                       f"'0e', got {reads!r}")
+    return reads
 
 
 COMPONENT_KINDS = ("featurizer", "graph", "backbone", "readout")
@@ -277,8 +298,8 @@ def check_component(component, kind: str) -> None:
     """Refuse a component that misses part of the contract of ``kind``, in one line naming it.
 
     Checks the base class, the required attributes (``Spec`` instances, a positive finite cutoff,
-    ``num_elements`` ≥ 1, a boolean ``spin``) and that the required methods are overridden.
-    Raises CdpError.
+    ``num_elements`` ≥ 1, a boolean ``spin``, a readout's :func:`readout_reads`) and that the required
+    methods are overridden.  Raises CdpError.
     """
     if kind not in BASES:
         raise CdpError(f"unknown component kind '{kind}' (kinds: {', '.join(COMPONENT_KINDS)})")
@@ -310,3 +331,5 @@ def check_component(component, kind: str) -> None:
             raise CdpError(f"{who}: 'num_elements' must be an integer ≥ 2 (Z = 0 … num_elements − 1), got {n!r}")
     if kind == "readout" and not isinstance(getattr(component, "spin", None), (bool, np.bool_)):
         raise CdpError(f"{who}: 'spin' must be True or False, got {getattr(component, 'spin', None)!r}")
+    if kind == "readout":
+        readout_reads(component)

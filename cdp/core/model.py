@@ -13,10 +13,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cdp.core.components import Backbone, Featurizer, GraphBuilder, Readout, check_component
+from cdp.core.components import Backbone, Featurizer, GraphBuilder, Readout, check_component, readout_reads
 from cdp.core.prior import AtomicDensityPrior, check_prior_config
 from cdp.core.registry import get_registry, validate_preset
 from cdp.core.types import AtomFeatures, AtomGraph, Batch, CdpError, ProbeGraph, edge_vectors
+
+
+_DECLARED = "_cdp_declared_reads"  # on the backbone: the reads() a DensityModel last passed to read_only
+_NOTHING = object()
 
 
 class DensityModel(nn.Module):
@@ -47,7 +51,24 @@ class DensityModel(nn.Module):
             raise CdpError(f"prior cutoff {float(prior.cutoff)} Å exceeds the model cutoff {float(backbone.cutoff)} Å")
         self.prior = prior
         self.config = copy.deepcopy(config) if config is not None else {}
-        backbone.read_only(readout.reads())  # the backbone may skip output channels the readout never reads
+        self.declare_reads(force=True)
+
+    def declare_reads(self, force: bool = False) -> None:
+        """Tell the backbone which of its output channels this model's readout reads
+        (:meth:`~cdp.core.components.Backbone.read_only` of :meth:`~cdp.core.components.Readout.reads`), unless
+        a model last told it exactly that.  Run at construction, before every :meth:`decode` and by the
+        exporters, so that a readout swapped in (``model.readout = head``) or a backbone shared with a model
+        whose readout reads other channels never finds a channel it reads skipped; a direct
+        ``model.backbone.read_only(None)`` (compute everything) stays until the readout changes.  ``force``:
+        declare in any case (construction).  Raises CdpError when ``reads()`` is neither None nor an irreps
+        string."""
+        reads = self.readout.reads()
+        declared = self.backbone.__dict__.get(_DECLARED, _NOTHING)  # a plain attribute: no state_dict entry
+        if not force and (reads is None or isinstance(reads, str)) and declared == reads:
+            return
+        reads = readout_reads(self.readout)
+        self.backbone.read_only(reads)
+        self.backbone.__dict__[_DECLARED] = reads
 
     # -- assembly --------------------------------------------------------------------------------
     @classmethod
@@ -164,6 +185,7 @@ class DensityModel(nn.Module):
         """Density [M] (or [M, 2] with spin) at ``probes`` [M, 3] from precomputed atom features."""
         graph = graph if graph is not None else self.probe_graph(batch, probes, probe_batch)
         vec = edge_vectors(batch.positions, probes, graph.edge_index, graph.offsets, batch.cell, batch.atom_batch)
+        self.declare_reads()
         h = self.backbone.decode(features.layers, graph.edge_index, vec, graph.num_probes)
         out = self.readout(h)
         if self.prior is not None:

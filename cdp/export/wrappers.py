@@ -94,6 +94,9 @@ def split_model(model, ops: str = "standard") -> Tuple[Encoder, Decoder]:
     """Encoder and decoder of a DensityModel (in eval mode), sharing its featurizer, readout and prior; the
     backbone is the one :func:`capture_backbone` gives for ``ops`` (built once and shared by both)."""
     model.eval()
+    declare = getattr(model, "declare_reads", None)
+    if declare is not None:  # the capture form skips what the backbone was told the readout never reads
+        declare()
     prior = getattr(model, "prior", None)
     backbone = capture_backbone(model.backbone, ops)
     enc = Encoder(model.featurizer, backbone, prior).eval()

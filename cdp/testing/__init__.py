@@ -18,6 +18,8 @@ the case and the error.  Imports torch and cdp's core, never pytest.
   translation, permutation and periodic images.
 * :func:`assert_batching_invariant`: encode once = encode per batch; probe batches of any size;
   several structures in one batch.
+* :func:`assert_model`: all of the above for every component of a model, and the same ρ whether the
+  backbone computes only the channels the readout reads (``Readout.reads``) or all of them.
 * :func:`assert_export_round_trip`: the exported model (ONNX, TorchScript, pt2) gives PyTorch's ρ.
 * :func:`tiny_model`: a 2-layer model of a built-in family with your component swapped in;
   :func:`structures`: the test cases (molecule, thin triclinic crystal, slab).

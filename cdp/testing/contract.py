@@ -129,12 +129,11 @@ def _check_readout(ro: Readout, who: str, g, parity: bool, seed: int) -> None:
         raise AssertionError(f"{who}: forward(features [{m}, {ro.in_spec.dim}]) gave {_shape(out)}, expected "
                              f"{list(shape)} (spin={bool(ro.spin)})")
     _finite(out, who, "forward")
-    reads = ro.reads()
+    reads = ro.reads()  # None or an irreps string: check_component refused anything else
     if reads is not None:  # a backbone may leave every other channel unspecified: they must not matter
-        if ro.in_spec.irreps is None:
-            raise AssertionError(f"{who}: reads() names irreps ({reads!r}) but its input is plain features")
         read = {ir for _, ir in o3.Irreps(reads)}
-        irreps = o3.Irreps(ro.in_spec.irreps)
+        # plain features are so many 0e channels (Spec): a plain readout reading "0e" reads them all
+        irreps = o3.Irreps(ro.in_spec.irreps if ro.in_spec.irreps is not None else f"{ro.in_spec.dim}x0e")
         other = torch.zeros(ro.in_spec.dim, dtype=torch.bool)
         for (_, ir), sl in zip(irreps, irreps.slices()):
             other[sl] = ir not in read

@@ -241,12 +241,32 @@ def assert_export_round_trip(model: DensityModel, directory, fmt: str = "onnx", 
         _close(reference.predict(atoms, probes), exported.predict(atoms, probes), tol, f"{label}: {fmt} export vs PyTorch")
 
 
+def _assert_read_only(model: DensityModel, cases: Optional[Sequence[Case]] = None) -> None:
+    """ρ is the same whether the backbone was told what the readout reads (``Backbone.read_only(reads())``,
+    as the model does) or to compute every output channel (``read_only(None)``)."""
+    reads = model.readout.reads()
+    if reads is None:
+        return
+    tol = _default_tol(model)
+    for label, atoms, probes in _cases(model, cases):
+        told = density(model, atoms, probes)
+        model.backbone.read_only(None)
+        try:
+            full = density(model, atoms, probes)
+        finally:
+            model.backbone.read_only(reads)
+        _close(full, told, tol, f"{label}: backbone {type(model.backbone).__name__} told read_only({reads!r}) "
+                                f"(the readout's reads()) vs read_only(None)")
+
+
 def assert_model(model: DensityModel, parity: bool = True, cases: Optional[Sequence[Case]] = None) -> None:
     """Every component's contract (:func:`~cdp.testing.contract.assert_component`), then
-    :func:`assert_equivariant` and :func:`assert_batching_invariant` of the whole model."""
+    :func:`assert_equivariant` and :func:`assert_batching_invariant` of the whole model, and the same ρ
+    whether the backbone computes only the channels the readout reads (``Readout.reads``) or all of them."""
 
     for kind in ("featurizer", "graph", "backbone", "readout"):
         assert_component(getattr(model, kind), kind, parity=parity)
     assert_equivariant(model, cases, parity=parity)
     assert_batching_invariant(model, cases)
+    _assert_read_only(model, cases)
 

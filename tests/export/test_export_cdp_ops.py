@@ -4,6 +4,7 @@ beside the models, and one-line refusals for what it cannot do."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 
@@ -12,9 +13,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from cdp.core.model import DensityModel
 from cdp.core.types import CdpError
 from cdp.export import export_model
 from cdp.export.custom_ops import custom_ops_library
+from cdp.export.examples import TINY_CONFIGS
 from cdp.export.runtime import load_exported
 from cdp.predict import Predictor
 from tests.helpers.export import cases, tiny_model
@@ -85,6 +88,13 @@ def test_refusals(tmp_path):
         export_model(tiny_model("invdeepdft"), tmp_path / "s", "onnx", ops="cdp")
     with pytest.raises(CdpError, match="unknown export operators 'fast'"):
         export_model(tiny_model("chargee3net"), tmp_path / "f", "onnx", ops="fast")
+    config = copy.deepcopy(TINY_CONFIGS["chargee3net"])
+    config["backbone"]["backend"] = "e3nn"
+    e3nn = DensityModel.from_config(config).eval()
+    for fmt in ("onnx", "torchscript"):
+        with pytest.raises(CdpError, match=r"^--ops cdp exports ChargE3Net with backend 'fast' only \(this one has "
+                                           r"backend 'e3nn'\); use --ops standard$"):
+            export_model(e3nn, tmp_path / f"e3nn-{fmt}", fmt, ops="cdp")
     # metadata never chooses the code cdp runs: only a registered plugin's marked builder is called
     for provider in ("os:getcwd", "cdp.plugins.backbones.chargee3net.ort_ops:find_cxx",
                      "cdp.plugins.backbones.chargee3net.native:cache_dir", "cdp.plugins.backbones.chargee3net.nope:build",

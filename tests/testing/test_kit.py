@@ -112,6 +112,30 @@ def test_backbone_with_wrong_output_width_is_named():
         assert_component(_deepdft(Narrow))
 
 
+def test_backbone_skipping_a_read_channel_is_caught():
+    """A backbone whose read_only skips more than it was told may: assert_model compares with read_only(None)."""
+    from cdp.plugins.readouts.mlp import MLPReadout
+    from cdp.testing import assert_model
+
+    class Skips(InvDeepDFT):
+        def read_only(self, irreps):
+            self.__dict__["told"] = irreps
+
+        def decode(self, atom_layers, edge_index, edge_vec, num_probes):
+            out = super().decode(atom_layers, edge_index, edge_vec, num_probes)
+            return out if self.__dict__.get("told") is None else out * 0.5  # a wrong skip
+
+    class Scalars(MLPReadout):
+        def reads(self):
+            return "0e"  # plain features are 0e: true
+
+    model = tiny_model("invdeepdft", backbone=_deepdft(Skips), readout=lambda in_spec: Scalars(in_spec, "ssp"))
+    with pytest.raises(AssertionError, match=r"^molecule: backbone Skips told read_only\('0e'\) \(the readout's "
+                                             r"reads\(\)\) vs read_only\(None\): ρ differs by"):
+        assert_model(model)
+    assert model.backbone.__dict__["told"] == "0e"  # restored after the comparison
+
+
 def test_structures_are_sane():
     for label, atoms, probes in structures():
         d = atoms.get_all_distances(mic=bool(atoms.pbc.any()))

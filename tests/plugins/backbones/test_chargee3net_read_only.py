@@ -133,3 +133,36 @@ def test_the_dense_export_form_runs_the_restricted_last_layer():
     assert 0 < n_paths(pruned.probe_convs[-1]) < n_paths(whole.probe_convs[-1])
     assert n_paths(pruned.probe_convs[0]) == n_paths(whole.probe_convs[0])
     assert pruned.probe_radial.offsets[-1] < whole.probe_radial.offsets[-1] or not pruned.probe_radial.full
+
+
+def test_a_readout_swapped_in_gets_every_channel_it_reads(tmp_path):
+    """A linear model (it reads 0e) given the published spin head (0e+0o, with 0o channels in the output of a
+    3-layer backbone): the densities are those of a model built with that head, in PyTorch and exported."""
+    from cdp.export.examples import TINY_CONFIGS
+    from cdp.export.exporter import export_model
+    from cdp.export.runtime import load_exported
+
+    cfg = copy.deepcopy(TINY_CONFIGS["chargee3net"])
+    cfg["backbone"].update(lmax=2, num_interactions=3)
+    cfg["readout"] = {"name": "linear-spin-compat"}
+    torch.manual_seed(0)
+    spin = DensityModel.from_config(cfg).eval()
+    assert "0o" in str(spin.backbone.out_spec)
+    with torch.no_grad():
+        for p in spin.readout.parameters():
+            p.mul_(10.0)
+    if not spin.backbone.probe_convs[-1].kernel_reads_tables(torch.empty(0)):
+        pytest.skip("the fused kernel is not available here")
+    _, atoms, probes = cases()[0]
+    want = Predictor(spin).predict(atoms, probes)
+    cfg["readout"] = {"name": "linear"}
+    model = DensityModel.from_config(cfg).eval()
+    model.backbone.load_state_dict(spin.backbone.state_dict())  # the same backbone weights
+    copied = copy.deepcopy(model)  # the backbone told "0e", as the model's
+    model.readout = copy.deepcopy(spin.readout)
+    got = Predictor(model).predict(atoms, probes)
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+    copied.readout = copy.deepcopy(spin.readout)  # not predicted with: the export declares it
+    export_model(copied, tmp_path, "torchscript")
+    exported = load_exported(tmp_path, expect_format="torchscript").predict(atoms, probes)
+    assert np.abs(exported - want).max() <= 1e-5 * np.abs(want).max()

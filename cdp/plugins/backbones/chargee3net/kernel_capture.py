@@ -30,7 +30,7 @@ from cdp.plugins.backbones.chargee3net import native
 from cdp.plugins.backbones.chargee3net.dense_conv import (
     DEFAULT_RTOL, CaptureBackbone, DenseSelfConnection, _maybe_bias, linear_matrix,
 )
-from cdp.plugins.backbones.chargee3net.fast_conv import _scaled_weights
+from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution, _scaled_weights
 
 
 @torch.library.custom_op("cdp::uvu_conv_table", mutates_args=())
@@ -262,9 +262,12 @@ def torch_ops() -> List[str]:
 
 def capture_with_kernel(backbone: nn.Module, rtol: float = DEFAULT_RTOL) -> CaptureBackbone:
     """The capture form with every probe convolution a :class:`KernelConvolution` (``--ops cdp``); float32
-    only.  Raises CdpError when the kernel cannot run this model."""
+    and the fast backend only.  Raises CdpError when the kernel cannot run this model."""
     if next(backbone.parameters()).dtype != torch.float32:
         raise CdpError("--ops cdp exports float32 models only (the kernel's radial tables are float32)")
+    if not all(isinstance(c, FastE3Convolution) for c in backbone.probe_convs):
+        raise CdpError(f"--ops cdp exports ChargE3Net with backend 'fast' only (this one has backend "
+                       f"'{backbone.backend}'); use --ops standard")
     native.load()
     try:
         last, keep = len(backbone.probe_convs) - 1, backbone._last_layer_keep()
