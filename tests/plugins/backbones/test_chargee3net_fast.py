@@ -262,6 +262,9 @@ def test_device_state_follows_the_input_device():
     assert conv.block_edges(torch.empty(0)) == conv.edge_chunk
     per_edge = conv.bytes_per_edge(4) + conv.bytes_per_receiver(4) // 8
     assert conv.block_edges(meta) == max(conv.edge_chunk, fast_conv.DEVICE_BLOCK_BYTES // per_edge) > conv.edge_chunk
+    # receivers without edges (probes in vacuum) are bounded by bytes too on a GPU
+    assert 1 <= conv.block_receivers(meta) * conv.bytes_per_receiver(4) <= max(fast_conv.DEVICE_BLOCK_BYTES, conv.bytes_per_receiver(4))
+    assert conv.block_receivers(torch.empty(0)) == conv.edge_chunk
     plan = _GatePlan(gate)
     assert all(t.device.type == "meta" for t in plan._indices(meta.device))
     x = torch.randn(3, gate.irreps_in.dim, dtype=torch.float64)

@@ -300,6 +300,14 @@ class FastE3Convolution(E3Convolution):
         per_edge = self.bytes_per_edge(like.element_size()) + self.bytes_per_receiver(like.element_size()) // 8
         return max(self.edge_chunk, DEVICE_BLOCK_BYTES // per_edge)
 
+    def block_receivers(self, like: Tensor) -> int:
+        """Most receivers in one block for inputs like ``like`` (receivers without edges count too): the edge
+        budget on the CPU; on other devices as many as ``DEVICE_BLOCK_BYTES`` of per-receiver aggregates allow
+        (probes in vacuum would otherwise fill a block of ``block_edges`` receivers)."""
+        if like.device.type == "cpu":
+            return self.block_edges(like)
+        return max(1, DEVICE_BLOCK_BYTES // self.bytes_per_receiver(like.element_size()))
+
     def bytes_per_edge(self, itemsize: int = 4) -> int:
         """Peak bytes of per-edge intermediates in one block (radial weights + largest T_i and its weighting)."""
         largest = max((mul * k for _, mul, _, k, _ in self.plan.blocks), default=0)
@@ -547,11 +555,12 @@ class FastE3Convolution(E3Convolution):
         in_kernel = isinstance(radial, KernelTable) and impl.name == "native"
         if in_kernel:  # no per-edge weights are held: larger blocks, fewer calls (acc is [receivers, acc_width])
             chunk = max(chunk, KERNEL_TABLE_CHUNK)
+        max_receivers = chunk if sender.device.type == "cpu" else min(chunk, self.block_receivers(sender))
         r0 = 0
         while r0 < num_receivers:
             # the largest run of whole receivers holding at most edge_chunk edges (at least one receiver)
             r1 = max(r0 + 1, bisect.bisect_right(ptr, ptr[r0] + chunk, lo=r0 + 1) - 1)
-            r1 = min(r1, r0 + chunk)  # receivers without edges count too (bounded aggregate)
+            r1 = min(r1, r0 + max_receivers)  # receivers without edges count too (bounded aggregate)
             e0, e1 = ptr[r0], ptr[r1]
             sh, rad = edge_block(e0, e1)
             local_ptr = [p - e0 for p in ptr[r0 : r1 + 1]]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Tuple
 
+import torch
+
 from cdp.plugins.backbones.chargee3net.conv import E3Convolution
 from cdp.plugins.backbones.chargee3net.fast_conv import FastE3Convolution
 
@@ -15,7 +17,8 @@ def probe_memory(backbone, itemsize: int = 4, edges_per_probe: float = 30.0) -> 
 
     Per edge: graph arrays, edge vector, harmonics and radial basis (plus their receiver-sorted copies).
     Per probe: the probe state and the convolution/gate outputs of each layer.  The fast backend's
-    per-edge intermediates live for one receiver block, a fixed cost set by ``edge_chunk``; the e3nn
+    per-edge intermediates live for one receiver block, a fixed cost set by its block size (``edge_chunk`` on
+    the CPU, ``DEVICE_BLOCK_BYTES`` on a GPU: :meth:`FastE3Convolution.block_edges`); the e3nn
     backend materialises every path output, radial weight and gathered sender feature for all edges.
     """
     sh_dim = backbone.irreps_sh.dim
@@ -25,8 +28,13 @@ def probe_memory(backbone, itemsize: int = 4, edges_per_probe: float = 30.0) -> 
     for conv in backbone.probe_convs:
         per_probe += itemsize * 4 * conv.irreps_out.dim
         if isinstance(conv, FastE3Convolution):
-            chunk = conv.edge_chunk
-            fixed = max(fixed, chunk * conv.bytes_per_edge(itemsize) + chunk * conv.bytes_per_receiver(itemsize))
+            # the blocks on the device the convolution's parameters are on (a GPU's are sized by bytes)
+            param = next(conv.parameters(), None)
+            like = torch.empty(0, dtype=torch.float64 if itemsize == 8 else torch.float32,
+                               device=param.device if param is not None else "cpu")
+            chunk = conv.block_edges(like)
+            receivers = min(chunk, conv.block_receivers(like))
+            fixed = max(fixed, chunk * conv.bytes_per_edge(itemsize) + receivers * conv.bytes_per_receiver(itemsize))
         elif isinstance(conv, E3Convolution):
             width = conv.tp.weight_numel + conv.irreps_mid.dim + conv.irreps_sender.dim
             per_edge_conv = itemsize * 2 * width
