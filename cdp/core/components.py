@@ -193,8 +193,9 @@ class Backbone(nn.Module):
         all of them.  :class:`~cdp.core.model.DensityModel` calls it at construction and again before a
         decode or an export whenever what it last declared differs from its readout's (a readout swapped in,
         a backbone shared by models with different readouts: :meth:`~cdp.core.model.DensityModel.declare_reads`).
-        A backbone may then leave the other channels unspecified (but finite) in inference — never under
-        autograd or graph capture, where decode stays the whole function.  The default ignores it."""
+        A backbone may then leave the other channels unspecified (but finite) in inference and in the form
+        :meth:`capture_form` returns (exported decoders end in the same readout) — never under autograd,
+        where decode stays the whole function.  The default ignores it."""
         return None
 
     def probe_memory(self, itemsize: int, edges_per_probe: float) -> Optional[Tuple[int, int]]:
