@@ -107,9 +107,16 @@ class OnnxBackend:
         want_cuda = device not in (None, "cpu") and str(device).startswith(("cuda", "auto"))
         if device not in (None, "cpu", "auto") and not str(device).startswith("cuda"):
             raise CdpError(f"unknown device '{device}' for the onnx runtime (cpu, cuda, auto)")
+        options = {"use_tf32": "0"}
+        text = str(device)
+        if text.startswith("cuda:"):  # cuda:N → onnxruntime's device_id N
+            index = text.split(":", 1)[1]
+            if not index.isdigit():
+                raise CdpError(f"unknown device '{device}' for the onnx runtime (cpu, cuda, cuda:N, auto)")
+            options["device_id"] = index
         if want_cuda or device is None:
             if "CUDAExecutionProvider" in available:
-                return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+                return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
             if device not in (None, "auto"):
                 raise CdpError(f"device '{device}' requested but onnxruntime has no CUDA provider (install 'cdp[gpu]')")
         return ["CPUExecutionProvider"]
