@@ -263,6 +263,21 @@ def _timed_predict(predict, case: dict) -> dict:
     return out
 
 
+def published_batch(GraphConstructor, collate, atoms, probes: np.ndarray, dtype) -> dict:
+    """The published inference path's input for ``probes``: its graph dict (KD-tree probe graph), collated."""
+    import torch
+
+    graph = GraphConstructor(cutoff=PAPER_HP["cutoff"]).atoms_and_probes_to_graph(atoms, probes)
+    graph.update(num_nodes=torch.tensor(graph["nodes"].shape[0]),
+                 num_atom_edges=torch.tensor(graph["atom_edges"].shape[0]),
+                 num_probes=torch.tensor(probes.shape[0]),
+                 num_probe_edges=torch.tensor(graph["probe_edges"].shape[0]),
+                 probe_xyz=torch.tensor(probes, dtype=dtype),
+                 atom_xyz=torch.tensor(atoms.get_positions(), dtype=dtype),
+                 cell=torch.tensor(np.array(atoms.get_cell()), dtype=dtype))
+    return collate([graph])
+
+
 def _run_published(case: dict) -> dict:
     import torch
 
@@ -276,17 +291,8 @@ def _run_published(case: dict) -> dict:
     dtype = torch.get_default_dtype()
 
     def predict():
-        # the published inference path: graph dict (KD-tree probe graph), collate, one forward pass
-        graph = GraphConstructor(cutoff=PAPER_HP["cutoff"]).atoms_and_probes_to_graph(atoms, probes)
-        graph.update(num_nodes=torch.tensor(graph["nodes"].shape[0]),
-                     num_atom_edges=torch.tensor(graph["atom_edges"].shape[0]),
-                     num_probes=torch.tensor(probes.shape[0]),
-                     num_probe_edges=torch.tensor(graph["probe_edges"].shape[0]),
-                     probe_xyz=torch.tensor(probes, dtype=dtype),
-                     atom_xyz=torch.tensor(atoms.get_positions(), dtype=dtype),
-                     cell=torch.tensor(np.array(atoms.get_cell()), dtype=dtype))
         with torch.no_grad():
-            return model(collate([graph])).numpy()
+            return model(published_batch(GraphConstructor, collate, atoms, probes, dtype)).numpy()
 
     out = dict(case, side="published", **_timed_predict(predict, case))
     out["peak_rss_mib"] = _rss_mib()

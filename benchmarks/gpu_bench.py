@@ -74,7 +74,7 @@ def _paper_models(reference: str | None, tmp: Path, device: str):
     """(cdp model factory for a backend, published predict factory or None)."""
     import torch
 
-    from benchmarks.chargee3net_bench import PAPER_HP, _model, _published_model
+    from benchmarks.chargee3net_bench import PAPER_HP, _model, _published_model, published_batch
     from cdp.core.model import DensityModel
 
     if reference is None:
@@ -104,16 +104,8 @@ def _paper_models(reference: str | None, tmp: Path, device: str):
         def predict(probes):  # noqa: E306
             out = []
             for s in range(0, len(probes), batch):
-                chunk = probes[s:s + batch]
-                graph = GraphConstructor(cutoff=PAPER_HP["cutoff"]).atoms_and_probes_to_graph(atoms, chunk)
-                graph.update(num_nodes=torch.tensor(graph["nodes"].shape[0]),
-                             num_atom_edges=torch.tensor(graph["atom_edges"].shape[0]),
-                             num_probes=torch.tensor(chunk.shape[0]),
-                             num_probe_edges=torch.tensor(graph["probe_edges"].shape[0]),
-                             probe_xyz=torch.tensor(chunk, dtype=dtype),
-                             atom_xyz=torch.tensor(atoms.get_positions(), dtype=dtype),
-                             cell=torch.tensor(np.array(atoms.get_cell()), dtype=dtype))
-                g = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in collate([graph]).items()}
+                batch_in = published_batch(GraphConstructor, collate, atoms, probes[s:s + batch], dtype)
+                g = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch_in.items()}
                 with torch.no_grad():
                     out.append(model(g).cpu().numpy().reshape(-1))
             return np.concatenate(out)

@@ -60,6 +60,11 @@ class E3Convolution(nn.Module):
         self.irreps_mid = irreps_mid
         self.register_buffer("sc_mask", self.sc.output_mask.clone().to(torch.get_default_dtype()), persistent=False)
 
+    def mid_types(self, keep) -> frozenset:
+        """The mid irreps types (``o3.Irrep``) needed for outputs of the types ``keep``: those types (lin2
+        connects equal irreps) and lin3's input, which sets the angle of every output."""
+        return frozenset(keep) | {ir for _, ir in self.lin3.irreps_out}
+
     def forward(
         self,
         sender: Tensor,

@@ -483,7 +483,7 @@ class CaptureBackbone(nn.Module):
         keep = backbone._last_layer_keep()
         keeps = [None] * len(backbone.probe_convs)
         if keep is not None and keeps:
-            keeps[-1] = frozenset(keep) | {ir for _, ir in backbone.probe_convs[-1].lin3.irreps_out}
+            keeps[-1] = backbone.probe_convs[-1].mid_types(keep)
         self.probe_convs = probe_convs if probe_convs is not None else nn.ModuleList(
             DenseConvolution(c, dtype, k) for c, k in zip(backbone.probe_convs, keeps))
         self.atom_gates = nn.ModuleList(DenseGate(g, dtype) for g in backbone.atom_gates)

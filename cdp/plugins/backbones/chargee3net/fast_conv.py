@@ -276,7 +276,7 @@ class FastE3Convolution(E3Convolution):
         ``keep``."""
         cache = self.__dict__.setdefault("_restricted_plans", {})
         if keep not in cache:
-            mids = set(keep) | {ir for _, ir in self.lin3.irreps_out}
+            mids = self.mid_types(keep)
             whole = all(ir in mids for _, ir in self.plan.mid_simple)
             cache[keep] = None if whole else restricted_plan(self.tp, self.plan.mid_simple, mids)
         return cache[keep]
